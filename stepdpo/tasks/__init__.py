@@ -1,0 +1,1 @@
+"""Embedded tasks with programmatic checkers (used by the demo, tests and benchmarks)."""
