@@ -485,6 +485,22 @@ def is_correct(problem: str | Tree, steps: list[str]) -> bool:
         return False
 
 
-__all__ = ["ArithConfig", "CheckResult", "ERROR_KINDS", "Op", "ParseError", "STEP_FORMAT", "Tree",
+def checker_reward_model(cfg: ArithConfig | None = None):
+    """The task's checker as a process reward model: 1.0 for each step that keeps the
+    solution on a correct path, 0.0 from the first invalid step on (prompts are task prompts)."""
+    from reward_models.rules import FunctionRewardModel
+
+    cfg = cfg or ArithConfig()
+
+    def arith_checker(prompt: str, steps: list[str]) -> list[float]:
+        try:
+            return check_solution(cfg.expression_of(prompt), steps).labels
+        except (ParseError, ValueError):
+            return [0.0] * len(steps)
+
+    return FunctionRewardModel(arith_checker, step_format=STEP_FORMAT, aggregation="min", name="arith_checker")
+
+
+__all__ = ["ArithConfig", "checker_reward_model", "CheckResult", "ERROR_KINDS", "Op", "ParseError", "STEP_FORMAT", "Tree",
            "check_solution", "count_ops", "evaluate", "extract_answer", "gold_steps", "inject_error",
            "is_correct", "make_samples", "make_splits", "parse_expression", "random_problem", "render"]

@@ -1,8 +1,13 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
-from reward_models.testing import (save_tiny, tiny_causal_lm, tiny_sequence_classifier, tiny_token_classifier,
-                                   tiny_tokenizer)
+from reward_models.testing import (
+    save_tiny,
+    tiny_causal_lm,
+    tiny_sequence_classifier,
+    tiny_token_classifier,
+    tiny_tokenizer,
+)
 
 
 def test_tokenizer_round_trips_and_has_single_digit_tokens(tokenizer):

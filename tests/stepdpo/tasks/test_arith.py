@@ -5,9 +5,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepdpo.tasks.arith import (ERROR_KINDS, ArithConfig, ParseError, check_solution, evaluate, extract_answer,
-                                 gold_steps, inject_error, make_samples, make_splits, parse_expression,
-                                 random_problem, render)
+from stepdpo.tasks.arith import (
+    ERROR_KINDS,
+    ArithConfig,
+    ParseError,
+    check_solution,
+    evaluate,
+    extract_answer,
+    gold_steps,
+    inject_error,
+    make_samples,
+    make_splits,
+    parse_expression,
+    random_problem,
+    render,
+)
 
 HARD = ArithConfig(min_steps=2, max_steps=6, min_operand=1, max_operand=30, ops="+-*", paren_prob=0.6,
                    allow_negative=True, max_value=10**6)

@@ -1,0 +1,310 @@
+"""The reward-model protocol, the adapter for user objects, and the load registry.
+
+Every reward model answers two batched questions:
+
+* ``score_steps(prompts, steps) -> list[list[float]]`` - one score per step (higher = better);
+* ``score(prompts, completions) -> list[float]`` - one score per whole completion.
+
+The method names of the user's reference API (seed 004: ``get_reward_for_text``,
+``get_rewards_for_steps``, ``get_reward_for_problem_solution``, ``get_rewards_for_batch``,
+``save``, ``load``) are thin wrappers over these two.
+
+Any object with ``score_steps``/``get_rewards_for_steps``/``get_reward_for_text``, or a plain
+callable ``f(prompt, steps) -> list[float]``, becomes a reward model through
+:func:`as_reward_model`, so user models need no subclassing.
+
+Saved reward models are directories holding safetensors weights and a ``reward_config.json``
+with ``type`` and ``format_version``; :func:`load_reward_model` rebuilds any registered type.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat
+from reward_models.types import DataError
+
+CONFIG_NAME = "reward_config.json"
+FORMAT_VERSION = 1
+AGGREGATIONS = ("min", "prod", "mean", "last", "max", "sum")
+# files that would need unpickling to load: refused everywhere (weights load from safetensors only)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+_REGISTRY: dict[str, type[RewardModel]] = {}
+
+
+def register_reward_model(name: str):
+    """Class decorator: make ``name`` (the ``type`` in ``reward_config.json``) loadable."""
+
+    def wrap(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"reward model type {name!r} is already registered to {_REGISTRY[name].__name__}")
+        _REGISTRY[name] = cls
+        cls.reward_type = name
+        return cls
+
+    return wrap
+
+
+def registered_types() -> list[str]:
+    _import_builtin_models()
+    return sorted(_REGISTRY)
+
+
+def aggregate(scores: Sequence[float], how: str = "min") -> float:
+    """Reduce step scores to one number: ``min``, ``prod``, ``mean``, ``last``, ``max`` or ``sum``.
+
+    >>> aggregate([0.9, 0.5, 0.8], "min"), aggregate([0.5, 0.5], "prod"), aggregate([1, 2, 3], "last")
+    (0.5, 0.25, 3)
+    """
+    if how not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {how!r}; expected one of {AGGREGATIONS}")
+    if len(scores) == 0:
+        raise ValueError("cannot aggregate an empty list of step scores")
+    if how == "min":
+        return min(scores)
+    if how == "max":
+        return max(scores)
+    if how == "prod":
+        return math.prod(scores)
+    if how == "mean":
+        return sum(scores) / len(scores)
+    if how == "sum":
+        return sum(scores)
+    return scores[-1]
+
+
+def check_scores(scores: Sequence[Sequence[float]], steps: Sequence[Sequence[str]], who: str) -> list[list[float]]:
+    """Validate a ``score_steps`` result: one finite float per step (NaN/inf are refused)."""
+    if len(scores) != len(steps):
+        raise ValueError(f"{who} returned {len(scores)} score lists for {len(steps)} solutions")
+    out = []
+    for i, (row, st) in enumerate(zip(scores, steps)):
+        row = list(row)
+        if len(row) != len(st):
+            raise ValueError(f"{who} returned {len(row)} scores for solution {i} with {len(st)} steps")
+        for j, v in enumerate(row):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "__float__"):
+                raise ValueError(f"{who} returned a non-number {v!r} for solution {i}, step {j}")
+            v = float(v)
+            if math.isnan(v) or math.isinf(v):
+                raise ValueError(f"{who} returned a non-finite score {v} for solution {i}, step {j}")
+            row[j] = v
+        out.append(row)
+    return out
+
+
+class RewardModel:
+    """Base class of all reward models. Subclasses implement :meth:`score_steps`.
+
+    Attributes:
+        step_format: how a completion text is split into steps (and laid out for models).
+        aggregation: how :meth:`score` reduces step scores when a subclass has no outcome head.
+    """
+
+    reward_type: str = "base"
+    step_format: StepFormat = DEFAULT_STEP_FORMAT
+    aggregation: str = "min"
+
+    # -- the batched protocol ------------------------------------------------------------------
+    def score_steps(self, prompts: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        raise NotImplementedError
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """Score whole completions; the default splits them into steps and aggregates."""
+        split = [self.step_format.split(c) or [c] for c in completions]
+        return [aggregate(s, self.aggregation) for s in self.score_steps(prompts, split)]
+
+    def score_steps_with_uncertainty(self, prompts, steps) -> tuple[list[list[float]], list[list[float]] | None]:
+        """Step scores and, for ensembles, the per-step disagreement (std); None otherwise."""
+        return self.score_steps(prompts, steps), None
+
+    # -- seed-004 names ------------------------------------------------------------------------
+    def get_rewards_for_steps(self, steps: Sequence[str], problem: str | None = None) -> list[float]:
+        """Scores of one solution's ``steps``; ``problem`` (if given) is the context they answer."""
+        return self.score_steps([problem or ""], [list(steps)])[0]
+
+    def get_reward_for_text(self, text: str) -> float:
+        return self.score([""], [text])[0]
+
+    def get_reward_for_problem_solution(self, problem: str, solution: str) -> float:
+        return self.score([problem], [solution])[0]
+
+    def get_rewards_for_batch(self, texts: Sequence[str]) -> list[float]:
+        return self.score([""] * len(texts), list(texts))
+
+    def __call__(self, prompts, steps):
+        return self.score_steps(prompts, steps)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved (it wraps user code)")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **kwargs) -> RewardModel:
+        model = load_reward_model(path, **kwargs)
+        if not isinstance(model, cls):
+            raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+
+def write_reward_config(path: str | os.PathLike, reward_type: str, **settings: Any) -> Path:
+    """Write ``reward_config.json`` (``type``, ``format_version`` and the model's settings)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {"type": reward_type, "format_version": FORMAT_VERSION, **settings}
+    (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True, default=_json_default))
+    return path / CONFIG_NAME
+
+
+def _json_default(obj):
+    if isinstance(obj, StepFormat):
+        return obj.to_dict()
+    raise TypeError(f"cannot store {type(obj).__name__} in {CONFIG_NAME}")
+
+
+def read_reward_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``reward_config.json``; errors name the file and the key."""
+    file = Path(path) / CONFIG_NAME
+    try:
+        cfg = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{file} not found: not a saved reward model directory") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON ({e.msg} at line {e.lineno})", source=str(file)) from None
+    if not isinstance(cfg, dict):
+        raise DataError("expected a JSON object", source=str(file))
+    for key in ("type", "format_version"):
+        if key not in cfg:
+            raise DataError("missing key", source=str(file), field=key)
+    if not isinstance(cfg["format_version"], int) or cfg["format_version"] > FORMAT_VERSION:
+        raise DataError(f"format_version {cfg['format_version']!r} is newer than this library supports "
+                        f"({FORMAT_VERSION}); upgrade the package", source=str(file), field="format_version")
+    return cfg
+
+
+def refuse_pickles(path: str | os.PathLike) -> None:
+    """Raise if ``path`` holds weight files that would need unpickling (only safetensors load)."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    bad = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if bad:
+        raise ValueError(
+            f"{path} contains {bad}: pickle-based weight files can execute code when loaded and are refused. "
+            "Convert them to safetensors (model.save_pretrained(dir, safe_serialization=True)) and remove them."
+        )
+
+
+def load_reward_model(path: str | os.PathLike, **kwargs) -> RewardModel:
+    """Rebuild any saved reward model from its directory.
+
+    The ``type`` in ``reward_config.json`` picks the class; a directory with only a plain
+    causal-LM checkpoint (``config.json``, no ``reward_config.json``) becomes a verification-
+    prompt :class:`~reward_models.process.ProcessRewardModel`. Keyword arguments (``device``,
+    ``torch_dtype``, ...) go to the class's loader.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"reward model directory {path} does not exist")
+    refuse_pickles(path)
+    _import_builtin_models()
+    if not (path / CONFIG_NAME).exists():
+        if (path / "config.json").exists():
+            return _REGISTRY["process"].from_pretrained_lm(path, **kwargs)  # type: ignore[attr-defined]
+        raise FileNotFoundError(f"{path} has neither {CONFIG_NAME} nor a model config.json")
+    cfg = read_reward_config(path)
+    try:
+        cls = _REGISTRY[cfg["type"]]
+    except KeyError:
+        raise KeyError(f"{path / CONFIG_NAME}: unknown reward model type {cfg['type']!r}; "
+                       f"valid types: {', '.join(sorted(_REGISTRY))}") from None
+    return cls._load_dir(path, cfg, **kwargs)  # type: ignore[attr-defined]
+
+
+def _import_builtin_models() -> None:
+    """Import the modules that register the built-in types (lazily, to keep imports light)."""
+    import importlib
+
+    for mod in ("process", "outcome", "bradley_terry", "combine", "rules"):
+        try:
+            importlib.import_module(f"reward_models.{mod}")
+        except ModuleNotFoundError as e:  # a module not written yet must not break the others
+            if e.name != f"reward_models.{mod}":
+                raise
+
+
+# -- adapting user objects ------------------------------------------------------------------------
+class AdaptedRewardModel(RewardModel):
+    """Wraps a user object so it satisfies the batched protocol (see :func:`as_reward_model`)."""
+
+    reward_type = "adapted"
+
+    def __init__(self, obj: Any, step_format: StepFormat | None = None, aggregation: str = "min"):
+        self.obj = obj
+        self.step_format = step_format or getattr(obj, "step_format", None) or DEFAULT_STEP_FORMAT
+        self.aggregation = aggregation
+        self.name = type(obj).__name__ if not callable(obj) or hasattr(obj, "__dict__") else repr(obj)
+
+    def score_steps(self, prompts, steps):
+        if len(prompts) != len(steps):
+            raise ValueError(f"got {len(prompts)} prompts for {len(steps)} step lists")
+        obj = self.obj
+        if hasattr(obj, "score_steps"):
+            out = obj.score_steps(list(prompts), [list(s) for s in steps])
+        elif hasattr(obj, "get_rewards_for_steps"):
+            out = [_call_steps(obj.get_rewards_for_steps, p, s) for p, s in zip(prompts, steps)]
+        elif hasattr(obj, "get_reward_for_text"):
+            # a text scorer judges each step by the text up to and including it
+            out = [[float(obj.get_reward_for_text(p + self.step_format.join(s[: i + 1])))
+                    for i in range(len(s))] for p, s in zip(prompts, steps)]
+        else:
+            out = [list(obj(p, list(s))) for p, s in zip(prompts, steps)]
+        return check_scores(out, steps, self.name)
+
+    def score(self, prompts, completions):
+        if hasattr(self.obj, "score") and not isinstance(self.obj, type):
+            return [float(v) for v in self.obj.score(list(prompts), list(completions))]
+        if hasattr(self.obj, "get_reward_for_text"):
+            return [float(self.obj.get_reward_for_text(p + c)) for p, c in zip(prompts, completions)]
+        return super().score(prompts, completions)
+
+
+def _call_steps(fn: Callable, prompt: str, steps: Sequence[str]):
+    """Call a user's ``get_rewards_for_steps`` with the problem when it accepts one."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "problem" in params or len(params) >= 2:
+        return fn(list(steps), problem=prompt) if "problem" in params else fn(list(steps), prompt)
+    return fn(list(steps))
+
+
+def as_reward_model(obj: Any, **kwargs) -> RewardModel:
+    """Return ``obj`` as a :class:`RewardModel`.
+
+    Accepts a RewardModel (returned as is), a saved model directory (loaded), any object with
+    ``score_steps``, ``get_rewards_for_steps`` or ``get_reward_for_text``, or a callable
+    ``f(prompt, steps) -> list[float]``.
+    """
+    if isinstance(obj, RewardModel):
+        return obj
+    if isinstance(obj, (str, os.PathLike)):
+        return load_reward_model(obj)
+    if any(hasattr(obj, m) for m in ("score_steps", "get_rewards_for_steps", "get_reward_for_text")) or callable(obj):
+        return AdaptedRewardModel(obj, **kwargs)
+    raise TypeError(f"cannot use a {type(obj).__name__} as a reward model: it needs score_steps, "
+                    "get_rewards_for_steps or get_reward_for_text, or must be a callable f(prompt, steps)")
+
+
+__all__ = ["AGGREGATIONS", "CONFIG_NAME", "FORMAT_VERSION", "AdaptedRewardModel", "RewardModel", "aggregate",
+           "as_reward_model", "check_scores", "load_reward_model", "read_reward_config", "refuse_pickles",
+           "register_reward_model", "registered_types", "write_reward_config"]
