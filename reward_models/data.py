@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from reward_models.steps import StepFormat
 from reward_models.types import DataError, PreferencePair, StepPair, StepSample
 
@@ -170,12 +172,28 @@ def _split_question(text: str, name: str) -> tuple[str, str]:
 
 
 # -- converters: row dict -> list of items -------------------------------------------------------
+def _pre_generated(comps: list, pre: Any, i: int) -> int | None:
+    """Index of the completion that is the pre-generated (phase 2) step ``i``, if any."""
+    if not isinstance(pre, list) or i >= len(pre):
+        return None
+    return next((j for j, c in enumerate(comps) if isinstance(c, dict) and c.get("text") == pre[i]), None)
+
+
 def _prm800k(row: dict, opt: LoadOptions) -> list[Item]:
-    """PRM800K: per step the chosen completion (else the human completion); stop at a -1."""
+    """PRM800K: rebuild the labeled trajectory and stop at its first error.
+
+    Per step: ``completions[chosen_completion]``; else ``human_completion`` (phase 1; a human
+    step counts as +1 when unrated); else the completion equal to the question's
+    ``pre_generated_steps[i]`` (phase 2); else a sole rated completion; else the first one
+    rated -1. The walk stops after the first step rated -1 (kept, label 0) and where no
+    completion applies (a ``give_up``). Rows are kept whatever their ``finish_reason``
+    (``bad_problem`` included): it is in ``meta`` for filtering.
+    """
     question = _get(row, "question", dict)
     problem = _text(question, "problem", "question.problem")
     label = _get(row, "label", dict)
     steps_in = _get(label, "steps", list, name="label.steps")
+    pre = question.get("pre_generated_steps")
     steps: list[str] = []
     labels: list[float] = []
     stopped = None
@@ -197,8 +215,10 @@ def _prm800k(row: dict, opt: LoadOptions) -> list[Item]:
                 f"{where}.human_completion"
             if isinstance(comp, dict) and comp.get("rating") is None:
                 comp = {**comp, "rating": 1}  # a labeler's own step counts as correct
+        elif (j := _pre_generated(comps, pre, i)) is not None:
+            comp, cname = comps[j], f"{where}.completions[{j}]"  # phase 2: the pre-generated step
         elif len(comps) == 1 and isinstance(comps[0], dict) and comps[0].get("rating") is not None:
-            comp, cname = comps[0], f"{where}.completions[0]"  # phase 2: the one pre-generated step
+            comp, cname = comps[0], f"{where}.completions[0]"
         else:
             bad = [j for j, c in enumerate(comps) if isinstance(c, dict) and c.get("rating") == -1]
             if not bad:  # labeler gave up / ran out of time here: the trajectory ends
@@ -296,15 +316,22 @@ def _rlhflow(row: dict, opt: LoadOptions) -> list[Item]:
 def _step_dpo(row: dict, opt: LoadOptions) -> list[Item]:
     """Step-DPO: prefix = ``initial_reason_steps`` split by ``opt.step_format``.
 
-    ``is_final`` is True when the chosen step contains "The answer is" or "\\\\boxed".
+    In Math-Step-DPO-10K the prefix ends with the next step's label (``"...\\nStep 3:"``) and
+    ``chosen``/``rejected`` hold that step's text: an unfinished last piece (text after the
+    last separator) is moved to the front of both, so ``prefix + chosen`` reads as the original.
+    ``is_final`` is True when the chosen step contains "The answer is" or "\\boxed".
     """
     prompt = _text(row, "prompt")
     init = _get(row, "initial_reason_steps", str, optional=True) or ""
-    sep = opt.step_format.separator
-    chosen = _text(row, "chosen").strip(sep)
-    rejected = _text(row, "rejected").strip(sep)
+    fmt = opt.step_format
+    head, sep, tail = init.rpartition(fmt.separator)
+    if not sep:  # no separator at all: the whole text is an unfinished step
+        head, tail = "", init
+    carry = tail if tail.strip() else ""
+    chosen = (carry + _text(row, "chosen")).strip(fmt.separator)
+    rejected = (carry + _text(row, "rejected")).strip(fmt.separator)
     meta = {k: row[k] for k in ("dataset", "answer") if row.get(k) is not None}
-    return [StepPair(prompt, opt.step_format.split(init), chosen, rejected,
+    return [StepPair(prompt, fmt.split(head), chosen, rejected,
                      is_final=any(m in chosen for m in ANSWER_MARKERS), meta=meta)]
 
 
@@ -533,7 +560,7 @@ def _hub_rows(name: str, split: str, config: str | None) -> list[dict]:
         hint = " (HF_HUB_OFFLINE=1 is set: only cached datasets load)" if offline else ""
         raise DataError(f"{name!r} is not a local file or directory, and loading it as a `datasets` hub "
                         f"dataset (split {split!r}) failed{hint}: {type(e).__name__}: {e}", source=name) from None
-    return [dict(r) for r in ds]
+    return ds.to_list()  # one Arrow conversion, much faster than iterating rows
 
 
 def _sources(path_or_name: str | os.PathLike, split: str, config: str | None
@@ -574,7 +601,9 @@ def _convert(numbered: Iterable[tuple[int, Any]], format: str | None, source: st
         raise ValueError(f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
     fmt = FORMATS[format] if format else None
     out: list[Item] = []
-    for n, row in numbered:
+    # tqdm shows a bar only on a terminal (disable=None) and only after 2 s (delay)
+    for n, row in tqdm(numbered, desc=f"loading {Path(source).name}", unit=" rows", disable=None,
+                       delay=2.0, leave=False):
         stats.rows += 1
         try:
             if isinstance(row, DataError):

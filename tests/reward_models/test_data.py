@@ -68,6 +68,8 @@ def test_prm800k_fields_and_neutral_option():
     assert b.steps[2] == "So there are 5 divisors." and b.meta["stopped"] == "first error at step 2"
     assert b.first_error == 2 and b.meta["finish_reason"] == "found_error"
     p2 = FIX / "prm800k_phase2.jsonl"
+    # the erroneous step has alternatives; the pre-generated one (2nd of 3) is the trajectory's
+    assert load_samples(p2)[0].steps[2] == "That is 11 values."
     assert load_samples(p2, neutral="half")[0].labels == [1.0, 0.5, 0.0]
     assert load_samples(p2, neutral="negative")[2].labels == [0.0, 1.0]
     assert load_samples(p2)[2].labels == [1.0, 1.0]  # default: neutral counts as positive
@@ -89,14 +91,19 @@ def test_step_dpo_pairs():
     pairs = load_samples(FIX / "step_dpo.jsonl")
     assert all(isinstance(p, StepPair) for p in pairs)
     a, b = pairs
+    # row 0 is laid out like Math-Step-DPO-10K: the prefix ends with the next step's label
     assert a.prefix_steps == ["Let's think step by step.", "Step 1: The first 3 positive odd numbers are 1, 3 and 5."]
-    assert a.chosen.endswith("= 9. The answer is: 9") and a.rejected.endswith("= 8. The answer is: 8")
+    assert a.chosen == "Step 2: Their sum is 1 + 3 + 5 = 9. The answer is: 9"
+    assert a.rejected == "Step 2: Their sum is 1 + 3 + 5 = 8. The answer is: 8"
+    row = read_rows("step_dpo.jsonl")[0]
+    assert StepFormat().join(a.prefix_steps) + a.chosen == row["initial_reason_steps"] + row["chosen"]
     assert a.is_final is True  # chosen states "The answer is"
+    assert b.prefix_steps == ["Let's think step by step."]
     assert b.is_final is False and b.chosen == "Step 1: 4 boxes hold 4 * 6 = 24 eggs."  # trailing \n stripped
     assert a.meta["dataset"] == "MATH" and a.meta["answer"] == "9"
-    # a different step separator splits the prefix differently
+    # with a separator that never occurs, the whole prefix is one unfinished step
     whole = load_samples(FIX / "step_dpo.jsonl", step_format=StepFormat(separator="\n\n"))
-    assert len(whole[0].prefix_steps) == 1
+    assert whole[0].prefix_steps == [] and whole[0].chosen == row["initial_reason_steps"] + row["chosen"]
 
 
 def test_chosen_rejected_transcripts_and_chat():
