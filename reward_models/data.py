@@ -14,6 +14,7 @@ math_shepherd  ``{"input": "... Step 1: ... ки\\n...", "label": same with ки
 trl_stepwise   TRL stepwise supervision ``{"prompt", "completions", "labels"}``
 input_value_label  seed 003: ``{"input", "value": [steps], "label": ["+", "-", ...]}``
 rlhflow        RLHFlow PRM data: ``{"conversations": [user step, assistant "+"/"-", ...]}``
+processbench   ProcessBench ``{"problem", "steps", "label": first error index or -1}``
 step_dpo       Step-DPO pairs ``{"prompt", "initial_reason_steps", "chosen", "rejected", ...}``
 chosen_rejected  hh-rlhf transcripts, ``{"prompt", "chosen", "rejected"}`` or chat messages
 step_sample    our own :meth:`StepSample.to_dict` rows (what :func:`save_samples` writes)
@@ -399,6 +400,22 @@ def _own(cls, row: dict) -> list[Item]:
         raise DataError(f"not a {cls.__name__} row: {e}") from None
 
 
+def _processbench(row: dict, opt: LoadOptions) -> list[Item]:
+    """ProcessBench: ``label`` = index of the first wrong step, -1 when all steps are right.
+
+    Steps after the first error are labeled 0 (the solution is on a wrong path, as in
+    Math-Shepherd), so :attr:`StepSample.first_error` equals ``label`` exactly.
+    """
+    problem = _text(row, "problem")
+    steps = _steps(row.get("steps"), "steps")
+    first = _get(row, "label", int)
+    if not -1 <= first < len(steps):
+        raise DataError(f"first-error index {first} out of range for {len(steps)} steps", field="label")
+    labels = [1.0] * len(steps) if first == -1 else [1.0] * first + [0.0] * (len(steps) - first)
+    meta = {k: row[k] for k in ("id", "generator", "final_answer_correct") if k in row}
+    return [StepSample(problem, steps, labels, meta=meta)]
+
+
 def _step_sample(row: dict, opt: LoadOptions) -> list[Item]:
     return _own(StepSample, row)
 
@@ -432,6 +449,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
            and isinstance(r.get("input"), str) and SHEPHERD_TAG in r["input"], _math_shepherd,
            "input (with ки), label"),
     Format("input_value_label", _has("input", "value", "label"), _input_value_label, "input, value, label"),
+    Format("processbench", lambda r: _has("problem", "steps", "label")(r) and not isinstance(r["label"], dict),
+           _processbench, "problem, steps, label (first error index or -1)"),
     Format("trl_stepwise", _has("prompt", "completions", "labels"), _trl_stepwise,
            "prompt, completions, labels"),
     Format("rlhflow", lambda r: isinstance(r.get("conversations"), list)

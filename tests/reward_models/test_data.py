@@ -44,6 +44,7 @@ STEP_CASES = [
     ("trl_stepwise.jsonl", "trl_stepwise", [(3, [1, 1, 0]), (2, [1, 1])]),
     ("input_value_label.json", "input_value_label", [(7, [1] * 7), (5, [1, 1, 0, 1, 0])]),
     ("rlhflow.jsonl", "rlhflow", [(3, [1, 1, 1]), (2, [0, 0])]),
+    ("processbench.jsonl", "processbench", [(3, [1, 0, 0]), (2, [1, 1])]),
 ]
 
 
@@ -83,6 +84,8 @@ def test_math_shepherd_and_rlhflow_split_question():
     assert s[0].steps[1] == "Step 2: She buys 2, so 3 + 2 = 5."
     assert s[2].prompt == "What is 7 - 3?" and s[2].steps == ["7 - 3 = 4.", "The answer is: 4"]  # no "Step 1:"
     assert s[1].meta["task"] == "GSM8K"
+    pb = load_samples(FIX / "processbench.jsonl")
+    assert [x.first_error for x in pb] == [1, None] and pb[0].meta["final_answer_correct"] is False
     r = load_samples(FIX / "rlhflow.jsonl")
     assert r[1].prompt == "What is 6 / 2?" and r[1].steps[0] == "Step 1: 6 / 2 = 4."
 
@@ -130,6 +133,7 @@ BAD_ROWS = [
     ("input_value_label.json", lambda r: r["label"].__setitem__(1, "?"), "label[1]"),
     ("rlhflow.jsonl", lambda r: r["conversations"][1].update(role="user"), "conversations[1].role"),
     ("step_dpo.jsonl", lambda r: r.update(chosen=""), "chosen"),
+    ("processbench.jsonl", lambda r: r.update(label=2), "label"),
     ("hh_rlhf.jsonl", lambda r: r.update(rejected=r["rejected"].replace("Assistant", "Bot")), "chosen"),
     ("chat_preference.jsonl", lambda r: r.update(rejected=[{"role": "user", "content": "x"}]), "rejected"),
 ]
