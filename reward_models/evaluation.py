@@ -54,6 +54,17 @@ def _check_pair(scores: Sequence[float], labels: Sequence[float]) -> tuple[list[
     return scores, [v >= 0.5 for v in labels]
 
 
+def _json_safe(obj: Any) -> Any:
+    """Replace NaN/inf floats (undefined metrics) by None, recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _div(a: float, b: float) -> float:
     return a / b if b else NAN
 
@@ -114,7 +125,8 @@ class StepMetrics:
     auroc: float
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain dict for JSON; NaN (undefined) values become None."""
+        return _json_safe(asdict(self))
 
 
 def step_metrics(scores: Sequence[float], labels: Sequence[float], threshold: float = 0.5) -> StepMetrics:
@@ -156,7 +168,8 @@ class FirstErrorResult:
     n_correct: int
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain dict for JSON; NaN (undefined) values become None."""
+        return _json_safe(asdict(self))
 
 
 def first_error_f1(pred_first_errors: Sequence[int | None], true_first_errors: Sequence[int | None]
@@ -316,37 +329,44 @@ def _norm(a: Any) -> Any:
     return None if a is None else str(a).strip()
 
 
+def _vote_accuracy(candidates, answer_fn, gold, weights) -> float:
+    if len(candidates) == 0:
+        raise ValueError("no candidates to vote on")
+    if not callable(gold) and len(gold) != len(candidates):
+        raise ValueError(f"got {len(candidates)} candidate lists for {len(gold)} gold answers")
+    hits = 0
+    for i, (cs, w) in enumerate(zip(candidates, weights)):
+        winner = _vote([_norm(answer_fn(c)) for c in cs], w)
+        if winner is not None:
+            hits += bool(gold(i, winner)) if callable(gold) else winner == _norm(gold[i])
+    return hits / len(candidates)
+
+
 def majority_vote_accuracy(candidates: Sequence[Sequence[str]], answer_fn: Callable[[str], Any],
-                           gold_answers: Sequence[Any]) -> float:
+                           gold: Sequence[Any] | Callable[[int, Any], bool]) -> float:
     """Unweighted self-consistency baseline: the most frequent answer per prompt vs the gold one.
 
-    Answers compare as stripped strings; a candidate whose ``answer_fn`` gives None abstains,
-    and a prompt with no answer at all counts as wrong.
+    ``gold`` is a list of gold answers (compared with the voted answer as stripped strings) or
+    a function ``correct(i, answer) -> bool`` (``i``: the prompt's index) for answers that need
+    an equivalence check. A candidate whose ``answer_fn`` gives None abstains; a prompt with
+    no answer at all counts as wrong; ties go to the answer seen first.
 
     >>> majority_vote_accuracy([["x=1", "x=2", "x=2"]], lambda c: c.split("=")[1], ["2"])
     1.0
     """
-    if len(candidates) != len(gold_answers):
-        raise ValueError(f"got {len(candidates)} candidate lists for {len(gold_answers)} gold answers")
-    hits = [_vote([_norm(answer_fn(c)) for c in cs], [1.0] * len(cs)) == _norm(g)
-            for cs, g in zip(candidates, gold_answers)]
-    return sum(hits) / len(hits)
+    return _vote_accuracy(candidates, answer_fn, gold, [[1.0] * len(cs) for cs in candidates])
 
 
 def weighted_majority_vote_accuracy(reward_model: Any, prompts: Sequence[str], candidates: Sequence[Sequence[str]],
-                                    answer_fn: Callable[[str], Any], gold_answers: Sequence[Any],
+                                    answer_fn: Callable[[str], Any], gold: Sequence[Any] | Callable[[int, Any], bool],
                                     batch_size: int = 64) -> float:
     """Reward-weighted vote: each candidate adds its score to its answer's total.
 
-    Scores are used as returned, so use a reward model whose scores are non-negative
-    (probabilities); answers compare as stripped strings; ties go to the answer seen first.
+    Same rules as :func:`majority_vote_accuracy`. Scores are used as returned, so use a reward
+    model whose scores are non-negative (probabilities). ``score`` is called once per batch.
     """
-    if len(candidates) != len(gold_answers):
-        raise ValueError(f"got {len(candidates)} candidate lists for {len(gold_answers)} gold answers")
     scores = score_candidates(reward_model, prompts, candidates, batch_size)
-    hits = [_vote([_norm(answer_fn(c)) for c in cs], s) == _norm(g)
-            for cs, s, g in zip(candidates, scores, gold_answers)]
-    return sum(hits) / len(hits)
+    return _vote_accuracy(candidates, answer_fn, gold, scores)
 
 
 # -- a PRM on labeled samples ---------------------------------------------------------------------
@@ -367,10 +387,11 @@ class PRMEvaluation:
     step_scores: list[list[float]] = field(default_factory=list, repr=False)
 
     def to_dict(self, with_scores: bool = False) -> dict[str, Any]:
+        """Plain dict for JSON (NaN -> None); ``with_scores`` adds the per-sample step scores."""
         d = asdict(self)
         if not with_scores:
             d.pop("step_scores")
-        return d
+        return _json_safe(d)
 
 
 def evaluate_prm(reward_model: Any, samples: Sequence[StepSample], threshold: float = 0.5,

@@ -134,6 +134,9 @@ def test_best_of_n_and_votes():
     assert rm.calls[1:] == [4, 4, 1]
     assert majority_vote_accuracy(CANDS, answer, GOLD) == pytest.approx(1 / 3)
     assert weighted_majority_vote_accuracy(rm, PROMPTS, CANDS, answer, GOLD) == pytest.approx(2 / 3)
+    # gold as a function (i, answer) -> bool, e.g. for numeric equivalence
+    assert weighted_majority_vote_accuracy(rm, PROMPTS, CANDS, answer,
+                                           lambda i, a: float(a) == float(GOLD[i])) == pytest.approx(2 / 3)
     # any callable f(prompt, steps) works as the reward model
     assert score_candidates(conf, PROMPTS[:1], CANDS[:1]) == [[0.9, 0.3, 0.35]]
     # candidates without an answer abstain; a prompt with no answer at all is wrong
@@ -166,5 +169,6 @@ def test_evaluate_prm_by_hand():
     assert d["steps"]["accuracy"] == 0.75 and "step_scores" not in d
     raw = evaluate_prm(lambda p, steps: [3.0 * table[s] for s in steps], samples, progress=False)
     assert math.isnan(raw.ece) and raw.steps.auroc == 1.0  # logits: AUROC fine, ECE undefined
+    assert raw.to_dict()["ece"] is None and len(raw.to_dict(with_scores=True)["step_scores"]) == 4
     with pytest.raises(DataError, match="row 1, field 'labels'"):
         evaluate_prm(rm, [samples[0], StepSample("p", ["a"])], progress=False)
