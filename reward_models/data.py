@@ -644,9 +644,9 @@ def _convert(numbered: Iterable[tuple[int, Any]], format: str | None, source: st
             if on_reject is not None:
                 on_reject(err, row)
             continue
-        for item in items:  # rows saved by save_samples keep their original provenance
-            for k, v in (("source", source), ("row", n), ("format", fmt.name)):
-                item.meta.setdefault(k, v)
+        for item in items:  # rows that already name a source (saved by save_samples) keep it
+            if "source" not in item.meta:
+                item.meta.update(source=source, row=n, format=fmt.name)
         out.extend(items)
     if fmt is not None:
         stats.formats.setdefault(source, fmt.name)
@@ -705,8 +705,8 @@ def load_samples(path_or_name: str | os.PathLike, format: str | None = None, **k
         split, config: the split and configuration of a hub dataset.
 
     Returns a list of StepSample, StepPair or PreferencePair; each item's ``meta`` holds its
-    ``source``, ``row`` and ``format`` (rows written by :func:`save_samples` keep the ones they
-    were first loaded with). Use :func:`load_samples_with_stats` for counts.
+    ``source``, ``row`` and ``format`` (rows whose ``meta`` already names a ``source``, e.g.
+    written by :func:`save_samples`, keep their own). Use :func:`load_samples_with_stats` for counts.
 
     >>> import json, tempfile, os
     >>> d = tempfile.mkdtemp(); p = os.path.join(d, "x.jsonl")

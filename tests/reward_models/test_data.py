@@ -265,6 +265,12 @@ def test_save_round_trip_and_trl_export(tmp_path):
         back = load_samples(path)
         assert [x.to_dict() for x in back] == [x.to_dict() for x in items]  # meta keeps the original source
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl.gz", "q.jsonl", "s.jsonl"]  # no temp files
+    from stepdpo.tasks.arith import make_samples
+
+    arith = make_samples(5, seed=1, error_rate=0.5)
+    back = load_samples(save_samples(tmp_path / "arith" / "a.jsonl", arith))
+    assert [x.to_dict() for x in back] == [x.to_dict() for x in arith]  # meta["source"] stays "arith"
+    (tmp_path / "arith" / "a.jsonl").unlink()
     with pytest.raises(TypeError):
         save_samples(tmp_path / "x.jsonl", [{"prompt": "p"}])
     assert not (tmp_path / "x.jsonl").exists()

@@ -1,6 +1,7 @@
 """Evaluation metrics against values computed by hand on small crafted cases."""
 
 import math
+import random
 
 import pytest
 
@@ -172,3 +173,41 @@ def test_evaluate_prm_by_hand():
     assert raw.to_dict()["ece"] is None and len(raw.to_dict(with_scores=True)["step_scores"]) == 4
     with pytest.raises(DataError, match="row 1, field 'labels'"):
         evaluate_prm(rm, [samples[0], StepSample("p", ["a"])], progress=False)
+
+
+def test_arith_checker_is_a_perfect_prm_and_reranker():
+    from stepdpo.tasks.arith import (
+        STEP_FORMAT,
+        ArithConfig,
+        checker_reward_model,
+        inject_error,
+        is_correct,
+        make_samples,
+        parse_expression,
+    )
+
+    samples = make_samples(30, seed=3, error_rate=0.5)
+    n_err = sum(s.first_error is not None for s in samples)
+    assert 0 < n_err < 30
+    ev = evaluate_prm(checker_reward_model(), samples, progress=False)
+    assert ev.steps.accuracy == 1.0 and ev.steps.auroc == 1.0 and ev.first_error.f1 == 1.0 and ev.ece == 0.0
+    # a constant "everything is fine" model: never finds an error -> erroneous accuracy 0, F1 0
+    flat = evaluate_prm(lambda p, steps: [0.9] * len(steps), samples, progress=False)
+    assert flat.first_error.acc_erroneous == 0.0 and flat.first_error.acc_correct == 1.0 and flat.first_error.f1 == 0.0
+    assert flat.steps.auroc == 0.5  # all scores tied
+    # best-of-N over a corrupted (first) and a correct (second) solution of the same problem
+    rng = random.Random(0)
+    good = make_samples(10, seed=4)
+    prompts = [g.prompt for g in good]
+    cands = [[STEP_FORMAT.join(inject_error(parse_expression(g.meta["expression"]), rng)[0]),
+              STEP_FORMAT.join(g.steps)] for g in good]
+    cfg = ArithConfig()
+
+    def correct(prompt, completion):
+        return is_correct(cfg.expression_of(prompt), STEP_FORMAT.split(completion))
+
+    assert sum(correct(p, c[0]) for p, c in zip(prompts, cands)) == 0
+    assert sum(correct(p, c[1]) for p, c in zip(prompts, cands)) == 10
+    assert best_of_n_accuracy(checker_reward_model(), prompts, cands, correct) == 1.0
+    # a reward model that cannot tell them apart picks the first (corrupted) one
+    assert best_of_n_accuracy(lambda p, steps: [0.5] * len(steps), prompts, cands, correct) == 0.0
