@@ -74,9 +74,11 @@ class LoadOptions:
             chosen/rejected rows; default :func:`render_messages` (hh-rlhf style).
     """
 
-    neutral: str = "positive"
-    step_format: StepFormat = field(default_factory=StepFormat)
-    render_chat: Callable[[list[dict[str, Any]]], str] | None = None
+    neutral: str = field(default="positive", metadata={"help": "PRM800K rating 0: positive, negative or half"})
+    step_format: StepFormat = field(default_factory=StepFormat,
+                                    metadata={"help": "splits Step-DPO initial_reason_steps into steps"})
+    render_chat: Callable[[list[dict[str, Any]]], str] | None = field(
+        default=None, metadata={"help": "chat messages -> prompt text (default: hh-rlhf style)"})
 
     def __post_init__(self) -> None:
         if self.neutral not in NEUTRAL:
@@ -586,7 +588,8 @@ def _sources(path_or_name: str | os.PathLike, split: str, config: str | None
              ) -> Iterator[tuple[str, Iterable[tuple[int, Any]]]]:
     path = Path(path_or_name)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) is not None)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) is not None
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
             raise DataError(f"directory holds no {', '.join(SUFFIXES)} files", source=str(path))
         for f in files:
@@ -695,7 +698,8 @@ def load_samples(path_or_name: str | os.PathLike, format: str | None = None, **k
 
     Args:
         path_or_name: a ``.json``/``.jsonl``/``.jsonl.gz``/``.json.gz``/``.parquet`` file, a
-            directory of them (read recursively in sorted order), or a ``datasets`` hub name.
+            directory of them (read recursively in sorted order; hidden files and folders are
+            skipped), or a ``datasets`` hub name.
         format: one of :data:`FORMATS`; None detects it from each file's first row.
         neutral: PRM800K rating-0 steps: ``"positive"`` (1.0, default), ``"negative"``, ``"half"``.
         step_format: splits Step-DPO ``initial_reason_steps`` (default separator ``"\\n"``).
@@ -754,6 +758,6 @@ def to_trl_stepwise(samples: Sequence[StepSample], threshold: float = 0.5):
     return datasets.Dataset.from_dict({"prompt": prompts, "completions": completions, "labels": labels})
 
 
-__all__ = ["FORMATS", "Format", "LoadOptions", "LoadStats", "convert_rows", "detect_format", "iter_file_rows",
+__all__ = ["FORMATS", "Format", "Item", "LoadOptions", "LoadStats", "convert_rows", "detect_format", "iter_file_rows",
            "load_samples", "load_samples_with_stats", "render_messages", "save_samples", "to_label",
            "to_trl_stepwise"]

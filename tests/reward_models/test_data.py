@@ -185,6 +185,8 @@ def test_file_types_and_directory(tmp_path):
 
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "e.parquet")
     (tmp_path / "notes.txt").write_text("ignored: not a data file")
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "x.jsonl").write_text("ignored: hidden")
     for f in ["a.jsonl.gz", "b.json", "c.json.gz", "d.json", "e.parquet"]:
         got = load_samples(tmp_path / f)
         assert [s.labels for s in got] == [[1.0, 1.0, 0.0], [1.0, 1.0]], f
