@@ -23,7 +23,6 @@ def fit_arith_policy(steps: int = 250, seed: int = 0):
     then writes well-formed steps that are right only part of the time."""
     from reward_models.testing import tiny_causal_lm, tiny_tokenizer
     from stepdpo.tasks.arith import STEP_FORMAT, ArithConfig, make_samples
-    from stepdpo.sampling import left_pad
 
     tok = tiny_tokenizer()
     cfg = ArithConfig(**ARITH_KW)
@@ -52,7 +51,6 @@ def fit_arith_policy(steps: int = 250, seed: int = 0):
     finally:
         torch.set_num_threads(n)
     model.eval()
-    del left_pad
     return model, tok, cfg
 
 
