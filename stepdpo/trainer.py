@@ -415,8 +415,8 @@ class StepwiseDPOTrainer(DPOTrainer):
         h = hashlib.sha256()
         h.update(json.dumps([str(self._precompute_model_hash), self.ld_alpha, self.args.max_length,
                              self.args.truncation_mode]).encode())
-        for col in TOKENIZED_COLUMNS:
-            h.update(json.dumps(dataset[col]).encode())
+        for row in dataset.select_columns(list(TOKENIZED_COLUMNS)).to_list():
+            h.update(json.dumps([row[c] for c in TOKENIZED_COLUMNS]).encode())
         path = Path(self.args.output_dir) / "ref_logps_cache" / f"{name}-{h.hexdigest()[:24]}.safetensors"
         if path.exists():
             t = load_file(str(path))
