@@ -211,6 +211,7 @@ def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps,
                              [errors[n][1].steps[: errors[n][2]] + [st.text] for n, st in items],
                              max_uncertainty is not None)
     rollout_ok: dict[int, bool] = {}
+    ends_there: set[int] = set()  # candidates whose rollout stopped right after them (they end the solution)
     if checker is not None and items:
         # roll each candidate out to an answer (batched) and keep only those that reach it
         good_items = [m for m, (_n, _st) in enumerate(items) if c_scores[m][-1] >= threshold]
@@ -220,6 +221,8 @@ def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps,
         for m, (sol,) in zip(good_items, outs):
             i = errors[items[m][0]][0]
             rollout_ok[m] = bool(checker(prompts[i], sol.steps, answers[i]))
+            if sol.finished and len(sol.steps) == errors[items[m][0]][2] + 1:
+                ends_there.add(m)
     groups: dict[int, list[int]] = {}
     for m, (n, _st) in enumerate(items):
         groups.setdefault(n, []).append(m)
@@ -244,11 +247,12 @@ def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps,
             stats["skipped_uncertain"] += 1
             continue
         chosen = items[m][1]
+        chosen_final = chosen.is_final or m in ends_there
         rejected_final = sol.finished and e == len(sol.steps) - 1
         pairs.append(StepPair(
             prompt=prompts[i], prefix_steps=sol.steps[:e], chosen=chosen.text, rejected=sol.steps[e],
-            chosen_score=c_scores[m][-1], rejected_score=r_score, is_final=bool(chosen.is_final and rejected_final),
-            meta={"strategy": "first_error", "depth": e, "chosen_final": chosen.is_final,
+            chosen_score=c_scores[m][-1], rejected_score=r_score, is_final=bool(chosen_final and rejected_final),
+            meta={"strategy": "first_error", "depth": e, "chosen_final": chosen_final,
                   "rejected_final": rejected_final}))
     return pairs
 

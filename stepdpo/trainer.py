@@ -237,6 +237,10 @@ class StepwiseDPOTrainer(DPOTrainer):
             else:
                 train_dataset = Dataset.from_list(pairs_to_rows(train_dataset, args.margin_weighting,
                                                                 args.margin_weight_scale), features=PAIR_FEATURES)
+        if isinstance(eval_dataset, (list, tuple)):
+            eval_dataset = Dataset.from_list(pairs_to_rows(list(eval_dataset), args.margin_weighting,
+                                                           args.margin_weight_scale, source="eval_dataset"),
+                                             features=PAIR_FEATURES)
         kind = _dataset_kind(train_dataset)
         if kind == "pairs" and not isinstance(train_dataset, Dataset):
             raise TypeError("step pairs must be given as a list or a datasets.Dataset")
