@@ -234,15 +234,17 @@ class StepSampler(_BaseSampler):
         self.num_generate_calls += 1
         new = out[:, ids.shape[1]:].tolist()
         steps = []
+        sep = self.step_format.separator
         for ctx, gen in zip(batch, new):
-            ended = self.eos_id is not None and self.eos_id in gen
-            if ended:
-                gen = gen[: gen.index(self.eos_id) + 1]
-                body = gen[:-1]
-            else:
-                while gen and gen[-1] == self.pad_id:  # padding after a sequence stopped at the separator
-                    gen = gen[:-1]
-                body = gen
+            ended = False
+            if self.eos_id is not None and self.eos_id in gen:
+                body = gen[: gen.index(self.eos_id)]
+                # EOS after the separator is padding (pad == eos tokenizers): the step stopped at the separator
+                ended = sep not in self.tokenizer.decode(body, skip_special_tokens=False)
+                gen = body + [self.eos_id] if ended else body
+            while not ended and gen and gen[-1] == self.pad_id:  # padding after a sequence stopped early
+                gen = gen[:-1]
+            body = gen[:-1] if ended else gen
             text = self.tokenizer.decode(body, skip_special_tokens=False)
             hit_limit = not ended and len(gen) >= self.max_new_tokens
             step, is_final, truncated = cut_step(text, self.step_format, ended, hit_limit)

@@ -74,7 +74,7 @@ def margin_weights(margins: Sequence[float], mode: str = "none", scale: float = 
     >>> margin_weights([1.0, 3.0], "margin")
     [0.5, 1.5]
     >>> [round(w, 3) for w in margin_weights([0.0, 2.0], "sigmoid")]
-    [0.735, 1.265]
+    [0.724, 1.276]
     """
     if mode == "none" or not margins:
         return [1.0] * len(margins)

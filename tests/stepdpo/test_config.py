@@ -34,3 +34,16 @@ def test_defaults_and_step_format(tmp_path):
 def test_bad_combinations_raise(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         make(tmp_path, **kw)
+
+
+def test_docstring_examples_of_the_stepdpo_modules():
+    import doctest
+
+    import stepdpo.config
+    import stepdpo.pairs
+    import stepdpo.sampling
+    import stepdpo.trainer
+
+    for mod in (stepdpo.config, stepdpo.pairs, stepdpo.sampling, stepdpo.trainer):
+        result = doctest.testmod(mod)
+        assert result.attempted > 0 and result.failed == 0, mod.__name__

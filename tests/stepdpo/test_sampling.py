@@ -86,3 +86,19 @@ def test_vllm_missing_gives_clear_error():
             VLLMStepSampler("x", tiny_tokenizer())
     else:
         pytest.skip("vLLM is installed")
+
+
+def test_pad_equal_to_eos_is_not_taken_for_the_end_of_the_solution(arith_policy):
+    """Tokenizers often pad with EOS: a step that stopped at the separator is not final."""
+    model, tok, cfg = arith_policy
+    tok2 = tiny_tokenizer()
+    tok2.pad_token = tok2.eos_token
+    probs = make_samples(6, seed=5, cfg=cfg)
+    steps = StepSampler(model, tok2, STEP_FORMAT, max_new_tokens=12, seed=0).sample_next_steps(
+        [p.prompt for p in probs], k=3)
+    flat = [s for row in steps for s in row]
+    assert any(len(s.token_ids) < 12 for s in flat)  # different lengths: some rows were padded
+    for s in flat:
+        if s.text and not s.truncated:
+            assert not s.is_final  # first steps of these problems never end the solution
+            assert tok2.eos_token_id not in s.token_ids

@@ -274,3 +274,14 @@ def test_every_trl_loss_type_gives_a_finite_loss_and_gradient(tmp_path):
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, loss_type
     with pytest.raises(ValueError, match="aot"):
         make_args(tmp_path, margin_weighting="margin", loss_type="aot")
+
+
+def test_default_judge_missing_gives_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "reward_models.process", None)  # as if the module were absent
+    tok = tiny_tokenizer()
+    with pytest.raises(ImportError, match="reward_model=..."):
+        StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=make_args(tmp_path, sample_max_new_tokens=4,
+                                                                      max_solution_steps=1),
+                           tokenizer=tok, prompts=["Q: 1+2\n"])
