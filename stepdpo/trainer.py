@@ -133,17 +133,20 @@ class StepPreferenceCollator(DataCollatorForPreference):
 
 # -- dataset shaping --------------------------------------------------------------------------------
 def pairs_to_rows(pairs: Sequence[StepPair | dict], margin_weighting: str = "none", scale: float = 1.0,
-                  source: str = "train_dataset") -> list[dict[str, Any]]:
-    """Validated rows (``PAIR_FEATURES`` columns) from StepPairs or dicts of either pair format."""
+                  source: str = "train_dataset", step_format: StepFormat | None = None) -> list[dict[str, Any]]:
+    """Validated rows (``PAIR_FEATURES`` columns) from StepPairs or dicts of either pair format
+    (Step-DPO rows are split into steps with ``step_format``)."""
     checked = []
     for n, p in enumerate(pairs):
         try:
             if isinstance(p, dict):
-                p = pair_from_row({k: v for k, v in p.items() if k not in ("pair_weight",)})
+                p = pair_from_row({k: v for k, v in p.items() if k != "pair_weight"}, step_format)
             elif not isinstance(p, StepPair):
                 raise DataError(f"expected a StepPair or a dict, got {type(p).__name__}")
         except DataError as e:
             raise e.at(source=source, row=n) from None
+        except TypeError as e:  # a dict missing required fields
+            raise DataError(str(e), source=source, row=n) from None
         checked.append(p)
     weights = margin_weights([p.margin for p in checked], margin_weighting, scale)
     return [{"prompt": p.prompt, "prefix_steps": list(p.prefix_steps), "chosen": p.chosen, "rejected": p.rejected,
@@ -228,25 +231,28 @@ class StepwiseDPOTrainer(DPOTrainer):
             train_dataset = Dataset.from_dict({"prompt": list(prompts)})
         if train_dataset is None:
             raise ValueError("train_dataset (step pairs or prompts) or prompts= is required")
+
+        def to_rows(data, source):
+            return Dataset.from_list(pairs_to_rows(data, args.margin_weighting, args.margin_weight_scale, source,
+                                                   args.step_format), features=PAIR_FEATURES)
+
+        if isinstance(eval_dataset, (list, tuple)):
+            eval_dataset = to_rows(list(eval_dataset), "eval_dataset")
         if isinstance(train_dataset, (list, tuple)):
             if not train_dataset:
                 raise ValueError("train_dataset is empty")
-            train_dataset = list(train_dataset)
-            if all(isinstance(p, str) for p in train_dataset):
-                train_dataset = Dataset.from_dict({"prompt": train_dataset})
+            items = list(train_dataset)
+            if all(isinstance(p, str) for p in items):
+                train_dataset = Dataset.from_dict({"prompt": items})
+            elif all(isinstance(p, dict) for p in items) and _dataset_kind(items) != "pairs":
+                train_dataset = Dataset.from_list(items)
             else:
-                train_dataset = Dataset.from_list(pairs_to_rows(train_dataset, args.margin_weighting,
-                                                                args.margin_weight_scale), features=PAIR_FEATURES)
-        if isinstance(eval_dataset, (list, tuple)):
-            eval_dataset = Dataset.from_list(pairs_to_rows(list(eval_dataset), args.margin_weighting,
-                                                           args.margin_weight_scale, source="eval_dataset"),
-                                             features=PAIR_FEATURES)
+                train_dataset = to_rows(items, "train_dataset")
         kind = _dataset_kind(train_dataset)
         if kind == "pairs" and not isinstance(train_dataset, Dataset):
             raise TypeError("step pairs must be given as a list or a datasets.Dataset")
         if kind == "pairs" and "pair_weight" not in train_dataset.column_names:
-            train_dataset = Dataset.from_list(pairs_to_rows(train_dataset.to_list(), args.margin_weighting,
-                                                            args.margin_weight_scale), features=PAIR_FEATURES)
+            train_dataset = to_rows(train_dataset.to_list(), "train_dataset")
 
         self._pair_prompts: list[str] | None = None
         if kind == "prompts":
@@ -352,7 +358,7 @@ class StepwiseDPOTrainer(DPOTrainer):
         if kind == "pairs":
             if "pair_weight" not in dataset.column_names:
                 dataset = Dataset.from_list(pairs_to_rows(dataset.to_list(), args.margin_weighting,
-                                                          args.margin_weight_scale, source=dataset_name),
+                                                          args.margin_weight_scale, dataset_name, args.step_format),
                                             features=PAIR_FEATURES)
             tok = getattr(processing_class, "tokenizer", processing_class)
             fmt = args.step_format

@@ -285,3 +285,25 @@ def test_default_judge_missing_gives_a_clear_error(tmp_path, monkeypatch):
         StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=make_args(tmp_path, sample_max_new_tokens=4,
                                                                       max_solution_steps=1),
                            tokenizer=tok, prompts=["Q: 1+2\n"])
+
+
+def test_step_dpo_dataset_with_its_own_separator_and_row_errors(tmp_path):
+    from datasets import Dataset
+
+    from reward_models.types import DataError
+
+    tok = tiny_tokenizer()
+    rows = [{"prompt": "Q: 2+3*4\n\n", "initial_reason_steps": "3*4=12\n\n", "chosen": "2+12=14",
+             "rejected": "2+12=15"}]
+    args = make_args(tmp_path, step_separator="\n\n")
+    trainer = StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=args, tokenizer=tok,
+                                 train_dataset=Dataset.from_list(rows))
+    row = trainer.train_dataset[0]
+    fmt = args.step_format
+    assert row["prefix_steps"] == ["3*4=12"]
+    assert row["prompt_ids"] == fmt.tokenize(tok, "Q: 2+3*4\n\n", ["3*4=12"], complete=False).input_ids
+    assert row["chosen_ids"] == tok("2+12=14\n\n", add_special_tokens=False)["input_ids"]
+    bad = PAIRS[:1] + [{"prompt": "Q: 1\n", "prefix_steps": [], "chosen": "x", "rejected": 3}]
+    with pytest.raises(DataError, match="train_dataset, row 1, field 'rejected'"):
+        StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=make_args(tmp_path), tokenizer=tok,
+                           train_dataset=[p.to_dict() if isinstance(p, StepPair) else p for p in bad])
