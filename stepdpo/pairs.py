@@ -189,11 +189,12 @@ def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps,
     # locate the first error of each solution
     errors = []  # (prompt index, solution, error index, rejected score, rejected std)
     for n, ((i, sol), row) in enumerate(zip(flat, scores)):
-        if _nan_count(row):
-            stats["rejected_nan"] += _nan_count(row)
-        first = next((d for d, v in enumerate(row) if not math.isnan(v) and v < threshold), None)
+        first = next((d for d, v in enumerate(row) if math.isnan(v) or v < threshold), None)
         if first is None:
             stats["solutions_without_error"] += 1
+            continue
+        if math.isnan(row[first]):  # an unscorable step: neither a good prefix nor a known error
+            stats["rejected_nan"] += 1
             continue
         errors.append((i, sol, first, row[first], None if unc is None else unc[n][first]))
     if not errors:

@@ -287,6 +287,8 @@ class StepwiseDPOTrainer(DPOTrainer):
         if data_collator is None and processing_class is not None:
             tok = getattr(processing_class, "tokenizer", processing_class)
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            if args.pad_token is not None:
+                pad = tok.convert_tokens_to_ids(args.pad_token)
             data_collator = StepPreferenceCollator(pad_token_id=pad, max_length=args.max_length,
                                                    truncation_mode=args.truncation_mode,
                                                    pad_to_multiple_of=args.pad_to_multiple_of)

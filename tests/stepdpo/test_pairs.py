@@ -87,6 +87,9 @@ def test_first_error_counts_uncertainty_and_nan():
     noisy = TableRM(table, std={"s2": 0.4})
     res = build_step_pairs([p], sampler, noisy, k=3, max_uncertainty=0.3)
     assert res.stats["skipped_uncertain"] == 1 and res.pairs == []
+    nan_prefix = ScriptedSampler(solutions={p: [["u2", "s2x"]]}, next_steps={})
+    res = build_step_pairs([p], nan_prefix, TableRM(table), k=3)
+    assert res.stats["rejected_nan"] == 1 and res.stats["n_groups"] == 0 and res.pairs == []
     with pytest.raises(ValueError, match="uncertainty"):
         build_step_pairs([p], sampler, lambda prompt, steps: [1.0] * len(steps), k=3, max_uncertainty=0.3)
 
