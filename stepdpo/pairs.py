@@ -1,0 +1,382 @@
+"""Build step-level preference pairs from policy samples and any reward model.
+
+Two strategies, both batched (one ``generate`` per round of sampling, one ``score_steps``
+call per batch of candidates):
+
+* ``"first_error"`` (Step-DPO): sample ``k`` solutions per prompt, score their steps, find
+  the first step scoring below ``threshold``, resample ``k`` alternatives from the last good
+  prefix; chosen = the best alternative scoring at least ``threshold`` (optionally one whose
+  rollout reaches the right answer), rejected = the erroneous step.
+* ``"per_depth"``: sample one solution per prompt; at each depth sample ``k`` candidate next
+  steps from its prefix; chosen = best candidate, rejected = worst.
+
+Groups where every candidate is good (``skipped_all_good``), every one is bad
+(``skipped_all_bad``), the best and worst differ by less than ``min_margin``
+(``skipped_tie``), or the ensemble disagrees by more than ``max_uncertainty``
+(``skipped_uncertain``) give no pair; the counts are in :attr:`PairBuildResult.stats`.
+
+Pairs save to / load from JSONL (every :class:`StepPair` field) and the Step-DPO format
+(``prompt``, ``initial_reason_steps``, ``chosen``, ``rejected``).
+
+>>> select_pair([0.9, 0.2, 0.7], threshold=0.5)
+('pair', 0, 1)
+>>> select_pair([0.9, 0.8], threshold=0.5), select_pair([0.1, 0.2], threshold=0.5)
+(('all_good', None, None), ('all_bad', None, None))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reward_models.base import as_reward_model
+from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat
+from reward_models.types import DataError, StepPair
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("first_error", "per_depth")
+STAT_KEYS = ("n_prompts", "n_solutions", "n_groups", "pairs", "skipped_all_good", "skipped_all_bad", "skipped_tie",
+             "skipped_uncertain", "rejected_nan", "empty_steps", "truncated_steps", "solutions_without_error")
+
+
+@dataclass
+class PairBuildResult:
+    """Output of :func:`build_step_pairs`: the pairs and the count of every outcome."""
+
+    pairs: list[StepPair]
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def select_pair(scores: Sequence[float], threshold: float | None = 0.5, min_margin: float = 0.0,
+                rejected: int | None = None) -> tuple[str, int | None, int | None]:
+    """Pick ``(outcome, chosen_index, rejected_index)`` from one group's candidate scores.
+
+    With a ``threshold``, chosen must score at least it and rejected below it; a group with no
+    good (bad) candidate is ``all_bad`` (``all_good``). ``rejected`` fixes the rejected
+    candidate (first-error strategy: the erroneous step). ``tie`` when the best margin is
+    below ``min_margin`` (or zero). NaN scores are never picked.
+
+    >>> select_pair([0.5, 0.5], threshold=None)
+    ('tie', None, None)
+    >>> select_pair([0.1, 0.3, 0.9], threshold=None, rejected=1)
+    ('pair', 2, 1)
+    """
+    valid = [i for i, s in enumerate(scores) if not math.isnan(s) and i != rejected]
+    if rejected is not None:
+        if math.isnan(scores[rejected]):
+            return "nan", None, None
+        bad_pool = [rejected]
+    else:
+        bad_pool = valid
+    good_pool = valid
+    if threshold is not None:
+        good_pool = [i for i in valid if scores[i] >= threshold]
+        bad_pool = [i for i in bad_pool if scores[i] < threshold]
+        if rejected is None and not good_pool:
+            return "all_bad", None, None
+        if rejected is None and not bad_pool:
+            return "all_good", None, None
+        if rejected is not None and not bad_pool:
+            return "all_good", None, None
+        if not good_pool:
+            return "all_bad", None, None
+    if not good_pool or not bad_pool:
+        return "tie", None, None
+    best = max(good_pool, key=lambda i: scores[i])
+    worst = min(bad_pool, key=lambda i: scores[i])
+    margin = scores[best] - scores[worst]
+    if best == worst or margin <= 0 or margin < min_margin:
+        return "tie", None, None
+    return "pair", best, worst
+
+
+def _score(rm, prompts: list[str], steps: list[list[str]], want_uncertainty: bool):
+    """One batched scoring call; returns (scores, uncertainties or None)."""
+    if not prompts:
+        return [], None
+    if want_uncertainty:
+        scores, unc = rm.score_steps_with_uncertainty(prompts, steps)
+        if unc is None:
+            raise ValueError(f"max_uncertainty was set but {type(rm).__name__} reports no uncertainty; use an "
+                             "ensemble reward model (score_steps_with_uncertainty) or leave max_uncertainty=None")
+        return [list(map(float, s)) for s in scores], [list(map(float, u)) for u in unc]
+    return [list(map(float, s)) for s in rm.score_steps(prompts, steps)], None
+
+
+def _usable(step, fmt: StepFormat, stats: Counter) -> bool:
+    if step.truncated:
+        stats["truncated_steps"] += 1
+    if not step.text.strip():
+        stats["empty_steps"] += 1
+        return False
+    try:
+        fmt.check_step(step.text)
+    except DataError:
+        stats["empty_steps"] += 1
+        return False
+    return True
+
+
+def build_step_pairs(prompts: Sequence[str], sampler, reward_model, strategy: str = "first_error", k: int = 4,
+                     threshold: float | None = 0.5, *, min_margin: float = 0.0, max_steps: int = 8,
+                     answers: Sequence[Any] | None = None,
+                     answer_checker: Callable[[str, list[str], Any], bool] | None = None,
+                     max_uncertainty: float | None = None, step_format: StepFormat | None = None) -> PairBuildResult:
+    """Sample from ``sampler``'s policy, judge with ``reward_model``, return step pairs + stats.
+
+    Args:
+        prompts: problems, formatted as the policy sees them.
+        sampler: a :class:`~stepdpo.sampling.StepSampler` (or any object with the same methods).
+        reward_model: any reward model, user object or callable accepted by
+            :func:`reward_models.base.as_reward_model` (e.g. a class with only
+            ``get_rewards_for_steps``), or the task checker.
+        strategy: ``"first_error"`` or ``"per_depth"`` (see the module docstring).
+        k: solutions per prompt and candidates per group.
+        threshold: a step is good when its score is at least this (``None``: pure ranking,
+            per-depth only).
+        min_margin: smallest chosen-minus-rejected score difference that makes a pair.
+        max_steps: step limit of sampled solutions.
+        answers, answer_checker: with both, a first-error chosen step must also lead to the right
+            answer: its rollout ``steps`` must satisfy ``answer_checker(prompt, steps, answer)``.
+        max_uncertainty: drop pairs where the ensemble's disagreement (std) on the chosen or
+            the rejected step exceeds this.
+        step_format: defaults to the sampler's.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings")
+    if threshold is None and strategy == "first_error":
+        raise ValueError("the first_error strategy needs a threshold to locate the first bad step")
+    if (answers is None) != (answer_checker is None):
+        raise ValueError("pass both answers and answer_checker, or neither")
+    if answers is not None and len(answers) != len(prompts):
+        raise ValueError(f"got {len(answers)} answers for {len(prompts)} prompts")
+    rm = as_reward_model(reward_model)
+    fmt = step_format or getattr(sampler, "step_format", None) or DEFAULT_STEP_FORMAT
+    prompts = list(prompts)
+    stats: Counter = Counter({key: 0 for key in STAT_KEYS})
+    stats["n_prompts"] = len(prompts)
+    if strategy == "first_error":
+        pairs = _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, answers,
+                             answer_checker, max_uncertainty, stats)
+    else:
+        pairs = _per_depth(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, max_uncertainty, stats)
+    stats["pairs"] = len(pairs)
+    logger.info("built %d step pairs (%s): %s", len(pairs), strategy, dict(stats))
+    return PairBuildResult(pairs=pairs, stats=dict(stats))
+
+
+def _nan_count(row: Sequence[float]) -> int:
+    return sum(1 for v in row if math.isnan(v))
+
+
+def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, answers, checker,
+                 max_uncertainty, stats) -> list[StepPair]:
+    sols = sampler.sample_solution_details(prompts, k=k, max_steps=max_steps)
+    flat = [(i, s) for i, row in enumerate(sols) for s in row if s.steps]
+    stats["n_solutions"] = sum(len(row) for row in sols)
+    scores, unc = _score(rm, [prompts[i] for i, _ in flat], [s.steps for _, s in flat], max_uncertainty is not None)
+    # locate the first error of each solution
+    errors = []  # (prompt index, solution, error index, rejected score, rejected std)
+    for n, ((i, sol), row) in enumerate(zip(flat, scores)):
+        first = next((d for d, v in enumerate(row) if math.isnan(v) or v < threshold), None)
+        if first is None:
+            stats["solutions_without_error"] += 1
+            continue
+        if math.isnan(row[first]):  # an unscorable step: neither a good prefix nor a known error
+            stats["rejected_nan"] += 1
+            continue
+        errors.append((i, sol, first, row[first], None if unc is None else unc[n][first]))
+    if not errors:
+        return []
+    # resample alternatives from the last good prefix: one batched call for all errors
+    cands = sampler.sample_next_steps([prompts[i] for i, *_ in errors], [s.steps[:e] for _, s, e, *_ in errors], k=k)
+    items = []  # (error index, candidate step)
+    for n, ((_i, sol, e, *_), row) in enumerate(zip(errors, cands)):
+        seen = {sol.steps[e]}
+        for step in row:
+            if _usable(step, fmt, stats) and step.text not in seen:
+                seen.add(step.text)
+                items.append((n, step))
+    c_scores, c_unc = _score(rm, [prompts[errors[n][0]] for n, _ in items],
+                             [errors[n][1].steps[: errors[n][2]] + [st.text] for n, st in items],
+                             max_uncertainty is not None)
+    rollout_ok: dict[int, bool] = {}
+    ends_there: set[int] = set()  # candidates whose rollout stopped right after them (they end the solution)
+    if checker is not None and items:
+        # roll each candidate out to an answer (batched) and keep only those that reach it
+        good_items = [m for m, (_n, _st) in enumerate(items) if c_scores[m][-1] >= threshold]
+        outs = sampler.sample_solution_details(
+            [prompts[errors[items[m][0]][0]] for m in good_items], k=1, max_steps=max_steps,
+            prefixes=[errors[items[m][0]][1].steps[: errors[items[m][0]][2]] + [items[m][1].text] for m in good_items])
+        for m, (sol,) in zip(good_items, outs):
+            i = errors[items[m][0]][0]
+            rollout_ok[m] = bool(checker(prompts[i], sol.steps, answers[i]))
+            if sol.finished and len(sol.steps) == errors[items[m][0]][2] + 1:
+                ends_there.add(m)
+    groups: dict[int, list[int]] = {}
+    for m, (n, _st) in enumerate(items):
+        groups.setdefault(n, []).append(m)
+    pairs = []
+    for n, (i, sol, e, r_score, r_std) in enumerate(errors):
+        stats["n_groups"] += 1
+        members = groups.get(n, [])
+        cand_scores = []
+        for m in members:
+            v = c_scores[m][-1]
+            if math.isnan(v):
+                stats["rejected_nan"] += 1
+            if checker is not None and not rollout_ok.get(m, False):
+                v = float("nan") if math.isnan(v) else min(v, threshold - 1.0)  # never chosen
+            cand_scores.append(v)
+        outcome, best, _ = select_pair(cand_scores + [r_score], threshold, min_margin, rejected=len(cand_scores))
+        if outcome != "pair":
+            stats[f"skipped_{outcome}" if outcome != "nan" else "rejected_nan"] += 1
+            continue
+        m = members[best]
+        if max_uncertainty is not None and max(c_unc[m][-1], r_std) > max_uncertainty:
+            stats["skipped_uncertain"] += 1
+            continue
+        chosen = items[m][1]
+        chosen_final = chosen.is_final or m in ends_there
+        rejected_final = sol.finished and e == len(sol.steps) - 1
+        pairs.append(StepPair(
+            prompt=prompts[i], prefix_steps=sol.steps[:e], chosen=chosen.text, rejected=sol.steps[e],
+            chosen_score=c_scores[m][-1], rejected_score=r_score, is_final=bool(chosen_final and rejected_final),
+            meta={"strategy": "first_error", "depth": e, "chosen_final": chosen_final,
+                  "rejected_final": rejected_final}))
+    return pairs
+
+
+def _per_depth(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, max_uncertainty,
+               stats) -> list[StepPair]:
+    sols = sampler.sample_solution_details(prompts, k=1, max_steps=max_steps)
+    stats["n_solutions"] = len(sols)
+    ctx = [(i, row[0].steps[:d]) for i, row in enumerate(sols) for d in range(max(len(row[0].steps), 1))]
+    cands = sampler.sample_next_steps([prompts[i] for i, _ in ctx], [pre for _, pre in ctx], k=k)
+    items = []
+    for n, row in enumerate(cands):
+        seen = set()
+        for step in row:
+            if _usable(step, fmt, stats) and step.text not in seen:
+                seen.add(step.text)
+                items.append((n, step))
+    scores, unc = _score(rm, [prompts[ctx[n][0]] for n, _ in items], [ctx[n][1] + [st.text] for n, st in items],
+                         max_uncertainty is not None)
+    groups: dict[int, list[int]] = {}
+    for m, (n, _st) in enumerate(items):
+        groups.setdefault(n, []).append(m)
+    pairs = []
+    for n, (i, prefix) in enumerate(ctx):
+        stats["n_groups"] += 1
+        members = groups.get(n, [])
+        vals = [scores[m][-1] for m in members]
+        stats["rejected_nan"] += _nan_count(vals)
+        outcome, best, worst = select_pair(vals, threshold, min_margin)
+        if outcome != "pair":
+            stats[f"skipped_{outcome}"] += 1
+            continue
+        mb, mw = members[best], members[worst]
+        if max_uncertainty is not None and max(unc[mb][-1], unc[mw][-1]) > max_uncertainty:
+            stats["skipped_uncertain"] += 1
+            continue
+        cb, cw = items[mb][1], items[mw][1]
+        pairs.append(StepPair(
+            prompt=prompts[i], prefix_steps=list(prefix), chosen=cb.text, rejected=cw.text,
+            chosen_score=scores[mb][-1], rejected_score=scores[mw][-1], is_final=bool(cb.is_final and cw.is_final),
+            meta={"strategy": "per_depth", "depth": len(prefix), "chosen_final": cb.is_final,
+                  "rejected_final": cw.is_final}))
+    return pairs
+
+
+# -- saving and loading ----------------------------------------------------------------------------
+def pair_to_step_dpo(pair: StepPair, step_format: StepFormat | None = None) -> dict[str, str]:
+    """The Step-DPO row of a pair (``initial_reason_steps`` = the prefix laid out as text).
+
+    >>> pair_to_step_dpo(StepPair(prompt="Q: 1+2*3\\n", prefix_steps=["2*3=6"], chosen="1+6=7", rejected="1+6=8"))
+    {'prompt': 'Q: 1+2*3\\n', 'initial_reason_steps': '2*3=6\\n', 'chosen': '1+6=7', 'rejected': '1+6=8'}
+    """
+    fmt = step_format or DEFAULT_STEP_FORMAT
+    return {"prompt": pair.prompt, "initial_reason_steps": fmt.join(pair.prefix_steps, complete=False),
+            "chosen": pair.chosen, "rejected": pair.rejected}
+
+
+def pair_from_row(row: dict[str, Any], step_format: StepFormat | None = None) -> StepPair:
+    """A :class:`StepPair` from a JSONL row of either format (raises :class:`DataError`)."""
+    if not isinstance(row, dict):
+        raise DataError(f"expected a JSON object, got {type(row).__name__}")
+    if "initial_reason_steps" in row:
+        fmt = step_format or DEFAULT_STEP_FORMAT
+        missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+        if missing:
+            raise DataError("missing key", field=missing[0])
+        prefix = row["initial_reason_steps"]
+        if not isinstance(prefix, str):
+            raise DataError(f"expected a string, got {type(prefix).__name__}", field="initial_reason_steps")
+        extra = {k: v for k, v in row.items() if k not in ("prompt", "initial_reason_steps", "chosen", "rejected")}
+
+        def strip(v, name):
+            if not isinstance(v, str):
+                raise DataError(f"expected a string, got {type(v).__name__}", field=name)
+            return v[: -len(fmt.separator)] if v.endswith(fmt.separator) else v
+
+        return StepPair(prompt=row["prompt"], prefix_steps=fmt.split(prefix), chosen=strip(row["chosen"], "chosen"),
+                        rejected=strip(row["rejected"], "rejected"), meta={"step_dpo_extra": extra} if extra else {})
+    return StepPair.from_dict(row)
+
+
+def save_pairs(path: str | os.PathLike, pairs: Sequence[StepPair], format: str = "jsonl",
+               step_format: StepFormat | None = None) -> Path:
+    """Write pairs as JSONL (``format="jsonl"``: every field; ``"step_dpo"``: the Step-DPO
+    columns). Atomic: a temporary file in the same folder is renamed over ``path``."""
+    if format not in ("jsonl", "step_dpo"):
+        raise ValueError(f"unknown format {format!r}; expected 'jsonl' or 'step_dpo'")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for p in pairs:
+                row = p.to_dict() if format == "jsonl" else pair_to_step_dpo(p, step_format)
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_pairs(path: str | os.PathLike, step_format: StepFormat | None = None) -> list[StepPair]:
+    """Read pairs from JSONL in either format (detected per row); errors name file, line, field."""
+    path = Path(path)
+    pairs = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"invalid JSON ({e.msg})", source=str(path), row=n) from None
+            try:
+                pairs.append(pair_from_row(row, step_format))
+            except DataError as e:
+                raise e.at(source=str(path), row=n) from None
+            except TypeError as e:
+                raise DataError(str(e), source=str(path), row=n) from None
+    return pairs
+
+
+__all__ = ["STAT_KEYS", "STRATEGIES", "PairBuildResult", "build_step_pairs", "load_pairs", "pair_from_row",
+           "pair_to_step_dpo", "save_pairs", "select_pair"]

@@ -1,0 +1,310 @@
+"""Step-wise sampling from a policy: K next steps, or K whole solutions, cut at the step separator.
+
+Every context is tokenized piecewise by the :class:`~reward_models.steps.StepFormat`
+(``fmt.tokenize(tok, prompt, prefix, complete=False)``): the ids the policy generates from
+are exactly the ids :class:`~stepdpo.trainer.StepwiseDPOTrainer` trains on. All contexts of a
+call (prompts x K) go through one batched, left-padded ``generate`` call (chunked by
+``batch_size``); each sequence stops at the separator (``stop_strings``) or at EOS.
+
+* :class:`StepSampler` - the transformers backend (any ``AutoModelForCausalLM``).
+* :class:`VLLMStepSampler` - the same interface on vLLM (prefix caching on); constructing it
+  without vLLM installed raises an ``ImportError`` that says so.
+
+>>> from reward_models.testing import tiny_tokenizer, tiny_causal_lm
+>>> tok = tiny_tokenizer()
+>>> sampler = StepSampler(tiny_causal_lm(tok), tok, max_new_tokens=4, seed=0)
+>>> steps = sampler.sample_next_steps(["Q: 1+2\\n"], k=2)
+>>> len(steps), len(steps[0]), steps[0][0].context_ids == tok("Q: 1+2\\n")["input_ids"]
+(1, 2, True)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SampledStep:
+    """One sampled next step.
+
+    Attributes:
+        text: the step without its separator (and without the tag); may be ``""`` when the
+            policy ended the solution right away (``is_final`` then True).
+        is_final: generation ended with EOS (the step, if any, ends the solution).
+        truncated: ``max_new_tokens`` was reached before a separator or EOS.
+        context_ids: the ids generated from (prompt + prefix steps, built piecewise).
+        token_ids: the generated ids up to and including the separator (or EOS), as sampled.
+    """
+
+    text: str
+    is_final: bool
+    truncated: bool
+    context_ids: list[int]
+    token_ids: list[int]
+
+
+@dataclass
+class SampledSolution:
+    """A whole sampled solution: ``steps`` and whether the policy ended it (EOS)."""
+
+    steps: list[str]
+    finished: bool
+    truncated: bool = False
+    meta: dict = field(default_factory=dict)
+
+
+def pick_device(model=None) -> torch.device:
+    """The model's device when it has parameters, else cuda when available, else cpu."""
+    if model is not None:
+        try:
+            return next(model.parameters()).device
+        except (StopIteration, AttributeError):
+            pass
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad id lists into ``(input_ids, attention_mask)`` of shape ``(B, max_len)``.
+
+    >>> ids, mask = left_pad([[5, 6], [7]], pad_id=0)
+    >>> ids.tolist(), mask.tolist()
+    ([[5, 6], [0, 7]], [[1, 1], [0, 1]])
+    """
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, x in enumerate(batch):
+        if len(x):
+            ids[i, width - len(x):] = torch.tensor(list(x), dtype=torch.long)
+            mask[i, width - len(x):] = 1
+    return ids, mask
+
+
+def cut_step(text: str, step_format: StepFormat, ended_with_eos: bool, hit_limit: bool) -> tuple[str, bool, bool]:
+    """Turn generated text into ``(step_text, is_final, truncated)``.
+
+    The text is cut at the first separator; a step with no separator is final when EOS ended
+    it and truncated when the token limit did. A trailing scoring tag is removed.
+
+    >>> fmt = StepFormat(separator="\\n")
+    >>> cut_step("3+4=7\\n9", fmt, False, False), cut_step("Answer: 7", fmt, True, False)
+    (('3+4=7', False, False), ('Answer: 7', True, False))
+    """
+    sep = step_format.separator
+    if sep in text:
+        step, is_final, truncated = text.split(sep, 1)[0], False, False
+    else:
+        step, is_final, truncated = text, ended_with_eos, not ended_with_eos and hit_limit
+    tag = step_format.tag
+    if tag is not None:
+        step = step[: -len(tag)] if step.endswith(tag) else step.replace(tag, "")
+    return step, is_final, truncated
+
+
+class _BaseSampler:
+    """Shared logic: contexts, solution rounds. Subclasses implement :meth:`_generate`."""
+
+    tokenizer = None
+    step_format: StepFormat = DEFAULT_STEP_FORMAT
+
+    def context_ids(self, prompt: str, prefix: Sequence[str] = ()) -> list[int]:
+        """Ids of ``prompt + prefix`` exactly as the trainer builds them (piecewise)."""
+        return self.step_format.tokenize(self.tokenizer, prompt, list(prefix), complete=False).input_ids
+
+    def _generate(self, contexts: list[list[int]], k: int) -> list[list[SampledStep]]:
+        raise NotImplementedError
+
+    def sample_next_steps(self, prompts: Sequence[str], prefixes: Sequence[Sequence[str]] | None = None,
+                          k: int = 4) -> list[list[SampledStep]]:
+        """Sample ``k`` next steps after each ``prompt + prefix``: one list of ``k`` per prompt."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, not one string")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        prefixes = [[] for _ in prompts] if prefixes is None else [list(p) for p in prefixes]
+        if len(prefixes) != len(prompts):
+            raise ValueError(f"got {len(prefixes)} prefixes for {len(prompts)} prompts")
+        if not prompts:
+            return []
+        contexts = [self.context_ids(p, pre) for p, pre in zip(prompts, prefixes)]
+        return self._generate(contexts, k)
+
+    def sample_solution_details(self, prompts: Sequence[str], k: int = 4, max_steps: int = 8,
+                                prefixes: Sequence[Sequence[str]] | None = None) -> list[list[SampledSolution]]:
+        """``k`` solutions per prompt, continued from ``prefixes`` when given (the prefix is
+        included in the returned steps). One batched generate call per round of steps."""
+        prefixes = [[] for _ in prompts] if prefixes is None else [list(p) for p in prefixes]
+        if len(prefixes) != len(prompts):
+            raise ValueError(f"got {len(prefixes)} prefixes for {len(prompts)} prompts")
+        sols = [[SampledSolution(steps=list(pre), finished=False) for _ in range(k)] for pre in prefixes]
+        active = [(i, j) for i in range(len(prompts)) for j in range(k)]
+        for _ in range(max_steps):
+            if not active:
+                break
+            outs = self.sample_next_steps([prompts[i] for i, _ in active], [sols[i][j].steps for i, j in active], k=1)
+            still = []
+            for (i, j), (step,) in zip(active, outs):
+                sol = sols[i][j]
+                if step.text.strip():
+                    sol.steps.append(step.text)
+                if step.is_final:
+                    sol.finished = True
+                elif step.truncated or not step.text.strip():
+                    sol.truncated = step.truncated
+                    sol.meta["stopped"] = "truncated" if step.truncated else "empty_step"
+                else:
+                    still.append((i, j))
+            active = still
+        return sols
+
+    def sample_solutions(self, prompts: Sequence[str], k: int = 4, max_steps: int = 8) -> list[list[list[str]]]:
+        """``k`` full solutions per prompt, each a list of steps."""
+        return [[s.steps for s in row] for row in self.sample_solution_details(prompts, k=k, max_steps=max_steps)]
+
+
+class StepSampler(_BaseSampler):
+    """Step-wise sampling with ``transformers`` ``generate`` (batched, left-padded, seeded).
+
+    Args:
+        model: a causal LM (its training mode is restored after sampling).
+        tokenizer: its tokenizer (never mutated: batches are left-padded by hand).
+        step_format: the :class:`StepFormat`; its separator is the stop string.
+        max_new_tokens: limit per step.
+        temperature, top_p: sampling settings (``temperature=0`` means greedy).
+        batch_size: sequences per ``generate`` call.
+        seed: makes every call deterministic (call ``n`` uses ``seed + n``) without touching
+            the global RNG state.
+    """
+
+    def __init__(self, model, tokenizer, step_format: StepFormat | None = None, *, max_new_tokens: int = 64,
+                 temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, seed: int | None = None):
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError("need temperature >= 0 and 0 < top_p <= 1")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.step_format = step_format or DEFAULT_STEP_FORMAT
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.batch_size = batch_size
+        self.seed = seed
+        self._calls = 0
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self.num_generate_calls = 0  # for tests and benchmarks: batched, not one call per candidate
+
+    @torch.no_grad()
+    def _generate(self, contexts: list[list[int]], k: int) -> list[list[SampledStep]]:
+        flat = [c for c in contexts for _ in range(k)]
+        device = pick_device(self.model)
+        was_training = self.model.training
+        self.model.eval()
+        seed = None if self.seed is None else self.seed + self._calls
+        self._calls += 1
+        results: list[SampledStep] = []
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                for start in range(0, len(flat), self.batch_size):
+                    results.extend(self._generate_chunk(flat[start:start + self.batch_size], device))
+        finally:
+            self.model.train(was_training)
+        return [results[i * k:(i + 1) * k] for i in range(len(contexts))]
+
+    def _generate_chunk(self, batch: list[list[int]], device) -> list[SampledStep]:
+        ids, mask = left_pad(batch, self.pad_id)
+        greedy = self.temperature == 0
+        kwargs = dict(do_sample=not greedy, max_new_tokens=self.max_new_tokens, pad_token_id=self.pad_id,
+                      eos_token_id=self.eos_id, stop_strings=self.step_format.stop_strings,
+                      tokenizer=self.tokenizer)
+        if not greedy:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        self.num_generate_calls += 1
+        new = out[:, ids.shape[1]:].tolist()
+        steps = []
+        sep = self.step_format.separator
+        for ctx, gen in zip(batch, new):
+            ended = False
+            if self.eos_id is not None and self.eos_id in gen:
+                body = gen[: gen.index(self.eos_id)]
+                # EOS after the separator is padding (pad == eos tokenizers): the step stopped at the separator
+                ended = sep not in self.tokenizer.decode(body, skip_special_tokens=False)
+                gen = body + [self.eos_id] if ended else body
+            while not ended and gen and gen[-1] == self.pad_id:  # padding after a sequence stopped early
+                gen = gen[:-1]
+            body = gen[:-1] if ended else gen
+            text = self.tokenizer.decode(body, skip_special_tokens=False)
+            hit_limit = not ended and len(gen) >= self.max_new_tokens
+            step, is_final, truncated = cut_step(text, self.step_format, ended, hit_limit)
+            steps.append(SampledStep(text=step, is_final=is_final, truncated=truncated, context_ids=list(ctx),
+                                     token_ids=gen))
+        return steps
+
+
+class VLLMStepSampler(_BaseSampler):
+    """The :class:`StepSampler` interface on vLLM (prefix caching on; one ``generate`` per call).
+
+    Args:
+        model: a model path/name or an existing ``vllm.LLM``.
+        tokenizer: the Hugging Face tokenizer (contexts are tokenized piecewise with it).
+        step_format, max_new_tokens, temperature, top_p, seed: as in :class:`StepSampler`.
+        llm_kwargs: extra ``vllm.LLM`` arguments (``gpu_memory_utilization``, ``dtype``, ...).
+    """
+
+    def __init__(self, model, tokenizer, step_format: StepFormat | None = None, *, max_new_tokens: int = 64,
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None, **llm_kwargs):
+        try:
+            import vllm
+        except ImportError as e:
+            raise ImportError("VLLMStepSampler needs vLLM (`pip install vllm`, CUDA machines); "
+                              "use StepSampler (transformers generate) otherwise") from e
+        self._vllm = vllm
+        self.tokenizer = tokenizer
+        self.step_format = step_format or DEFAULT_STEP_FORMAT
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+        self._calls = 0
+        if isinstance(model, str):
+            llm_kwargs.setdefault("enable_prefix_caching", True)
+            llm_kwargs.setdefault("trust_remote_code", False)
+            model = vllm.LLM(model=model, seed=seed or 0, **llm_kwargs)
+        self.llm = model
+
+    def _generate(self, contexts: list[list[int]], k: int) -> list[list[SampledStep]]:
+        seed = None if self.seed is None else self.seed + self._calls
+        self._calls += 1
+        params = self._vllm.SamplingParams(n=k, temperature=self.temperature, top_p=self.top_p,
+                                           max_tokens=self.max_new_tokens, stop=self.step_format.stop_strings,
+                                           include_stop_str_in_output=True, seed=seed)
+        prompts = [{"prompt_token_ids": list(c)} for c in contexts]
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        eos = self.tokenizer.eos_token_id
+        result = []
+        for ctx, out in zip(contexts, outs):
+            row = []
+            for o in out.outputs:
+                ended = o.finish_reason == "stop" and o.stop_reason is None  # EOS, not a stop string
+                step, is_final, truncated = cut_step(o.text, self.step_format, ended, o.finish_reason == "length")
+                ids = list(o.token_ids) + ([eos] if ended and eos is not None and eos not in o.token_ids else [])
+                row.append(SampledStep(text=step, is_final=is_final, truncated=truncated, context_ids=list(ctx),
+                                       token_ids=ids))
+            result.append(row)
+        return result
+
+
+__all__ = ["SampledSolution", "SampledStep", "StepSampler", "VLLMStepSampler", "cut_step", "left_pad",
+           "pick_device"]

@@ -1,0 +1,475 @@
+"""``StepwiseDPOTrainer``: TRL's ``DPOTrainer`` trained on step pairs.
+
+What changes relative to ``trl.DPOTrainer`` (everything else - every ``loss_type``, LoRA with
+the reference = adapter disabled, ``precompute_ref_log_probs``, gradient accumulation,
+checkpoints - is TRL's own code path):
+
+* **Piecewise tokenization.** A pair's context is ``prompt + prefix_steps`` tokenized by the
+  :class:`~reward_models.steps.StepFormat` exactly as :class:`~stepdpo.sampling.StepSampler`
+  generates from it; the completions are the ids of ``step + tag + separator``; EOS is
+  appended only when the pair ends the solution (``is_final``), never after a mid-solution
+  step. The loss covers only the step's tokens (TRL's ``completion_mask``).
+* **Pairs from prompts.** Given prompts (a dataset with only a ``prompt`` column, or
+  ``prompts=``) and a ``reward_model`` (any reward model, user object with
+  ``get_rewards_for_steps``, callable, or the task checker), the trainer samples and builds the
+  pairs itself (:func:`~stepdpo.pairs.build_step_pairs`), optionally for several rounds with
+  the current policy. Without a reward model the judge is the policy's own Yes/No verification
+  prompt.
+* **Per-pair weights** from the reward margin (``margin_weighting``): each pair's loss is
+  multiplied by its weight before the batch mean.
+* ``tokenizer=`` is accepted as an alias of ``processing_class=``; a model built in memory
+  gets an in-memory reference copy (TRL would try to reload it by name) unless LoRA is used,
+  in which case the reference is the base model with the adapter disabled.
+
+>>> from reward_models.testing import tiny_tokenizer
+>>> from reward_models.steps import StepFormat
+>>> ids = tokenize_step_pair(tiny_tokenizer(), StepFormat(), "Q: 1+2\\n", [], "1+2=3", "1+2=4", is_final=False)
+>>> sorted(ids), ids["chosen_ids"][-1] == tiny_tokenizer()("\\n")["input_ids"][-1]
+(['chosen_ids', 'prompt_ids', 'rejected_ids'], True)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, Features, List, Value
+from trl import DPOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+from reward_models.base import as_reward_model
+from reward_models.steps import StepFormat
+from reward_models.types import DataError, StepPair
+from stepdpo.config import StepwiseDPOConfig
+from stepdpo.pairs import build_step_pairs, pair_from_row, save_pairs
+from stepdpo.sampling import StepSampler
+
+logger = logging.getLogger(__name__)
+
+PAIR_FEATURES = Features({
+    "prompt": Value("string"), "prefix_steps": List(Value("string")), "chosen": Value("string"),
+    "rejected": Value("string"), "is_final": Value("bool"), "margin": Value("float32"),
+    "pair_weight": Value("float32"),
+})
+TOKENIZED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+# -- small pure functions -------------------------------------------------------------------------
+def margin_weights(margins: Sequence[float], mode: str = "none", scale: float = 1.0) -> list[float]:
+    """Per-pair loss weights from reward margins, normalized to mean 1.
+
+    ``"none"``: all 1. ``"margin"``: proportional to ``max(margin, 0)``. ``"sigmoid"``:
+    proportional to ``sigmoid(scale * margin)``. All-zero margins give all-1 weights.
+
+    >>> margin_weights([1.0, 3.0], "margin")
+    [0.5, 1.5]
+    >>> [round(w, 3) for w in margin_weights([0.0, 2.0], "sigmoid")]
+    [0.724, 1.276]
+    """
+    if mode == "none" or not margins:
+        return [1.0] * len(margins)
+    if mode == "margin":
+        raw = [max(float(m), 0.0) for m in margins]
+    elif mode == "sigmoid":
+        raw = [1.0 / (1.0 + math.exp(-scale * float(m))) for m in margins]
+    else:
+        raise ValueError(f"unknown margin weighting {mode!r}; expected 'none', 'margin' or 'sigmoid'")
+    mean = sum(raw) / len(raw)
+    if mean <= 0:
+        return [1.0] * len(margins)
+    return [r / mean for r in raw]
+
+
+def tokenize_step_pair(tokenizer, step_format: StepFormat, prompt: str, prefix_steps: Sequence[str], chosen: str,
+                       rejected: str, is_final: bool = False) -> dict[str, list[int]]:
+    """Ids of one step pair, built piecewise.
+
+    ``prompt_ids`` = ``step_format.tokenize(tok, prompt, prefix, complete=False).input_ids``
+    (what the sampler generates from); ``chosen_ids``/``rejected_ids`` = the ids of the step's
+    piece (``step + tag + separator``, or the final-step layout when ``is_final``), plus EOS only
+    when ``is_final``.
+    """
+    prefix = list(prefix_steps)
+    ctx = step_format.tokenize(tokenizer, prompt, prefix, complete=False).input_ids
+    out = {"prompt_ids": ctx}
+    for name, step in (("chosen_ids", chosen), ("rejected_ids", rejected)):
+        enc = step_format.tokenize(tokenizer, prompt, prefix + [step], complete=bool(is_final))
+        start, end = enc.spans[-1]
+        assert enc.input_ids[:start] == ctx, "piecewise tokenization must keep the context ids"
+        ids = enc.input_ids[start:end]
+        if is_final:
+            if tokenizer.eos_token_id is None:
+                raise ValueError("the tokenizer has no EOS token to end a final step with")
+            ids = ids + [tokenizer.eos_token_id]
+        out[name] = ids
+    return out
+
+
+def _scale_grad(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Same value as ``x``; the gradient flowing into ``x`` is multiplied by ``scale``."""
+    return x * scale + (x * (1 - scale)).detach()
+
+
+@dataclass
+class StepPreferenceCollator(DataCollatorForPreference):
+    """TRL's preference collator, also passing each pair's ``pair_weight`` (shape ``(B,)``)."""
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        out = super().torch_call(examples)
+        if "pair_weight" in examples[0]:
+            out["pair_weight"] = torch.tensor([float(e["pair_weight"]) for e in examples], dtype=torch.float32)
+        return out
+
+
+# -- dataset shaping --------------------------------------------------------------------------------
+def pairs_to_rows(pairs: Sequence[StepPair | dict], margin_weighting: str = "none", scale: float = 1.0,
+                  source: str = "train_dataset", step_format: StepFormat | None = None) -> list[dict[str, Any]]:
+    """Validated rows (``PAIR_FEATURES`` columns) from StepPairs or dicts of either pair format
+    (Step-DPO rows are split into steps with ``step_format``)."""
+    checked = []
+    for n, p in enumerate(pairs):
+        try:
+            if isinstance(p, dict):
+                p = pair_from_row({k: v for k, v in p.items() if k != "pair_weight"}, step_format)
+            elif not isinstance(p, StepPair):
+                raise DataError(f"expected a StepPair or a dict, got {type(p).__name__}")
+        except DataError as e:
+            raise e.at(source=source, row=n) from None
+        except TypeError as e:  # a dict missing required fields
+            raise DataError(str(e), source=source, row=n) from None
+        checked.append(p)
+    weights = margin_weights([p.margin for p in checked], margin_weighting, scale)
+    return [{"prompt": p.prompt, "prefix_steps": list(p.prefix_steps), "chosen": p.chosen, "rejected": p.rejected,
+             "is_final": p.is_final, "margin": float(p.margin), "pair_weight": float(p.weight) * w}
+            for p, w in zip(checked, weights)]
+
+
+def _dataset_kind(dataset) -> str:
+    cols = set(getattr(dataset, "column_names", None) or next(iter(dataset)).keys())
+    if set(TOKENIZED_COLUMNS) <= cols:
+        return "tokenized"
+    if "prefix_steps" in cols or "initial_reason_steps" in cols:
+        return "pairs"
+    if "prompt" in cols and "chosen" not in cols:
+        return "prompts"
+    return "trl"
+
+
+def default_judge(model, tokenizer, step_format: StepFormat, verification_prompt: str | None = None):
+    """The policy's own Yes/No verification prompt as a process reward model (seed 004's
+    "default log probability approach")."""
+    try:
+        from reward_models.process import ProcessRewardModel
+    except ImportError as e:
+        raise ImportError("no reward_model was given and the default judge (the policy's verification prompt) needs "
+                          "reward_models.process.ProcessRewardModel, which could not be imported; pass "
+                          "reward_model=... explicitly") from e
+    kwargs = {"backend": "verification", "step_format": step_format}
+    try:
+        params = inspect.signature(ProcessRewardModel.from_model).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if verification_prompt is not None and "verification_prompt" in params:
+        kwargs["verification_prompt"] = verification_prompt
+    return ProcessRewardModel.from_model(model, tokenizer, **kwargs)
+
+
+class StepwiseDPOTrainer(DPOTrainer):
+    """Stepwise DPO on TRL (see the module docstring).
+
+    Args:
+        model: policy (a model or a path/name TRL can load).
+        ref_model: optional frozen reference. Default: the adapter disabled with LoRA, else an
+            in-memory copy of ``model`` (none at all with ``precompute_ref_log_probs``).
+        args: a :class:`~stepdpo.config.StepwiseDPOConfig`.
+        train_dataset: step pairs (``StepPair`` objects, dicts or a ``Dataset`` with ``prompt``,
+            ``prefix_steps``, ``chosen``, ``rejected`` [, ``is_final``, ``weight``, scores] or the
+            Step-DPO columns), pre-tokenized ``prompt_ids``/``chosen_ids``/``rejected_ids``, a
+            dataset of prompts only (pairs are then built), or any ordinary TRL DPO dataset.
+        processing_class / tokenizer: the tokenizer (``tokenizer`` is an alias).
+        reward_model: judge for building pairs from prompts (anything
+            :func:`~reward_models.base.as_reward_model` accepts).
+        prompts: prompts to build pairs from (instead of ``train_dataset``).
+        answers, answer_checker: optional; chosen steps must roll out to the right answer.
+        peft_config: a ``peft.LoraConfig`` etc. (reference = adapter disabled).
+    """
+
+    _tag_names = ["trl", "dpo", "stepwise-dpo"]
+    _name = "Stepwise DPO"
+
+    def __init__(self, model, ref_model=None, args: StepwiseDPOConfig | None = None, data_collator=None,
+                 train_dataset=None, eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
+                 optimizers=(None, None), quantization_config=None, peft_config=None, *, tokenizer=None,
+                 reward_model=None, prompts: Sequence[str] | None = None, answers: Sequence[Any] | None = None,
+                 answer_checker=None):
+        if tokenizer is not None and processing_class is not None and tokenizer is not processing_class:
+            raise ValueError("pass the tokenizer as processing_class= or tokenizer=, not two different objects")
+        processing_class = processing_class if processing_class is not None else tokenizer
+        if args is None:
+            args = StepwiseDPOConfig(output_dir="stepwise-dpo", report_to=[])
+        if not isinstance(args, StepwiseDPOConfig):
+            raise TypeError(f"args must be a StepwiseDPOConfig, got {type(args).__name__}: build one with the same "
+                            "fields (it subclasses trl.DPOConfig)")
+        self.step_format = args.step_format
+        self.pair_stats: list[dict[str, int]] = []
+        self._answers, self._answer_checker = answers, answer_checker
+        self._reward_model_arg = reward_model
+
+        if prompts is not None:
+            if train_dataset is not None:
+                raise ValueError("pass either prompts= or train_dataset=, not both")
+            train_dataset = Dataset.from_dict({"prompt": list(prompts)})
+        if train_dataset is None:
+            raise ValueError("train_dataset (step pairs or prompts) or prompts= is required")
+
+        def to_rows(data, source):
+            return Dataset.from_list(pairs_to_rows(data, args.margin_weighting, args.margin_weight_scale, source,
+                                                   args.step_format), features=PAIR_FEATURES)
+
+        if isinstance(eval_dataset, (list, tuple)):
+            eval_dataset = to_rows(list(eval_dataset), "eval_dataset")
+        if isinstance(train_dataset, (list, tuple)):
+            if not train_dataset:
+                raise ValueError("train_dataset is empty")
+            items = list(train_dataset)
+            if all(isinstance(p, str) for p in items):
+                train_dataset = Dataset.from_dict({"prompt": items})
+            elif all(isinstance(p, dict) for p in items) and _dataset_kind(items) != "pairs":
+                train_dataset = Dataset.from_list(items)
+            else:
+                train_dataset = to_rows(items, "train_dataset")
+        kind = _dataset_kind(train_dataset)
+        if kind == "pairs" and not isinstance(train_dataset, Dataset):
+            raise TypeError("step pairs must be given as a list or a datasets.Dataset")
+        if kind == "pairs" and "pair_weight" not in train_dataset.column_names:
+            train_dataset = to_rows(train_dataset.to_list(), "train_dataset")
+
+        self._pair_prompts: list[str] | None = None
+        if kind == "prompts":
+            self._pair_prompts = list(train_dataset["prompt"])
+            if isinstance(model, str):
+                from transformers import AutoModelForCausalLM
+
+                init = dict(args.model_init_kwargs or {})
+                init.setdefault("trust_remote_code", args.trust_remote_code)
+                model = AutoModelForCausalLM.from_pretrained(model, use_safetensors=True, **init)
+            if processing_class is None:
+                from transformers import AutoTokenizer
+
+                processing_class = AutoTokenizer.from_pretrained(model.config.name_or_path,
+                                                                 trust_remote_code=args.trust_remote_code)
+            train_dataset = self._build_pair_dataset(model, processing_class, args, round_index=0)
+        elif args.rounds > 1:
+            raise ValueError("rounds > 1 needs prompts to regenerate pairs from (a dataset with only a 'prompt' "
+                             "column, or prompts=)")
+
+        # An in-memory reference copy: TRL would reload the reference from model.name_or_path, which fails for a
+        # model built from a config. With LoRA the reference is the adapter disabled: no copy.
+        from peft import PeftModel
+
+        is_peft = peft_config is not None or isinstance(model, PeftModel)
+        needs_ref = not args.precompute_ref_log_probs or args.rounds > 1
+        if ref_model is None and not is_peft and not isinstance(model, str) and needs_ref:
+            ref_model = copy.deepcopy(model)
+            ref_model.requires_grad_(False)
+            ref_model.eval()
+
+        if data_collator is None and processing_class is not None:
+            tok = getattr(processing_class, "tokenizer", processing_class)
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            if args.pad_token is not None:
+                pad = tok.convert_tokens_to_ids(args.pad_token)
+            data_collator = StepPreferenceCollator(pad_token_id=pad, max_length=args.max_length,
+                                                   truncation_mode=args.truncation_mode,
+                                                   pad_to_multiple_of=args.pad_to_multiple_of)
+
+        super().__init__(model=model, ref_model=ref_model, args=args, data_collator=data_collator,
+                         train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
+                         compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers,
+                         quantization_config=quantization_config, peft_config=peft_config)
+        self._pair_weights: torch.Tensor | None = None
+        self._weight_hook = self.model.register_forward_hook(self._scale_pair_gradients)
+
+    # -- pair building ------------------------------------------------------------------------------
+    def _judge(self, model, tokenizer, args):
+        if args.judge == "self_verification" or self._reward_model_arg is None:
+            return default_judge(model, tokenizer, args.step_format, args.verification_prompt)
+        return as_reward_model(self._reward_model_arg)
+
+    def _build_pair_dataset(self, model, tokenizer, args: StepwiseDPOConfig, round_index: int) -> Dataset:
+        tok = getattr(tokenizer, "tokenizer", tokenizer)
+        sampler = StepSampler(model, tok, args.step_format, max_new_tokens=args.sample_max_new_tokens,
+                              temperature=args.sample_temperature, top_p=args.sample_top_p,
+                              batch_size=args.sample_batch_size, seed=args.seed + 7919 * round_index)
+        result = build_step_pairs(self._pair_prompts, sampler, self._judge(model, tok, args),
+                                  strategy=args.pair_strategy, k=args.num_candidates, threshold=args.score_threshold,
+                                  min_margin=args.min_pair_margin, max_steps=args.max_solution_steps,
+                                  answers=self._answers, answer_checker=self._answer_checker,
+                                  max_uncertainty=args.max_uncertainty)
+        self.pair_stats.append({"round": round_index, **result.stats})
+        logger.info("round %d: %s", round_index, result.stats)
+        if not result.pairs:
+            raise ValueError(f"round {round_index}: no step pairs could be built from {len(self._pair_prompts)} "
+                             f"prompts (outcomes: {result.stats}); sample more candidates (num_candidates), change "
+                             "score_threshold, or check the reward model")
+        if args.save_pairs_to:
+            path = Path(args.save_pairs_to)
+            if args.rounds > 1:
+                path = path.with_name(f"{path.stem}.round{round_index}{path.suffix or '.jsonl'}")
+            save_pairs(path, result.pairs)
+        self.last_pairs = result.pairs
+        return Dataset.from_list(pairs_to_rows(result.pairs, args.margin_weighting, args.margin_weight_scale),
+                                 features=PAIR_FEATURES)
+
+    def rebuild_pairs(self, round_index: int) -> Dataset:
+        """Regenerate the training pairs with the current policy (used between rounds)."""
+        model = self.accelerator.unwrap_model(self.model)
+        ds = self._build_pair_dataset(model, self.processing_class, self.args, round_index)
+        ds = self._prepare_dataset(ds, self.processing_class, self.args, f"train_round{round_index}")
+        if self.precompute_ref_logps:
+            ds = self._precompute_ref_logps(ds, f"train_round{round_index}",
+                                            self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size)
+        self.train_dataset = ds
+        return ds
+
+    # -- TRL hooks ----------------------------------------------------------------------------------
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        """Tokenize step pairs piecewise (no EOS after a mid-solution step); pass pre-tokenized
+        data through; hand any other dataset to TRL.
+
+        This overrides TRL's dataset-preparation hook (private in TRL 1.16, with no public
+        equivalent) and delegates to it for ordinary DPO data: TRL's own tokenization appends
+        EOS to every completion and tokenizes prompt+completion jointly, both wrong for steps.
+        """
+        kind = _dataset_kind(dataset)
+        if kind == "trl":
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        if kind == "prompts":
+            raise ValueError(f"{dataset_name} dataset holds prompts only; pairs are built from prompts for the train "
+                             "dataset only - pass step pairs for evaluation")
+        if kind == "pairs":
+            if "pair_weight" not in dataset.column_names:
+                dataset = Dataset.from_list(pairs_to_rows(dataset.to_list(), args.margin_weighting,
+                                                          args.margin_weight_scale, dataset_name, args.step_format),
+                                            features=PAIR_FEATURES)
+            tok = getattr(processing_class, "tokenizer", processing_class)
+            fmt = args.step_format
+
+            def tokenize(example):
+                return tokenize_step_pair(tok, fmt, example["prompt"], example["prefix_steps"], example["chosen"],
+                                          example["rejected"], bool(example["is_final"]))
+
+            dataset = dataset.map(tokenize, desc=f"Tokenizing {dataset_name} step pairs piecewise")
+        if args.max_length is not None and args.truncation_mode == "keep_start":
+            n = len(dataset)
+            dataset = dataset.filter(lambda ex: len(ex["prompt_ids"]) < args.max_length)
+            if len(dataset) < n:
+                logger.warning("%s: dropped %d pairs whose context fills max_length=%d", dataset_name,
+                               n - len(dataset), args.max_length)
+        return dataset
+
+    def _set_signature_columns_if_needed(self):
+        """Keep the per-pair weight column (the Trainer drops columns the collator is not told of)."""
+        super()._set_signature_columns_if_needed()
+        if "pair_weight" not in self._signature_columns:
+            self._signature_columns = list(self._signature_columns) + ["pair_weight"]
+
+    def _scale_pair_gradients(self, module, args, output):
+        """Forward hook: scale the gradient of pair i's log-probs (chosen row i, rejected row
+        B+i) by its weight. Each pair's loss depends only on its own rows, so the gradient is
+        exactly that of ``mean_i(w_i * loss_i)``; values (and logged metrics) are unchanged."""
+        w = self._pair_weights
+        if w is None or not torch.is_grad_enabled():
+            return None
+        lp = getattr(output, "log_probs", None)
+        if lp is None or not lp.requires_grad:
+            return None
+        full = torch.cat([w, w]).to(device=lp.device, dtype=lp.dtype)
+        if full.shape[0] != lp.shape[0]:
+            raise RuntimeError(f"pair weights for {w.shape[0]} pairs do not match a batch of {lp.shape[0]} rows")
+        output.log_probs = _scale_grad(lp, full.view(-1, *([1] * (lp.dim() - 1))))
+        return output
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        weights = inputs.pop("pair_weight", None)
+        if weights is not None and not torch.all(weights == 1):
+            self._pair_weights = weights
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["pair_weight"].append(weights.float().mean().item())
+        try:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        finally:
+            self._pair_weights = None
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        """TRL's precompute, plus a persistent cache in ``output_dir/ref_logps_cache/`` keyed by
+        the tokenized pairs and the reference model's weights (safetensors, never pickle).
+
+        TRL caches next to the dataset's Arrow files, which in-memory datasets (all built pairs)
+        do not have; this wraps the private TRL step (calling it, not copying it) for that reason.
+        """
+        from safetensors.torch import load_file, save_file
+
+        for col in ("ref_chosen_logps", "ref_rejected_logps"):
+            if col in dataset.column_names:
+                dataset = dataset.remove_columns(col)
+        h = hashlib.sha256()
+        h.update(json.dumps([str(self._precompute_model_hash), self.ld_alpha, self.args.max_length,
+                             self.args.truncation_mode]).encode())
+        for row in dataset.select_columns(list(TOKENIZED_COLUMNS)).to_list():
+            h.update(json.dumps([row[c] for c in TOKENIZED_COLUMNS]).encode())
+        path = Path(self.args.output_dir) / "ref_logps_cache" / f"{name}-{h.hexdigest()[:24]}.safetensors"
+        if path.exists():
+            t = load_file(str(path))
+            if len(t["ref_chosen_logps"]) == len(dataset):
+                logger.info("loaded reference log-probs for %s from %s", name, path)
+                self.ref_logps_cache_hit = True
+                dataset = dataset.add_column("ref_chosen_logps", t["ref_chosen_logps"].tolist())
+                return dataset.add_column("ref_rejected_logps", t["ref_rejected_logps"].tolist())
+        out = super()._precompute_ref_logps(dataset, name, batch_size)
+        self.ref_logps_cache_hit = False
+        if self.accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            save_file({c: torch.tensor(out[c], dtype=torch.float32) for c in ("ref_chosen_logps", "ref_rejected_logps")},
+                      str(tmp))
+            os.replace(tmp, path)
+        return out
+
+    # -- iterative rounds ---------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """Train; with ``rounds > 1`` (and prompts), regenerate pairs with the current policy
+        before each later round. Each round restarts the optimizer and learning-rate schedule."""
+        if self.args.rounds <= 1 or self._pair_prompts is None:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                                 ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        if resume_from_checkpoint:
+            raise ValueError("resume_from_checkpoint is supported with rounds=1 only")
+        original_max_steps = self.args.max_steps
+        out = None
+        try:
+            for r in range(self.args.rounds):
+                if r > 0:
+                    self.rebuild_pairs(r)
+                    self.optimizer, self.lr_scheduler = None, None
+                if self.args.regenerate_every_steps:
+                    self.args.max_steps = self.args.regenerate_every_steps
+                out = super().train(trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        finally:
+            self.args.max_steps = original_max_steps
+        return out
+
+
+__all__ = ["PAIR_FEATURES", "StepPreferenceCollator", "StepwiseDPOTrainer", "default_judge", "margin_weights",
+           "pairs_to_rows", "tokenize_step_pair"]

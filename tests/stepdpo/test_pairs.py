@@ -1,0 +1,157 @@
+import json
+import math
+
+import pytest
+
+from reward_models.base import RewardModel
+from reward_models.types import DataError, StepPair
+from stepdpo.pairs import build_step_pairs, load_pairs, save_pairs, select_pair
+from stepdpo.sampling import SampledSolution, SampledStep, StepSampler
+from stepdpo.tasks.arith import STEP_FORMAT, check_solution, checker_reward_model, make_samples
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+class ScriptedSampler:
+    """Returns fixed candidates: for the crafted-group tests of the outcome counts only."""
+
+    step_format = STEP_FORMAT
+
+    def __init__(self, solutions, next_steps):
+        self.solutions, self.next_steps = solutions, next_steps
+
+    def sample_solution_details(self, prompts, k=4, max_steps=8, prefixes=None):
+        return [[SampledSolution(steps=list(s), finished=True) for s in self.solutions[p]] for p in prompts]
+
+    def sample_next_steps(self, prompts, prefixes=None, k=4):
+        return [[SampledStep(text=t, is_final=False, truncated=False, context_ids=[], token_ids=[])
+                 for t in self.next_steps[(p, len(pre))]] for p, pre in zip(prompts, prefixes)]
+
+
+class TableRM(RewardModel):
+    """Scores a step by a lookup table on its text; counts batched calls; optional std."""
+
+    def __init__(self, table, std=None):
+        self.table, self.std, self.calls = table, std or {}, 0
+
+    def score_steps(self, prompts, steps):
+        self.calls += 1
+        return [[self.table[s] for s in st] for st in steps]
+
+    def score_steps_with_uncertainty(self, prompts, steps):
+        return self.score_steps(prompts, steps), [[self.std.get(s, 0.0) for s in st] for st in steps]
+
+
+def test_select_pair_outcomes():
+    assert select_pair([0.9, 0.1, 0.6]) == ("pair", 0, 1)
+    assert select_pair([0.9, 0.7]) == ("all_good", None, None)
+    assert select_pair([0.1, 0.2]) == ("all_bad", None, None)
+    assert select_pair([0.4, 0.4], threshold=None) == ("tie", None, None)
+    assert select_pair([0.9, 0.1], min_margin=0.9) == ("tie", None, None)
+    assert select_pair([0.6, 0.9, 0.2], rejected=2) == ("pair", 1, 2)
+    assert select_pair([float("nan"), 0.8, 0.1]) == ("pair", 1, 2)
+
+
+def test_per_depth_counts_on_crafted_groups():
+    p = "Q: 1+2+3\n"
+    sampler = ScriptedSampler(
+        solutions={p: [["a1", "b1", "c1"]]},
+        next_steps={(p, 0): ["good", "bad"], (p, 1): ["good2", "good3"], (p, 2): ["bad2", "bad3", "bad2"]})
+    rm = TableRM({"a1": 1, "b1": 1, "good": 0.9, "bad": 0.1, "good2": 0.8, "good3": 0.7, "bad2": 0.2, "bad3": 0.3})
+    res = build_step_pairs([p], sampler, rm, strategy="per_depth", k=3)
+    assert res.stats["n_groups"] == 3
+    assert (res.stats["pairs"], res.stats["skipped_all_good"], res.stats["skipped_all_bad"]) == (1, 1, 1)
+    assert rm.calls == 1  # all candidates of all groups in one scoring call
+    pair = res.pairs[0]
+    assert (pair.chosen, pair.rejected, pair.prefix_steps) == ("good", "bad", [])
+    assert pair.margin == pytest.approx(0.8)
+    tie = build_step_pairs([p], sampler, rm, strategy="per_depth", k=3, threshold=None, min_margin=0.5)
+    assert tie.stats["skipped_tie"] == 2 and tie.stats["pairs"] == 1
+
+
+def test_first_error_counts_uncertainty_and_nan():
+    p = "Q: 5-1-1\n"
+    sampler = ScriptedSampler(
+        solutions={p: [["s1", "s2x", "s3"], ["s1", "s2", "Answer: 3"], ["t1x", "s2"]]},
+        next_steps={(p, 1): ["s2", "s2y", "s2x"], (p, 0): ["u1", "u2"]})
+    table = {"s1": 1, "s2": 1, "s3": 1, "s2x": 0, "Answer: 3": 1, "t1x": 0, "s2y": 0.2, "u1": 0.1,
+             "u2": float("nan")}
+    rm = TableRM(table)
+    res = build_step_pairs([p], sampler, rm, strategy="first_error", k=3)
+    st = res.stats
+    assert st["solutions_without_error"] == 1 and st["n_groups"] == 2
+    assert st["pairs"] == 1 and st["skipped_all_bad"] == 1 and st["rejected_nan"] == 1
+    pair = res.pairs[0]
+    assert (pair.prefix_steps, pair.chosen, pair.rejected) == (["s1"], "s2", "s2x")
+    assert (pair.chosen_score, pair.rejected_score) == (1.0, 0.0)
+    noisy = TableRM(table, std={"s2": 0.4})
+    res = build_step_pairs([p], sampler, noisy, k=3, max_uncertainty=0.3)
+    assert res.stats["skipped_uncertain"] == 1 and res.pairs == []
+    nan_prefix = ScriptedSampler(solutions={p: [["u2", "s2x"]]}, next_steps={})
+    res = build_step_pairs([p], nan_prefix, TableRM(table), k=3)
+    assert res.stats["rejected_nan"] == 1 and res.stats["n_groups"] == 0 and res.pairs == []
+    with pytest.raises(ValueError, match="uncertainty"):
+        build_step_pairs([p], sampler, lambda prompt, steps: [1.0] * len(steps), k=3, max_uncertainty=0.3)
+
+
+def test_checker_pairs_on_arith_are_right(arith_policy):
+    """Pairs built with the task checker from a real (tiny, partly trained) policy: chosen steps
+    check out and rejected steps do not, for at least 95% of pairs."""
+    model, tok, cfg = arith_policy
+    probs = make_samples(30, seed=11, cfg=cfg)
+    sampler = StepSampler(model, tok, STEP_FORMAT, max_new_tokens=12, seed=0)
+    res = build_step_pairs([s.prompt for s in probs], sampler, checker_reward_model(cfg), k=4, max_steps=4)
+    assert len(res.pairs) >= 10, res.stats
+    assert res.stats["pairs"] + sum(v for k, v in res.stats.items() if k.startswith("skipped")) == \
+        res.stats["n_groups"]
+    ok = 0
+    for pair in res.pairs:
+        expr = cfg.expression_of(pair.prompt)
+        chosen = check_solution(expr, pair.prefix_steps + [pair.chosen]).step_ok
+        rejected = check_solution(expr, pair.prefix_steps + [pair.rejected]).step_ok
+        ok += all(chosen) and not rejected[-1] and all(rejected[:-1])
+    assert ok / len(res.pairs) >= 0.95
+
+
+def test_answer_rollout_filter(arith_policy):
+    model, tok, cfg = arith_policy
+    probs = make_samples(10, seed=12, cfg=cfg)
+    sampler = StepSampler(model, tok, STEP_FORMAT, max_new_tokens=12, seed=1)
+
+    def reaches(prompt, steps, answer):
+        return check_solution(cfg.expression_of(prompt), steps).correct
+
+    res = build_step_pairs([s.prompt for s in probs], sampler, checker_reward_model(cfg), k=4, max_steps=4,
+                           answers=[s.answer for s in probs], answer_checker=reaches)
+    assert res.stats["n_groups"] > 0
+    for pair in res.pairs:  # with the rollout filter, every chosen step is on a path the policy completed
+        assert check_solution(cfg.expression_of(pair.prompt), pair.prefix_steps + [pair.chosen]).first_error is None
+
+
+def test_save_load_both_formats(tmp_path):
+    pairs = [StepPair(prompt="Q: 2+3*4\n", prefix_steps=["3*4=12"], chosen="2+12=14", rejected="2+12=15",
+                      chosen_score=0.9, rejected_score=0.2, weight=0.5, is_final=False, meta={"depth": 1}),
+             StepPair(prompt="Q: 1+1\n", prefix_steps=[], chosen="1+1=2", rejected="1+1=3")]
+    path = save_pairs(tmp_path / "p.jsonl", pairs)
+    assert load_pairs(path) == pairs
+    assert [f.name for f in tmp_path.iterdir()] == ["p.jsonl"]  # no temporary file left behind
+    sd = save_pairs(tmp_path / "sd.jsonl", pairs, format="step_dpo")
+    row = json.loads(sd.read_text().splitlines()[0])
+    assert row == {"prompt": "Q: 2+3*4\n", "initial_reason_steps": "3*4=12\n", "chosen": "2+12=14",
+                   "rejected": "2+12=15"}
+    back = load_pairs(sd)
+    assert [(p.prompt, p.prefix_steps, p.chosen, p.rejected) for p in back] == \
+        [(p.prompt, p.prefix_steps, p.chosen, p.rejected) for p in pairs]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(pairs[1].to_dict()) + "\n" + '{"prompt": "Q", "prefix_steps": [], "chosen": "",'
+                   ' "rejected": "x"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl, row 2, field 'chosen'"):
+        load_pairs(bad)
+    bad.write_text("{not json\n")
+    with pytest.raises(DataError, match="row 1"):
+        load_pairs(bad)
+
+
+def test_margin_is_finite():
+    with pytest.raises(DataError):
+        StepPair(prompt="Q", prefix_steps=[], chosen="a", rejected="b", chosen_score=math.nan)

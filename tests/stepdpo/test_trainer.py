@@ -1,0 +1,309 @@
+import copy
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reward_models.testing import tiny_causal_lm, tiny_tokenizer
+from reward_models.types import StepPair
+from stepdpo.config import StepwiseDPOConfig
+from stepdpo.pairs import build_step_pairs
+from stepdpo.sampling import StepSampler
+from stepdpo.tasks.arith import STEP_FORMAT, check_solution, checker_reward_model, make_samples
+from stepdpo.trainer import StepwiseDPOTrainer, margin_weights, tokenize_step_pair
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+PAIRS = [
+    StepPair(prompt="Q: 2+3*4\n", prefix_steps=["3*4=12"], chosen="2+12=14", rejected="2+12=15",
+             chosen_score=1.0, rejected_score=0.0),
+    StepPair(prompt="Q: 7-2\n", prefix_steps=["7-2=5"], chosen="Answer: 5", rejected="Answer: 6", is_final=True,
+             chosen_score=0.9, rejected_score=0.6),
+    StepPair(prompt="Q: 4+4-1\n", prefix_steps=[], chosen="4+4=8", rejected="4+4=9", chosen_score=0.8,
+             rejected_score=0.1),
+    StepPair(prompt="Q: 9-3\n", prefix_steps=[], chosen="9-3=6", rejected="9-3=5", chosen_score=0.7,
+             rejected_score=0.2),
+]
+
+
+def make_args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), report_to=[], max_steps=2, per_device_train_batch_size=4,
+                learning_rate=5e-3, save_strategy="no", gradient_checkpointing=False, logging_steps=1,
+                disable_tqdm=True, seed=0)
+    base.update(kw)
+    return StepwiseDPOConfig(**base)
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_tokenized_context_is_the_sampler_context(arith_policy, tmp_path):
+    model, tok, cfg = arith_policy
+    probs = make_samples(12, seed=21, cfg=cfg)
+    sampler = StepSampler(model, tok, STEP_FORMAT, max_new_tokens=12, seed=0)
+    res = build_step_pairs([p.prompt for p in probs], sampler, checker_reward_model(cfg), k=4, max_steps=4)
+    assert res.pairs, res.stats
+    trainer = StepwiseDPOTrainer(model=copy.deepcopy(model), args=make_args(tmp_path), tokenizer=tok,
+                                 train_dataset=res.pairs)
+    regenerated = sampler.sample_next_steps([p.prompt for p in res.pairs], [p.prefix_steps for p in res.pairs], k=1)
+    for row, (step,) in zip(trainer.train_dataset, regenerated):
+        assert row["prompt_ids"] == step.context_ids
+        piece = tok(row["chosen"] + "\n", add_special_tokens=False)["input_ids"]
+        assert row["chosen_ids"][: len(piece)] == piece
+
+
+def test_no_eos_after_mid_solution_step_in_the_collated_batch(tmp_path):
+    tok = tiny_tokenizer()
+    trainer = StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=make_args(tmp_path), tokenizer=tok,
+                                 train_dataset=PAIRS)
+    batch = next(iter(trainer.get_train_dataloader()))
+    eos = tok.eos_token_id
+    n = batch["input_ids"].shape[0] // 2
+    by_chosen = {p.chosen: p for p in PAIRS}
+    for row in range(2 * n):
+        comp = batch["input_ids"][row][batch["completion_mask"][row].bool()].tolist()
+        text = tok.decode(comp)
+        pair = next(p for c, p in by_chosen.items() if text.startswith(c) or text.startswith(p.rejected))
+        if pair.is_final:
+            assert comp[-1] == eos and comp.count(eos) == 1
+        else:
+            assert eos not in comp and text.endswith("\n")
+    assert any(p.is_final for p in PAIRS) and not all(p.is_final for p in PAIRS)
+
+
+@pytest.mark.parametrize("loss_type,accum", [("sigmoid", 1), ("ipo", 1), (["sigmoid", "sft"], 2)])
+def test_parameters_change(tmp_path, loss_type, accum):
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok)
+    before = snapshot(model)
+    args = make_args(tmp_path, loss_type=loss_type, gradient_accumulation_steps=accum,
+                     per_device_train_batch_size=4 // accum)
+    trainer = StepwiseDPOTrainer(model=model, args=args, processing_class=tok, train_dataset=PAIRS,
+                                 eval_dataset=PAIRS[:2])
+    assert trainer.ref_model is not None and trainer.ref_model is not model
+    ref_before = snapshot(trainer.ref_model)
+    trainer.train()
+    assert any(not torch.equal(before[k], v) for k, v in model.named_parameters())
+    assert all(torch.equal(ref_before[k], v) for k, v in trainer.ref_model.named_parameters())
+    assert trainer.state.global_step == 2
+    metrics = trainer.evaluate()
+    assert metrics["eval_loss"] > 0 and "eval_rewards/accuracies" in metrics
+
+
+def test_lora_changes_adapter_only_and_allocates_no_reference(tmp_path):
+    from peft import LoraConfig
+    from transformers import GPT2LMHeadModel
+
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok)
+    base = snapshot(model)
+    gc.collect()
+    n_models = sum(isinstance(o, GPT2LMHeadModel) for o in gc.get_objects())
+    trainer = StepwiseDPOTrainer(model=model, args=make_args(tmp_path, learning_rate=5e-2), tokenizer=tok,
+                                 train_dataset=PAIRS,
+                                 peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"],
+                                                        lora_dropout=0.0))
+    gc.collect()
+    assert trainer.ref_model is None
+    assert sum(isinstance(o, GPT2LMHeadModel) for o in gc.get_objects()) == n_models
+    lora = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if "lora_" in k}
+    assert lora
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(v, after[k]) for k, v in lora.items())
+    base_after = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+                  for k, v in trainer.model.named_parameters() if "lora_" not in k}
+    assert all(torch.equal(base[k], base_after[k]) for k in base)
+
+
+class OnlyStepsPRM:
+    """A user reward model with nothing but get_rewards_for_steps (no subclassing)."""
+
+    def __init__(self, cfg):
+        self.cfg, self.calls = cfg, 0
+
+    def get_rewards_for_steps(self, steps, problem=None):
+        self.calls += 1
+        return check_solution(self.cfg.expression_of(problem), steps).labels
+
+
+def test_user_reward_class_builds_pairs_and_trains(arith_policy, tmp_path):
+    model, tok, cfg = arith_policy
+    model = copy.deepcopy(model)
+    prm = OnlyStepsPRM(cfg)
+    prompts = [p.prompt for p in make_samples(12, seed=31, cfg=cfg)]
+    before = snapshot(model)
+    trainer = StepwiseDPOTrainer(model=model, args=make_args(tmp_path, num_candidates=4, sample_max_new_tokens=12,
+                                                             max_solution_steps=4),
+                                 tokenizer=tok, train_dataset=prompts, reward_model=prm)
+    stats = trainer.pair_stats[0]
+    assert prm.calls > 0 and stats["pairs"] == len(trainer.train_dataset) > 0
+    for pair in trainer.last_pairs:
+        assert prm.get_rewards_for_steps(pair.prefix_steps + [pair.chosen], pair.prompt)[-1] == 1.0
+    trainer.train()
+    assert any(not torch.equal(before[k], v) for k, v in model.named_parameters())
+
+
+def test_margin_weights_give_the_hand_computed_gradient(tmp_path):
+    assert margin_weights([1.0, 3.0], "margin") == [0.5, 1.5]
+    tok = tiny_tokenizer()
+    pairs = PAIRS[2:]  # margins 0.7 and 0.5 -> weights 0.7/0.6 and 0.5/0.6
+    model = tiny_causal_lm(tok)
+    trainer = StepwiseDPOTrainer(model=model, args=make_args(tmp_path, margin_weighting="margin", beta=0.5),
+                                 tokenizer=tok, train_dataset=pairs)
+    with torch.no_grad():  # move the policy away from the reference so the loss is not trivially log 2
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    rows = [trainer.train_dataset[i] for i in range(2)]
+    batch = trainer.data_collator(rows)
+    w = batch["pair_weight"]
+    assert w.tolist() == pytest.approx([0.7 / 0.6, 0.5 / 0.6])
+    model.train()
+    model.zero_grad()
+    loss = trainer.compute_loss(model, dict(batch))
+    loss.backward()
+    got = {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    def seq_logps(m, row, key):
+        ids = torch.tensor([row["prompt_ids"] + row[key]])
+        logits = m(input_ids=ids).logits[0, :-1]
+        lp = torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0]
+        return lp[len(row["prompt_ids"]) - 1:].sum()
+
+    model.zero_grad()
+    per_pair = []
+    for row in rows:
+        with torch.no_grad():
+            ref = seq_logps(trainer.ref_model, row, "chosen_ids") - seq_logps(trainer.ref_model, row, "rejected_ids")
+        pol = seq_logps(model, row, "chosen_ids") - seq_logps(model, row, "rejected_ids")
+        per_pair.append(-F.logsigmoid(0.5 * (pol - ref)))
+    per_pair = torch.stack(per_pair)
+    assert loss.item() == pytest.approx(per_pair.mean().item(), rel=1e-4)  # the logged value is unweighted
+    unweighted = torch.autograd.grad(per_pair.mean(), model.transformer.wte.weight, retain_graph=True)[0]
+    (per_pair * w).mean().backward()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(got[k], p.grad, rtol=1e-3, atol=1e-6)
+    assert not torch.allclose(got["transformer.wte.weight"], unweighted, rtol=1e-2, atol=1e-6)
+
+
+def test_precomputed_reference_logps_are_cached_on_disk(tmp_path):
+    tok = tiny_tokenizer()
+    args = make_args(tmp_path, precompute_ref_log_probs=True, max_steps=1)
+    t1 = StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=args, tokenizer=tok, train_dataset=PAIRS)
+    assert t1.ref_model is None and t1.ref_logps_cache_hit is False
+    files = list((tmp_path / "out" / "ref_logps_cache").glob("*.safetensors"))
+    assert len(files) == 1
+    t2 = StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=args, tokenizer=tok, train_dataset=PAIRS)
+    assert t2.ref_logps_cache_hit is True
+    assert t2.train_dataset["ref_chosen_logps"] == pytest.approx(t1.train_dataset["ref_chosen_logps"])
+    t3 = StepwiseDPOTrainer(model=tiny_causal_lm(tok, seed=5), args=args, tokenizer=tok, train_dataset=PAIRS)
+    assert t3.ref_logps_cache_hit is False  # another model: another key
+    t2.train()
+
+
+def test_checkpoint_resume_reaches_the_same_weights(tmp_path):
+    tok = tiny_tokenizer()
+    args = make_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, per_device_train_batch_size=2)
+    full = StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=args, tokenizer=tok, train_dataset=PAIRS)
+    full.train()
+    ckpt = tmp_path / "out" / "checkpoint-2"
+    assert (ckpt / "model.safetensors").exists()
+    resumed = StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=args, tokenizer=tok, train_dataset=PAIRS)
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    a, b = dict(full.model.named_parameters()), dict(resumed.model.named_parameters())
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_tokenizer_alias_and_bad_arguments(tmp_path):
+    tok = tiny_tokenizer()
+    with pytest.raises(ValueError, match="processing_class= or tokenizer="):
+        StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=make_args(tmp_path), tokenizer=tok,
+                           processing_class=tiny_tokenizer(), train_dataset=PAIRS)
+    with pytest.raises(ValueError, match="rounds > 1 needs prompts"):
+        StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=make_args(tmp_path, rounds=2), tokenizer=tok,
+                           train_dataset=PAIRS)
+    ids = tokenize_step_pair(tok, STEP_FORMAT, "Q: 1+2\n", ["1+2=3"], "Answer: 3", "Answer: 4", is_final=True)
+    assert ids["chosen_ids"][-1] == tok.eos_token_id
+
+
+def test_iterative_rounds_regenerate_pairs(arith_policy, tmp_path):
+    model, tok, cfg = arith_policy
+    prompts = [p.prompt for p in make_samples(8, seed=41, cfg=cfg)]
+    args = make_args(tmp_path, rounds=2, regenerate_every_steps=1, learning_rate=1e-4, sample_max_new_tokens=12, max_solution_steps=4)
+    trainer = StepwiseDPOTrainer(model=copy.deepcopy(model), args=args, tokenizer=tok, prompts=prompts,
+                                 reward_model=checker_reward_model(cfg))
+    trainer.train()
+    assert [s["round"] for s in trainer.pair_stats] == [0, 1]
+    assert trainer.state.global_step == 1 and args.max_steps == 2
+
+
+def test_default_judge_is_the_policy_verification_prompt(tmp_path):
+    pytest.importorskip("reward_models.process", reason="reward_models.process is not available yet")
+    tok = tiny_tokenizer()
+    trainer = StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=make_args(tmp_path, sample_max_new_tokens=6,
+                                                                            max_solution_steps=2,
+                                                                            pair_strategy="per_depth"),
+                                 tokenizer=tok, prompts=["Q: 1+2\n", "Q: 3+4\n", "Q: 5-1\n"])
+    assert trainer.pair_stats[0]["n_groups"] > 0
+
+
+ALL_LOSSES = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
+
+
+def test_every_trl_loss_type_gives_a_finite_loss_and_gradient(tmp_path):
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok)
+    trainer = StepwiseDPOTrainer(model=model, args=make_args(tmp_path, margin_weighting="sigmoid",
+                                                             label_smoothing=1e-3), tokenizer=tok, train_dataset=PAIRS)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    model.train()
+    for loss_type in ALL_LOSSES:
+        trainer.loss_types, trainer.loss_weights = [loss_type], [1.0]
+        inputs = dict(batch)
+        if loss_type.startswith("aot"):  # TRL's aot losses sort pairs: run them without per-pair weights
+            inputs.pop("pair_weight")
+        model.zero_grad()
+        loss = trainer.compute_loss(model, inputs)
+        loss.backward()
+        grad = model.transformer.wte.weight.grad
+        assert torch.isfinite(loss), loss_type
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, loss_type
+    with pytest.raises(ValueError, match="aot"):
+        make_args(tmp_path, margin_weighting="margin", loss_type="aot")
+
+
+def test_default_judge_missing_gives_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "reward_models.process", None)  # as if the module were absent
+    tok = tiny_tokenizer()
+    with pytest.raises(ImportError, match="reward_model=..."):
+        StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=make_args(tmp_path, sample_max_new_tokens=4,
+                                                                      max_solution_steps=1),
+                           tokenizer=tok, prompts=["Q: 1+2\n"])
+
+
+def test_step_dpo_dataset_with_its_own_separator_and_row_errors(tmp_path):
+    from datasets import Dataset
+
+    from reward_models.types import DataError
+
+    tok = tiny_tokenizer()
+    rows = [{"prompt": "Q: 2+3*4\n\n", "initial_reason_steps": "3*4=12\n\n", "chosen": "2+12=14",
+             "rejected": "2+12=15"}]
+    args = make_args(tmp_path, step_separator="\n\n")
+    trainer = StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=args, tokenizer=tok,
+                                 train_dataset=Dataset.from_list(rows))
+    row = trainer.train_dataset[0]
+    fmt = args.step_format
+    assert row["prefix_steps"] == ["3*4=12"]
+    assert row["prompt_ids"] == fmt.tokenize(tok, "Q: 2+3*4\n\n", ["3*4=12"], complete=False).input_ids
+    assert row["chosen_ids"] == tok("2+12=14\n\n", add_special_tokens=False)["input_ids"]
+    bad = PAIRS[:1] + [{"prompt": "Q: 1\n", "prefix_steps": [], "chosen": "x", "rejected": 3}]
+    with pytest.raises(DataError, match="train_dataset, row 1, field 'rejected'"):
+        StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=make_args(tmp_path), tokenizer=tok,
+                           train_dataset=[p.to_dict() if isinstance(p, StepPair) else p for p in bad])
