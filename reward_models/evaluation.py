@@ -313,7 +313,7 @@ def best_of_n_accuracy(reward_model: Any, prompts: Sequence[str], candidates: Se
     return sum(table[k][i] for k, i in enumerate(picks)) / len(picks)
 
 
-def _vote(answers: Sequence[Any], weights: Sequence[float]) -> Any:
+def vote(answers: Sequence[Any], weights: Sequence[float]) -> Any:
     """The answer with the largest total weight (ties: the answer seen first); None answers abstain."""
     totals: dict[Any, float] = {}
     for a, w in zip(answers, weights):
@@ -336,7 +336,7 @@ def _vote_accuracy(candidates, answer_fn, gold, weights) -> float:
         raise ValueError(f"got {len(candidates)} candidate lists for {len(gold)} gold answers")
     hits = 0
     for i, (cs, w) in enumerate(zip(candidates, weights)):
-        winner = _vote([_norm(answer_fn(c)) for c in cs], w)
+        winner = vote([_norm(answer_fn(c)) for c in cs], w)
         if winner is not None:
             hits += bool(gold(i, winner)) if callable(gold) else winner == _norm(gold[i])
     return hits / len(candidates)
@@ -427,4 +427,4 @@ def evaluate_prm(reward_model: Any, samples: Sequence[StepSample], threshold: fl
 __all__ = ["CalibrationBin", "FirstErrorResult", "PRMEvaluation", "StepMetrics", "auroc", "average_ranks",
            "best_of_n_accuracy", "calibration_bins", "evaluate_prm", "expected_calibration_error",
            "first_error_f1", "majority_vote_accuracy", "predict_first_error", "reliability_diagram",
-           "score_candidates", "step_metrics", "weighted_majority_vote_accuracy"]
+           "score_candidates", "step_metrics", "vote", "weighted_majority_vote_accuracy"]

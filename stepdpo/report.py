@@ -1,0 +1,167 @@
+"""Run reports: ``metrics.json``, ``report.md`` and PNG plots in a run's output directory.
+
+Plots (matplotlib, Agg backend, so they render headless):
+
+* ``training_curves.png`` - DPO loss, reward margin, chosen/rejected rewards over steps
+  (from a trainer's ``state.log_history``; any other logged curves such as a PRM's loss can
+  be passed too);
+* ``step_scores.png`` - heatmap of a reward model's step scores for a few solutions;
+* ``accuracy.png`` - accuracy before/after (bars with counts);
+* ``calibration.png`` - reliability diagram (``reward_models.evaluation.reliability_diagram``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_from_log_history(log_history: Sequence[dict], keys: Sequence[str]) -> dict[str, tuple[list, list]]:
+    """``{key: (steps, values)}`` for each key logged in a HF trainer's ``log_history``.
+
+    >>> curves_from_log_history([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "eval": 1}], ["loss"])
+    {'loss': ([1, 2], [2.0, 1.5])}
+    """
+    out: dict[str, tuple[list, list]] = {}
+    for key in keys:
+        xs, ys = [], []
+        for row in log_history:
+            if key in row and isinstance(row[key], (int, float)) and math.isfinite(row[key]):
+                xs.append(row.get("step", len(xs)))
+                ys.append(float(row[key]))
+        if xs:
+            out[key] = (xs, ys)
+    return out
+
+
+def plot_training_curves(curves: dict[str, dict[str, tuple[list, list]]], path: str | Path) -> Path:
+    """One panel per group: ``{"DPO loss": {"loss": (steps, values)}, "rewards": {...}}``."""
+    plt = _plt()
+    groups = [(title, c) for title, c in curves.items() if c]
+    if not groups:
+        raise ValueError("no curves to plot")
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.5), squeeze=False)
+    for ax, (title, series) in zip(axes[0], groups):
+        for name, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="." if len(xs) < 40 else None, label=name)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_step_scores(solutions: Sequence[Sequence[str]], scores: Sequence[Sequence[float]], path: str | Path,
+                     labels: Sequence[Sequence[float]] | None = None, title: str = "step scores") -> Path:
+    """Heatmap: one row per solution, one cell per step, annotated with the step text."""
+    plt = _plt()
+    import numpy as np
+
+    n = len(solutions)
+    width = max(len(s) for s in solutions)
+    grid = np.full((n, width), np.nan)
+    for i, row in enumerate(scores):
+        grid[i, : len(row)] = row
+    fig, ax = plt.subplots(figsize=(min(2.2 * width + 2, 18), 0.55 * n + 1.5))
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    for i, steps in enumerate(solutions):
+        for j, step in enumerate(steps):
+            mark = ""
+            if labels is not None and labels[i] is not None and j < len(labels[i]):
+                mark = " ✓" if labels[i][j] >= 0.5 else " ✗"
+            ax.text(j, i, f"{step[:14]}{mark}\n{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(width), [f"step {j + 1}" for j in range(width)])
+    ax.set_yticks(range(n), [f"#{i}" for i in range(n)])
+    ax.set_title(title + ("  (✓/✗ = checker label)" if labels is not None else ""))
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_accuracy(results: dict[str, tuple[int, int]], path: str | Path, title: str = "held-out accuracy") -> Path:
+    """Bars of ``{name: (correct, total)}`` with a 95% normal-approximation error bar."""
+    plt = _plt()
+    names = list(results)
+    acc = [c / t if t else 0.0 for c, t in results.values()]
+    err = [1.96 * math.sqrt(a * (1 - a) / t) if t else 0.0 for a, (_, t) in zip(acc, results.values())]
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.5))
+    bars = ax.bar(names, acc, yerr=err, capsize=4, color=["#8c8c8c", "#2b83ba", "#1a9641", "#d7191c"][: len(names)])
+    for b, a, (c, t) in zip(bars, acc, results.values()):
+        ax.text(b.get_x() + b.get_width() / 2, a + 0.01, f"{a:.1%}\n({c}/{t})", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, min(1.0, max(acc) + max(err) + 0.15))
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_metrics(output_dir: str | Path, metrics: dict[str, Any]) -> Path:
+    """Write ``metrics.json`` atomically (temp file, then rename)."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, out / "metrics.json")
+    return out / "metrics.json"
+
+
+def write_report(output_dir: str | Path, title: str, sections: Sequence[tuple[str, str]],
+                 images: Sequence[tuple[str, str | Path]] = ()) -> Path:
+    """Write ``report.md``: a title, markdown sections and embedded images (relative paths)."""
+    out = Path(output_dir)
+    lines = [f"# {title}", ""]
+    for heading, body in sections:
+        lines += [f"## {heading}", "", body.rstrip(), ""]
+    if images:
+        lines += ["## Plots", ""]
+        for caption, img in images:
+            rel = os.path.relpath(img, out)
+            lines += [f"### {caption}", "", f"![{caption}]({rel})", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A markdown table from dicts (floats to 4 significant digits).
+
+    >>> print(markdown_table([{"a": 1, "b": 0.123456}]))
+    | a | b |
+    |---|---|
+    | 1 | 0.1235 |
+    """
+    if not rows:
+        return "(none)"
+    cols = list(columns or rows[0].keys())
+
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+__all__ = ["curves_from_log_history", "markdown_table", "plot_accuracy", "plot_step_scores", "plot_training_curves", "write_metrics", "write_report"]
