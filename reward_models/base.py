@@ -35,6 +35,10 @@ AGGREGATIONS = ("min", "prod", "mean", "last", "max", "sum")
 # files that would need unpickling to load: refused everywhere (weights load from safetensors only)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
+# pickles that trainers write next to the weights but that nothing here ever loads (HF Trainer's
+# arguments record in every TRL / transformers output directory)
+NEVER_LOADED = frozenset({"training_args.bin"})
+
 _REGISTRY: dict[str, type[RewardModel]] = {}
 
 
@@ -193,7 +197,7 @@ def refuse_pickles(path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.is_dir():
         return
-    bad = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    bad = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.name not in NEVER_LOADED)
     if bad:
         raise ValueError(
             f"{path} contains {bad}: pickle-based weight files can execute code when loaded and are refused. "

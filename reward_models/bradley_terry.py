@@ -70,6 +70,10 @@ class BradleyTerryRewardModel(RewardModel):
                 raise DataError(f"holds a {cfg['type']!r} reward model, not 'bradley_terry'",
                                 source=str(path / CONFIG_NAME), field="type")
             saved = {k: v for k, v in cfg.items() if k not in ("type", "format_version")}
+        archs = _hf.architectures(path)
+        if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+            raise ValueError(f"{path} holds a {archs[0]}, not a ...ForSequenceClassification model with a scalar "
+                             "head (what a Bradley-Terry reward model / TRL RewardTrainer saves)")
         saved.update(settings)
         model = _hf.load_hf_model(AutoModelForSequenceClassification, path, device=device,
                                   dtype=dtype or torch_dtype, trust_remote_code=trust_remote_code)
@@ -94,6 +98,10 @@ class BradleyTerryRewardModel(RewardModel):
 
     @classmethod
     def load(cls, path, device: str | None = None, **kwargs):
+        """Seed-004 signature. A saved reward-model directory loads through the registry; a plain
+        model directory (no ``reward_config.json``) is built by this class, as seed 004 does."""
+        if Path(path).is_dir() and not (Path(path) / CONFIG_NAME).exists():
+            return cls(path, device, **kwargs)
         return super().load(path, device=device, **kwargs)
 
     def _setup(self, model, tokenizer, *, where: str, append_eos: bool = True, step_format=None,
@@ -170,7 +178,7 @@ class BradleyTerryRewardModel(RewardModel):
                             aggregation=self.aggregation)
 
     def __repr__(self) -> str:
-        return f"BradleyTerryRewardModel(model={self.name_or_path!r})"
+        return f"BradleyTerryRewardModel(model={getattr(self, 'name_or_path', None)!r})"
 
 
 __all__ = ["BradleyTerryRewardModel", "bradley_terry_loss"]

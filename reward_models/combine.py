@@ -192,7 +192,8 @@ class CombinedRewardModel(RewardModel):
                 _save_member(part, path / sub, sub)
         write_reward_config(path, "combined", process_weight=self.process_weight,
                             outcome_weight=self.outcome_weight, step_aggregation=self.step_aggregation,
-                            step_format=self._step_format, max_steps=self.max_steps)
+                            step_format=self._step_format, max_steps=self.max_steps,
+                            step_delimiter=self.step_delimiter)  # seed-004 load() reads it
 
     @classmethod
     def _load_dir(cls, path, cfg, device: str | None = None, **kwargs):

@@ -157,7 +157,11 @@ class OutcomeRewardModel(RewardModel):
         return cls(path, **kwargs)
 
     @classmethod
-    def load(cls, path, device: str | None = None, **kwargs):  # seed-004 signature
+    def load(cls, path, device: str | None = None, **kwargs):
+        """Seed-004 signature. A saved reward-model directory loads through the registry; a plain
+        model directory (no ``reward_config.json``) is built by this class, as seed 004 does."""
+        if Path(path).is_dir() and not (Path(path) / CONFIG_NAME).exists():
+            return cls(path, device, **kwargs)
         return super().load(path, device=device, **kwargs)
 
     def _setup(self, model, tokenizer, settings: OutcomeSettings, where: str) -> None:
@@ -276,7 +280,7 @@ class OutcomeRewardModel(RewardModel):
         write_reward_config(path, "outcome", **self.settings.to_dict())
 
     def __repr__(self) -> str:
-        return f"OutcomeRewardModel(backend={self.backend!r}, model={self.name_or_path!r})"
+        return f"OutcomeRewardModel(backend={self.backend!r}, model={getattr(self, 'name_or_path', None)!r})"
 
 
 __all__ = ["DEFAULT_SOLUTION_TEMPLATE", "OutcomeRewardModel", "OutcomeSettings", "reduce_token_logits"]

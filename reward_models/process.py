@@ -47,6 +47,7 @@ NEUTRAL_RULES = {"positive": 1.0, "negative": 0.0, "half": 0.5}
 DEFAULT_STEP_TEMPLATE = ("Problem: {problem}\nSolution so far:\n{previous_steps}New step: {step}\n"
                          "Is the new step correct? Yes or No:")
 TEMPLATE_FIELDS = ("problem", "previous_steps", "step")
+SEED004_PROCESS_CONFIG = "process_reward_config.json"
 # keys of reward_config.json that are bookkeeping, not settings
 _META_KEYS = {"type", "format_version"}
 
@@ -109,7 +110,9 @@ class ProcessSettings:
         if self.output not in OUTPUTS:
             raise ValueError(f"unknown output {self.output!r}; expected one of {OUTPUTS}")
         if self.num_labels not in (2, 3):
-            raise ValueError(f"num_labels must be 2 or 3, got {self.num_labels}")
+            raise ValueError(f"num_labels must be 2 or 3, got {self.num_labels}"
+                             + (" (a one-label token head is an outcome model: use OutcomeRewardModel)"
+                                if self.num_labels == 1 else ""))
         if self.neutral not in NEUTRAL_RULES:
             raise ValueError(f"unknown neutral rule {self.neutral!r}; expected one of {tuple(NEUTRAL_RULES)}")
         if self.layout not in ("text", "chat"):
@@ -165,6 +168,12 @@ def settings_from_dir(path: Path, cls_type: str, default_backend: str) -> dict[s
     """Settings stored in ``path/reward_config.json`` (checking ``type`` and ``backend``), or
     ``{"backend": default_backend}`` for a plain model directory."""
     if not (path / CONFIG_NAME).exists():
+        legacy = path / SEED004_PROCESS_CONFIG
+        if cls_type == "process" and legacy.exists():  # written by seed 004's ProcessRewardModel.save
+            prompt = _hf.read_json(legacy).get("verification_prompt")
+            if not isinstance(prompt, str):
+                raise DataError("missing key or not a string", source=str(legacy), field="verification_prompt")
+            return {"backend": "verification", "prompt_template": prompt + "{step}"}
         return {"backend": default_backend}
     cfg = read_reward_config(path)
     if cfg["type"] != cls_type:
@@ -242,7 +251,11 @@ class ProcessRewardModel(RewardModel):
         return cls(path, **kwargs)
 
     @classmethod
-    def load(cls, path, device: str | None = None, **kwargs):  # seed-004 signature
+    def load(cls, path, device: str | None = None, **kwargs):
+        """Seed-004 signature. A saved reward-model directory loads through the registry; a plain
+        model directory (no ``reward_config.json``) is built by this class, as seed 004 does."""
+        if Path(path).is_dir() and not (Path(path) / CONFIG_NAME).exists():
+            return cls(path, device, **kwargs)
         return super().load(path, device=device, **kwargs)
 
     def _setup(self, model, tokenizer, settings: ProcessSettings, where: str) -> None:
@@ -374,7 +387,7 @@ class ProcessRewardModel(RewardModel):
         write_reward_config(path, "process", **self.settings.to_dict())
 
     def __repr__(self) -> str:
-        return f"ProcessRewardModel(backend={self.backend!r}, model={self.name_or_path!r})"
+        return f"ProcessRewardModel(backend={self.backend!r}, model={getattr(self, 'name_or_path', None)!r})"
 
 
 def yes_no_logodds(model, tokenizer, queries: list[str], candidate_ids: list[int], pad_token_id: int,

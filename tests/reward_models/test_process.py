@@ -55,6 +55,7 @@ def _logits(model, ids):
 def test_head_batch_equals_alone_and_prefixes_one_forward(tokenizer, num_labels):
     model = tiny_token_classifier(tokenizer, num_labels=num_labels, seed=1)
     prm = ProcessRewardModel.from_model(model, tokenizer, backend="head", neutral="half")
+    assert prm.model is model  # wrapped, not copied
     counter = ForwardCounter(model.transformer)
     batch = prm.score_steps(PROMPTS, STEPS)
     assert counter.calls == 1  # all steps of all solutions in one backbone forward
