@@ -405,15 +405,17 @@ def yes_no_logodds(model, tokenizer, queries: list[str], candidate_ids: list[int
                              f"model's maximum of {max_length}; shorten it (no truncation is applied)")
         if not q_ids:
             raise ValueError(f"query {k} tokenizes to no tokens")
-    out = []
+    out = torch.zeros(len(ids), dtype=torch.float64)
+    order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # similar lengths share a chunk: less padding
     with _hf.scoring_mode(model):
         dev = _hf.model_device(model)
-        for idx in _hf.chunks(len(ids), batch_size):
-            x, mask = _hf.pad_left([ids[i] for i in idx], pad_token_id)
+        for idx in _hf.chunks(len(order), batch_size):
+            rows = [order[k] for k in idx]
+            x, mask = _hf.pad_left([ids[i] for i in rows], pad_token_id)
             logits = model(input_ids=x.to(dev), attention_mask=mask.to(dev),
                            position_ids=_hf.position_ids(mask).to(dev)).logits[:, -1, candidate_ids]
-            out.append(_hf.class_logodds(logits.float(), [1.0, 0.0]).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+            out[rows] = _hf.class_logodds(logits.float(), [1.0, 0.0]).cpu()
+    return out
 
 
 def chat_layout(tokenizer, prompt: str, steps: list[str], answer: str) -> tuple[list[int], list[int]]:

@@ -200,6 +200,11 @@ def test_lora_adapter_saved_alone_and_reloaded(tokenizer, tmp_path):
     base = AutoModelForTokenClassification.from_pretrained(base_dir, use_safetensors=True)
     model = peft.get_peft_model(base, peft.LoraConfig(task_type="TOKEN_CLS", r=4, target_modules=["c_attn"],
                                                       init_lora_weights=False))
+    with torch.no_grad():  # "train": move every trainable tensor (LoRA and the modules_to_save head copy)
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.2 * torch.randn_like(param))
+    assert any("classifier" in n for n, p in model.named_parameters() if p.requires_grad)
     prm = ProcessRewardModel.from_model(model, tokenizer, backend="head")
     prm.save(tmp_path / "lora")
     files = {p.name for p in (tmp_path / "lora").iterdir()}
