@@ -82,6 +82,9 @@ def load_hf_model(auto_cls, path: str | Path, *, device=None, dtype=None, trust_
                   **model_kwargs):
     """Load ``auto_cls`` weights from ``path`` (safetensors only); a LoRA adapter dir loads through peft.
 
+    ``model_kwargs`` go to ``from_pretrained`` (``device_map``, ``quantization_config``,
+    ``attn_implementation``, ...); with a ``device_map`` or quantization the model is not moved.
+
     For an adapter directory the base model comes from ``base_model_name_or_path`` in
     ``adapter_config.json``; the adapter (and any ``modules_to_save`` head) is applied on top.
     """
@@ -103,7 +106,8 @@ def load_hf_model(auto_cls, path: str | Path, *, device=None, dtype=None, trust_
         model = PeftModel.from_pretrained(base, str(path))
     else:
         model = auto_cls.from_pretrained(str(path), **kwargs)
-    model.to(default_device(device))
+    if model_kwargs.get("device_map") is None and model_kwargs.get("quantization_config") is None:
+        model.to(default_device(device))  # device_map / quantized models are placed by transformers
     model.eval()
     return model
 
@@ -163,6 +167,14 @@ def token_id(tokenizer, text: str, what: str) -> int:
 
 
 # -- batching -------------------------------------------------------------------------------------
+def batches(n: int, size: int, desc: str = "scoring"):
+    """:func:`chunks` with a tqdm bar, shown only when there are many chunks."""
+    from tqdm.auto import tqdm
+
+    total = -(-n // size) if size > 0 else 0
+    return tqdm(chunks(n, size), total=total, desc=desc, disable=total < 8, leave=False)
+
+
 def chunks(n: int, size: int) -> Iterator[range]:
     """Index ranges of at most ``size`` covering ``range(n)``.
 

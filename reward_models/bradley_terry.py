@@ -59,7 +59,8 @@ class BradleyTerryRewardModel(RewardModel):
     """
 
     def __init__(self, model_name_or_path: str | os.PathLike, device: str | None = None, *, tokenizer=None,
-                 dtype=None, torch_dtype=None, trust_remote_code: bool = False, **settings: Any):
+                 dtype=None, torch_dtype=None, trust_remote_code: bool = False,
+                 model_kwargs: dict[str, Any] | None = None, **settings: Any):
         from transformers import AutoModelForSequenceClassification
 
         path = Path(model_name_or_path)
@@ -76,7 +77,8 @@ class BradleyTerryRewardModel(RewardModel):
                              "head (what a Bradley-Terry reward model / TRL RewardTrainer saves)")
         saved.update(settings)
         model = _hf.load_hf_model(AutoModelForSequenceClassification, path, device=device,
-                                  dtype=dtype or torch_dtype, trust_remote_code=trust_remote_code)
+                                  dtype=dtype or torch_dtype, trust_remote_code=trust_remote_code,
+                                  **(model_kwargs or {}))
         tok = tokenizer if tokenizer is not None else _hf.load_tokenizer(path, trust_remote_code=trust_remote_code)
         try:
             self._setup(model, tok, where=str(path), **saved)
@@ -138,15 +140,18 @@ class BradleyTerryRewardModel(RewardModel):
             raise ValueError(f"got {len(prompts)} prompts for {len(completions)} completions")
         return self.score_texts([self._text(p, c) for p, c in zip(prompts, completions)])
 
-    def score_texts(self, texts: list[str]) -> list[float]:
-        """Rewards of full texts (already laid out), batched."""
+    def score_texts(self, texts: list[str], owner: list[int] | None = None) -> list[float]:
+        """Rewards of full texts (already laid out), batched; ``owner[k]`` names text k's solution in errors."""
         seqs = [list(self.tokenizer(t)["input_ids"]) for t in texts]
-        _hf.check_lengths([len(s) for s in seqs], self.max_length)
+        for k, s in enumerate(seqs):
+            if self.max_length is not None and len(s) > self.max_length:
+                who = owner[k] if owner is not None else k
+                _hf.check_lengths([0] * who + [len(s)], self.max_length)
         # without a pad id the model cannot find the last token of a padded row: run rows alone
         size = self.batch_size if self.pad_token_id is not None else 1
         out: list[float] = []
         with _hf.scoring_mode(self.model):
-            for idx in _hf.chunks(len(seqs), size):
+            for idx in _hf.batches(len(seqs), size):
                 ids, mask = _hf.pad_right([seqs[i] for i in idx], self.pad_token_id or 0)
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 out.extend(logits[:, 0].float().cpu().double().tolist())
@@ -157,14 +162,15 @@ class BradleyTerryRewardModel(RewardModel):
         prompts, steps = list(prompts), [list(s) for s in steps]
         if len(prompts) != len(steps):
             raise ValueError(f"got {len(prompts)} prompts for {len(steps)} step lists")
-        texts = []
+        texts, owner = [], []
         for i, (p, st) in enumerate(zip(prompts, steps)):
             for j in range(len(st)):
                 try:
                     texts.append(self._text(p, self.step_format.join(st[: j + 1], complete=j == len(st) - 1)))
                 except DataError as e:
                     raise e.at(row=i) from None
-        flat = self.score_texts(texts) if texts else []
+                owner.append(i)
+        flat = self.score_texts(texts, owner) if texts else []
         out, k = [], 0
         for st in steps:
             out.append(flat[k:k + len(st)])

@@ -25,7 +25,7 @@ import torch
 
 from reward_models import _hf
 from reward_models.base import CONFIG_NAME, RewardModel, register_reward_model, write_reward_config
-from reward_models.process import _META_KEYS, fill_template, settings_from_dir, yes_no_logodds
+from reward_models.process import build_settings, fill_template, settings_from_dir, yes_no_logodds
 from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat, _adds_bos
 from reward_models.types import DataError
 
@@ -75,19 +75,6 @@ class OutcomeSettings:
         out["step_format"] = self.step_format.to_dict()
         return out
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> OutcomeSettings:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names - _META_KEYS)
-        if unknown:
-            raise DataError(f"unknown setting(s) {unknown}; valid: {sorted(names)}", source=source, field=unknown[0])
-        try:
-            return cls(**{k: v for k, v in data.items() if k in names})
-        except (TypeError, ValueError) as e:
-            if isinstance(e, DataError):
-                raise e.at(source=source) from None
-            raise DataError(str(e), source=source) from None
-
 
 def reduce_token_logits(logits: torch.Tensor, start: int, end: int, reduce: str) -> torch.Tensor:
     """Log-odds of one (prefix of a) solution from per-token logits ``(L,)``: the logit at
@@ -121,23 +108,25 @@ class OutcomeRewardModel(RewardModel):
         model_name_or_path: a saved directory, a plain causal-LM directory (verification
             backend) or a ``...ForTokenClassification`` directory with one label (head backend).
         device: default CUDA when available, else CPU.
-        tokenizer, dtype/torch_dtype, trust_remote_code: as for ProcessRewardModel.
+        tokenizer, dtype/torch_dtype, trust_remote_code, model_kwargs: as for ProcessRewardModel.
         **settings: any :class:`OutcomeSettings` field.
     """
 
     def __init__(self, model_name_or_path: str | os.PathLike, device: str | None = None, *, tokenizer=None,
-                 dtype=None, torch_dtype=None, trust_remote_code: bool = False, **settings: Any):
+                 dtype=None, torch_dtype=None, trust_remote_code: bool = False,
+                 model_kwargs: dict[str, Any] | None = None, **settings: Any):
         from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
         path = Path(model_name_or_path)
         default = "head" if any(a.endswith("ForTokenClassification") for a in _hf.architectures(path)) \
             else "verification"
         base = settings_from_dir(path, "outcome", default) if path.is_dir() else {"backend": "verification"}
-        base.update(settings)
-        s = OutcomeSettings.from_dict(base, source=str(path / CONFIG_NAME))
+        if base.pop("num_labels", 1) != 1:
+            raise DataError("an outcome head has num_labels=1", source=str(path / CONFIG_NAME), field="num_labels")
+        s = build_settings(OutcomeSettings, base, settings, source=str(path / CONFIG_NAME))
         auto = AutoModelForTokenClassification if s.backend == "head" else AutoModelForCausalLM
         model = _hf.load_hf_model(auto, path, device=device, dtype=dtype or torch_dtype,
-                                  trust_remote_code=trust_remote_code)
+                                  trust_remote_code=trust_remote_code, **(model_kwargs or {}))
         tok = tokenizer if tokenizer is not None else _hf.load_tokenizer(path, trust_remote_code=trust_remote_code)
         self._setup(model, tok, s, where=str(path))
         self.name_or_path = str(model_name_or_path)
@@ -253,7 +242,7 @@ class OutcomeRewardModel(RewardModel):
         out: list[list[float]] = [[] for _ in seqs]
         todo = [i for i, r in enumerate(ranges) if r]
         with _hf.scoring_mode(self.model):
-            for idx in _hf.chunks(len(todo), self.settings.batch_size):
+            for idx in _hf.batches(len(todo), self.settings.batch_size):
                 rows = [todo[k] for k in idx]
                 ids, mask = _hf.pad_right([seqs[i] for i in rows], self.pad_token_id)
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits

@@ -138,18 +138,29 @@ class ProcessSettings:
         out["step_format"] = self.step_format.to_dict()
         return out
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> ProcessSettings:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names - _META_KEYS)
-        if unknown:
-            raise DataError(f"unknown setting(s) {unknown}; valid: {sorted(names)}", source=source, field=unknown[0])
-        try:
-            return cls(**{k: v for k, v in data.items() if k in names})
-        except (TypeError, ValueError) as e:
-            if isinstance(e, DataError):
-                raise e.at(source=source) from None
-            raise DataError(str(e), source=source) from None
+
+
+def build_settings(cls, saved: dict[str, Any], given: dict[str, Any], source: str | None = None):
+    """Settings dataclass ``cls`` from a saved config overridden by code arguments.
+
+    Unknown keys passed in code are errors; unknown keys in a saved file (a newer tool may
+    write more) are logged and ignored. Invalid values raise :class:`DataError` naming the file.
+    """
+    names = {f.name for f in fields(cls)}
+    bad = sorted(set(given) - names)
+    if bad:
+        raise TypeError(f"unknown setting(s) {bad} for {cls.__name__}; valid: {sorted(names)}")
+    extra = sorted(set(saved) - names - _META_KEYS)
+    if extra:
+        logger.warning("%s: ignoring unknown setting(s) %s", source, extra)
+    data = {k: v for k, v in saved.items() if k in names}
+    data.update(given)
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise e.at(source=source) from None
+        raise DataError(str(e), source=source) from None
 
 
 def fill_template(template: str, **values: str) -> str:
@@ -201,24 +212,27 @@ class ProcessRewardModel(RewardModel):
         tokenizer: use this tokenizer instead of the one saved with the model.
         dtype: weights dtype (e.g. ``torch.bfloat16``); ``torch_dtype`` is accepted as an alias.
         trust_remote_code: passed to transformers (False unless you say so).
+        model_kwargs: more ``from_pretrained`` arguments (``device_map``, ``quantization_config``,
+            ``attn_implementation``); with a device map or quantization the model is not moved.
         **settings: any :class:`ProcessSettings` field, overriding the saved config.
 
     >>> # prm = ProcessRewardModel("out/prm"); prm.score_steps(["Q: 2+3\\n"], [["2+3=5", "Answer: 5"]])
     """
 
     def __init__(self, model_name_or_path: str | os.PathLike, device: str | None = None, *, tokenizer=None,
-                 dtype=None, torch_dtype=None, trust_remote_code: bool = False, **settings: Any):
+                 dtype=None, torch_dtype=None, trust_remote_code: bool = False,
+                 model_kwargs: dict[str, Any] | None = None, **settings: Any):
         from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
         path = Path(model_name_or_path)
         base = settings_from_dir(path, "process", backend_for_architectures(path)) if path.is_dir() \
             else {"backend": "verification"}
+        s = build_settings(ProcessSettings, base, settings, source=str(path / CONFIG_NAME))
         base.update(settings)
-        s = ProcessSettings.from_dict(base, source=str(path / CONFIG_NAME))
         auto = AutoModelForTokenClassification if s.backend == "head" else AutoModelForCausalLM
         extra = {"num_labels": s.num_labels} if s.backend == "head" and "num_labels" in base else {}
         model = _hf.load_hf_model(auto, path, device=device, dtype=dtype or torch_dtype,
-                                  trust_remote_code=trust_remote_code, **extra)
+                                  trust_remote_code=trust_remote_code, **extra, **(model_kwargs or {}))
         if s.backend == "head" and "num_labels" not in base:
             s.num_labels = int(model.config.num_labels)
             s.__post_init__()
@@ -337,7 +351,7 @@ class ProcessRewardModel(RewardModel):
         weights = s.good_weight if s.backend == "head" else [1.0, 0.0]
         out: list[list[float]] = []
         with _hf.scoring_mode(self.model):
-            for idx in _hf.chunks(len(laid), s.batch_size):
+            for idx in _hf.batches(len(laid), s.batch_size):
                 ids, mask = _hf.pad_right([laid[i][0] for i in idx], self.pad_token_id)
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 rows = [b for b, i in enumerate(idx) for _ in laid[i][1]]
@@ -409,7 +423,7 @@ def yes_no_logodds(model, tokenizer, queries: list[str], candidate_ids: list[int
     order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # similar lengths share a chunk: less padding
     with _hf.scoring_mode(model):
         dev = _hf.model_device(model)
-        for idx in _hf.chunks(len(order), batch_size):
+        for idx in _hf.batches(len(order), batch_size):
             rows = [order[k] for k in idx]
             x, mask = _hf.pad_left([ids[i] for i in rows], pad_token_id)
             logits = model(input_ids=x.to(dev), attention_mask=mask.to(dev),

@@ -81,3 +81,5 @@ def test_round_trip_and_errors(tokenizer, tmp_path):
     small = tiny_sequence_classifier(tokenizer, n_positions=8)
     with pytest.raises(ValueError, match="solution 1 is .* tokens long"):
         BradleyTerryRewardModel.from_model(small, tokenizer).score(["a", "b"], ["x", "1+1=2 " * 5])
+    with pytest.raises(ValueError, match="solution 1 is .* tokens long"):
+        BradleyTerryRewardModel.from_model(small, tokenizer).score_steps(["a", "b"], [["x", "y"], ["1+1=2 " * 5]])

@@ -215,6 +215,14 @@ def test_lora_adapter_saved_alone_and_reloaded(tokenizer, tmp_path):
     assert flat(plain) != pytest.approx(flat(loaded.score_steps(PROMPTS, STEPS)), abs=1e-4)  # the adapter matters
 
 
+def test_unknown_saved_keys_are_logged(tokenizer, tmp_path, caplog):
+    save_tiny(tiny_causal_lm(tokenizer), tokenizer, tmp_path / "m")
+    write_reward_config(tmp_path / "m", "process", backend="token", colour="blue")
+    with caplog.at_level("WARNING"):
+        assert load_reward_model(tmp_path / "m").backend == "token"
+    assert "ignoring unknown setting(s) ['colour']" in caplog.text
+
+
 def test_errors_name_what_is_wrong(tokenizer, tmp_path):
     lm = tiny_causal_lm(tokenizer)
     lm.resize_token_embeddings(100)
@@ -235,9 +243,11 @@ def test_errors_name_what_is_wrong(tokenizer, tmp_path):
     write_reward_config(tmp_path / "m", "process", output="prob")
     with pytest.raises(DataError, match=r"reward_config.json.*field 'backend'.*missing key"):
         load_reward_model(tmp_path / "m")
-    write_reward_config(tmp_path / "m", "process", backend="token", colour="blue")
-    with pytest.raises(DataError, match="colour"):
+    write_reward_config(tmp_path / "m", "process", backend="token", output="odds")
+    with pytest.raises(DataError, match=r"reward_config.json: unknown output 'odds'"):
         load_reward_model(tmp_path / "m")
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['colour'\]"):
+        ProcessRewardModel(tmp_path / "lm_dir_not_needed", colour="blue")
     write_reward_config(tmp_path / "m", "nonsense")
     with pytest.raises(KeyError, match="bradley_terry, combined, ensemble.*outcome, process"):
         load_reward_model(tmp_path / "m")
