@@ -144,12 +144,15 @@ def max_positions(model, max_length: int | None = None) -> int | None:
     return limit
 
 
-def check_lengths(lengths: Sequence[int], limit: int | None, what: str = "solution") -> None:
-    """Raise a ValueError naming the first sequence longer than ``limit`` (nothing is cut silently)."""
+def check_lengths(lengths: Sequence[int], limit: int | None, what: str = "solution",
+                  index: Sequence[int] | None = None) -> None:
+    """Raise a ValueError naming the first sequence longer than ``limit`` (nothing is cut silently);
+    ``index[k]`` is the number reported for sequence ``k`` (default ``k``)."""
     if limit is None:
         return
-    for i, n in enumerate(lengths):
+    for k, n in enumerate(lengths):
         if n > limit:
+            i = index[k] if index is not None else k
             raise ValueError(f"{what} {i} is {n} tokens long, more than the model's maximum of {limit}; "
                              "shorten it (no truncation is applied)")
 

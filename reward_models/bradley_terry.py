@@ -143,10 +143,7 @@ class BradleyTerryRewardModel(RewardModel):
     def score_texts(self, texts: list[str], owner: list[int] | None = None) -> list[float]:
         """Rewards of full texts (already laid out), batched; ``owner[k]`` names text k's solution in errors."""
         seqs = [list(self.tokenizer(t)["input_ids"]) for t in texts]
-        for k, s in enumerate(seqs):
-            if self.max_length is not None and len(s) > self.max_length:
-                who = owner[k] if owner is not None else k
-                _hf.check_lengths([0] * who + [len(s)], self.max_length)
+        _hf.check_lengths([len(s) for s in seqs], self.max_length, index=owner)
         # without a pad id the model cannot find the last token of a padded row: run rows alone
         size = self.batch_size if self.pad_token_id is not None else 1
         out: list[float] = []

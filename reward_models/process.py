@@ -323,9 +323,9 @@ class ProcessRewardModel(RewardModel):
             return out
         sub_p, sub_s = [prompts[i] for i in todo], [steps[i] for i in todo]
         if self.settings.backend == "verification":
-            scores = self._score_verification(sub_p, sub_s)
+            scores = self._score_verification(sub_p, sub_s, todo)
         else:
-            scores = self._score_positions(sub_p, sub_s)
+            scores = self._score_positions(sub_p, sub_s, todo)
         for i, row in zip(todo, scores):
             out[i] = row
         return out
@@ -338,7 +338,7 @@ class ProcessRewardModel(RewardModel):
         t = s.step_format.tokenize(self.tokenizer, prompt, steps)
         return t.input_ids, t.score_positions
 
-    def _score_positions(self, prompts, steps) -> list[list[float]]:
+    def _score_positions(self, prompts, steps, rows: list[int]) -> list[list[float]]:
         """Head / token backends: one right-padded forward per chunk, logits read at score positions."""
         s = self.settings
         laid = []
@@ -346,8 +346,8 @@ class ProcessRewardModel(RewardModel):
             try:
                 laid.append(self._layout(p, st))
             except DataError as e:
-                raise e.at(row=i) from None
-        _hf.check_lengths([len(ids) for ids, _ in laid], self.max_length)
+                raise e.at(row=rows[i]) from None
+        _hf.check_lengths([len(ids) for ids, _ in laid], self.max_length, index=rows)
         weights = s.good_weight if s.backend == "head" else [1.0, 0.0]
         out: list[list[float]] = []
         with _hf.scoring_mode(self.model):
@@ -374,7 +374,7 @@ class ProcessRewardModel(RewardModel):
                               previous_steps=fmt.join(steps[:j], complete=False) if j else "", step=steps[j])
                 for j in range(len(steps))]
 
-    def _score_verification(self, prompts, steps) -> list[list[float]]:
+    def _score_verification(self, prompts, steps, rows: list[int]) -> list[list[float]]:
         queries, owner = [], []
         for i, (p, st) in enumerate(zip(prompts, steps)):
             try:
@@ -382,9 +382,9 @@ class ProcessRewardModel(RewardModel):
                     self.settings.step_format.check_step(step, j)
                 qs = self.verification_queries(p, st)
             except DataError as e:
-                raise e.at(row=i) from None
+                raise e.at(row=rows[i]) from None
             queries += qs
-            owner += [i] * len(qs)
+            owner += [rows[i]] * len(qs)
         flat = yes_no_logodds(self.model, self.tokenizer, queries, self.candidate_ids, self.pad_token_id,
                               self.settings.batch_size, self.max_length, owner)
         vals = _hf.to_output(flat, self.settings.output)

@@ -229,16 +229,18 @@ def test_errors_name_what_is_wrong(tokenizer, tmp_path):
     with pytest.raises(ValueError, match=r"mismatched tokenizer.*vocab size.*100 rows"):
         ProcessRewardModel.from_model(lm, tokenizer, backend="verification")
     small = tiny_token_classifier(tokenizer, n_positions=16)
-    with pytest.raises(ValueError, match="solution 1 is .* tokens long, more than the model's maximum of 16"):
-        ProcessRewardModel.from_model(small, tokenizer).score_steps(["Q\n", "Q\n"], [["1"], ["1+1=2"] * 8])
+    with pytest.raises(ValueError, match="solution 2 is .* tokens long, more than the model's maximum of 16"):
+        ProcessRewardModel.from_model(small, tokenizer).score_steps(["Q\n"] * 3, [[], ["1"], ["1+1=2"] * 8])
     with pytest.raises(ValueError, match="maximum of 5"):
         ProcessRewardModel.from_model(small, tokenizer, max_length=5).score_steps(["Q\n"], [["1+1=2"] * 3])
     with pytest.raises(ValueError, match="3 labels but the settings say num_labels=2"):
         ProcessRewardModel.from_model(tiny_token_classifier(tokenizer, num_labels=3), tokenizer, num_labels=2)
     with pytest.raises(ValueError, match="unknown backend"):
         ProcessRewardModel.from_model(small, tokenizer, backend="magic")
-    with pytest.raises(DataError, match=r"row 1.*must not contain the step separator"):
-        ProcessRewardModel.from_model(small, tokenizer).score_steps(["a", "b"], [["x"], ["y\nz"]])
+    for backend in ("head", "verification"):
+        with pytest.raises(DataError, match=r"row 2.*field 'steps\[0\]'.*must not contain the step separator"):
+            ProcessRewardModel.from_model(small if backend == "head" else tiny_causal_lm(tokenizer), tokenizer,
+                                          backend=backend).score_steps(["a", "b", "c"], [["x"], [], ["y\nz"]])
     save_tiny(tiny_causal_lm(tokenizer), tokenizer, tmp_path / "m")
     write_reward_config(tmp_path / "m", "process", output="prob")
     with pytest.raises(DataError, match=r"reward_config.json.*field 'backend'.*missing key"):
