@@ -4,6 +4,8 @@
   outcome score`` (seed 004 defaults: 0.7 / 0.3, mean over steps); a missing part counts 0,
   as in seed 004. Per step: ``process_weight * step score + outcome_weight * outcome score of
   the prefix ending at that step``.
+* :class:`ShapedRewardModel` - a user shaping function over another model's step scores
+  (seed 004's reward shaping; :func:`shaped_reward` is its example).
 * :class:`EnsembleRewardModel` - a weighted mean (or min) of several reward models, with the
   members' disagreement (population standard deviation) per step, which pair building uses to
   skip steps the judges disagree on.
@@ -32,6 +34,7 @@ from reward_models.base import (
     RewardModel,
     aggregate,
     as_reward_model,
+    check_scores,
     load_reward_model,
     register_reward_model,
     write_reward_config,
@@ -322,4 +325,47 @@ class EnsembleRewardModel(RewardModel):
         return f"EnsembleRewardModel({len(self.models)} members, weights={self.weights}, reduce={self.reduce!r})"
 
 
-__all__ = ["CombinedRewardModel", "ENSEMBLE_REDUCTIONS", "EnsembleRewardModel", "weighted_mean_std"]
+def shaped_reward(base_reward: float, confidence: float, complexity: float) -> float:
+    """Seed 004's example shaping: boost positive rewards of complex steps by ``1 + 0.5 * complexity``.
+
+    >>> shaped_reward(2.0, 1.0, 0.5), shaped_reward(-1.0, 1.0, 0.5)
+    (2.5, -1.0)
+    """
+    if base_reward > 0:
+        return base_reward * (1 + 0.5 * complexity)
+    return base_reward
+
+
+class ShapedRewardModel(RewardModel):
+    """Applies a user shaping function to another reward model's step scores (seed 004's reward shaping).
+
+    ``shape(reward, prompt=..., steps=..., index=...) -> float`` is called once per step with the
+    step's score, the problem, the solution's steps and the step index; ``score`` aggregates the
+    shaped step scores with ``aggregation``. It wraps user code, so it is not saveable.
+
+    >>> from reward_models.rules import FunctionRewardModel
+    >>> base = FunctionRewardModel(lambda p, s: [1.0, -1.0])
+    >>> ShapedRewardModel(base, lambda r, prompt, steps, index: r * (index + 1)).score_steps(["p"], [["a", "b"]])
+    [[1.0, -2.0]]
+    """
+
+    reward_type = "shaped"
+
+    def __init__(self, model, shape, aggregation: str | None = None):
+        if not callable(shape):
+            raise TypeError(f"shape must be callable, got {type(shape).__name__}")
+        self.model = as_reward_model(model)
+        self.shape = shape
+        self.step_format = self.model.step_format
+        self.aggregation = aggregation or self.model.aggregation
+
+    def score_steps(self, prompts, steps):
+        prompts, steps = list(prompts), [list(s) for s in steps]
+        base = self.model.score_steps(prompts, steps)
+        out = [[float(self.shape(r, prompt=p, steps=st, index=j)) for j, r in enumerate(row)]
+               for p, st, row in zip(prompts, steps, base)]
+        return check_scores(out, steps, f"shape function {getattr(self.shape, '__name__', '')}")
+
+
+__all__ = ["CombinedRewardModel", "ENSEMBLE_REDUCTIONS", "EnsembleRewardModel", "ShapedRewardModel",
+           "shaped_reward", "weighted_mean_std"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reward_models.base import load_reward_model
-from reward_models.combine import CombinedRewardModel, EnsembleRewardModel
+from reward_models.combine import CombinedRewardModel, EnsembleRewardModel, ShapedRewardModel, shaped_reward
 from reward_models.outcome import OutcomeRewardModel
 from reward_models.process import ProcessRewardModel
 from reward_models.rules import FunctionRewardModel
@@ -121,3 +121,16 @@ def test_save_load_round_trip_with_real_models(tokenizer, tmp_path):
                                                                      "weights": [1], "reduce": "mean"}))
     with pytest.raises(DataError, match="field 'num_members'.*missing key"):
         load_reward_model(tmp_path / "ens")
+
+
+def test_shaped_reward_model():
+    base = step_table({"a": 2.0, "bb": -1.0, "ccc": 1.0})
+
+    def by_length(r, prompt, steps, index):
+        return shaped_reward(r, confidence=1.0, complexity=len(steps[index]) / 10)
+
+    shaped = ShapedRewardModel(base, by_length, aggregation="sum")
+    assert shaped.score_steps(["p"], [["a", "bb", "ccc"]]) == [pytest.approx([2.0 * 1.05, -1.0, 1.0 * 1.15])]
+    assert shaped.score(["p"], ["a\nbb\nccc\n"]) == pytest.approx([2.1 - 1.0 + 1.15])
+    with pytest.raises(ValueError, match="non-finite"):
+        ShapedRewardModel(base, lambda r, **kw: math.inf).score_steps(["p"], [["a"]])
