@@ -230,7 +230,9 @@ class ProcessRewardModel(RewardModel):
         s = build_settings(ProcessSettings, base, settings, source=str(path / CONFIG_NAME))
         base.update(settings)
         auto = AutoModelForTokenClassification if s.backend == "head" else AutoModelForCausalLM
-        extra = {"num_labels": s.num_labels} if s.backend == "head" and "num_labels" in base else {}
+        # a LoRA adapter over a plain base needs the head's size; a full checkpoint brings its own (checked below)
+        extra = {"num_labels": s.num_labels} if s.backend == "head" and "num_labels" in base \
+            and _hf.is_adapter_dir(path) else {}
         model = _hf.load_hf_model(auto, path, device=device, dtype=dtype or torch_dtype,
                                   trust_remote_code=trust_remote_code, **extra, **(model_kwargs or {}))
         if s.backend == "head" and "num_labels" not in base:

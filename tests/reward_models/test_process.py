@@ -192,12 +192,16 @@ def test_plain_directories_dispatch(tokenizer, tmp_path):
     assert ProcessRewardModel(tmp_path / "lm", backend="token").backend == "token"
 
 
-def test_lora_adapter_saved_alone_and_reloaded(tokenizer, tmp_path):
+@pytest.mark.parametrize("base_kind", ["token_classifier", "causal_lm"])
+def test_lora_adapter_saved_alone_and_reloaded(tokenizer, tmp_path, base_kind):
+    """Adapter-only save; reload rebuilds base + adapter + head (modules_to_save) from adapter_config.json."""
     peft = pytest.importorskip("peft")
-    base_dir = save_tiny(tiny_token_classifier(tokenizer, num_labels=2), tokenizer, tmp_path / "base")
     from transformers import AutoModelForTokenClassification
 
-    base = AutoModelForTokenClassification.from_pretrained(base_dir, use_safetensors=True)
+    base_model = tiny_token_classifier(tokenizer, num_labels=3) if base_kind == "token_classifier" \
+        else tiny_causal_lm(tokenizer)  # a plain LM base gets a new 3-class head, saved with the adapter
+    base_dir = save_tiny(base_model, tokenizer, tmp_path / "base")
+    base = AutoModelForTokenClassification.from_pretrained(base_dir, use_safetensors=True, num_labels=3)
     model = peft.get_peft_model(base, peft.LoraConfig(task_type="TOKEN_CLS", r=4, target_modules=["c_attn"],
                                                       init_lora_weights=False))
     with torch.no_grad():  # "train": move every trainable tensor (LoRA and the modules_to_save head copy)
@@ -205,14 +209,16 @@ def test_lora_adapter_saved_alone_and_reloaded(tokenizer, tmp_path):
             if param.requires_grad:
                 param.add_(0.2 * torch.randn_like(param))
     assert any("classifier" in n for n, p in model.named_parameters() if p.requires_grad)
-    prm = ProcessRewardModel.from_model(model, tokenizer, backend="head")
+    prm = ProcessRewardModel.from_model(model, tokenizer, backend="head", neutral="half")
     prm.save(tmp_path / "lora")
     files = {p.name for p in (tmp_path / "lora").iterdir()}
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
     loaded = load_reward_model(tmp_path / "lora")
+    assert loaded.settings.num_labels == 3
     assert flat(loaded.score_steps(PROMPTS, STEPS)) == pytest.approx(flat(prm.score_steps(PROMPTS, STEPS)), abs=1e-6)
-    plain = ProcessRewardModel(base_dir).score_steps(PROMPTS, STEPS)
-    assert flat(plain) != pytest.approx(flat(loaded.score_steps(PROMPTS, STEPS)), abs=1e-4)  # the adapter matters
+    with loaded.model.disable_adapter():  # the adapter matters
+        assert flat(loaded.score_steps(PROMPTS, STEPS)) != pytest.approx(flat(prm.score_steps(PROMPTS, STEPS)),
+                                                                         abs=1e-4)
 
 
 def test_unknown_saved_keys_are_logged(tokenizer, tmp_path, caplog):
@@ -254,3 +260,10 @@ def test_errors_name_what_is_wrong(tokenizer, tmp_path):
     with pytest.raises(KeyError, match="bradley_terry, combined, ensemble.*outcome, process"):
         load_reward_model(tmp_path / "m")
     assert {"process", "outcome", "bradley_terry", "combined", "ensemble"} <= set(registered_types())
+
+
+def test_saved_num_labels_must_match_checkpoint(tokenizer, tmp_path):
+    save_tiny(tiny_token_classifier(tokenizer, num_labels=3), tokenizer, tmp_path / "m")
+    write_reward_config(tmp_path / "m", "process", backend="head", num_labels=2)
+    with pytest.raises(ValueError, match="the head has 3 labels but the settings say num_labels=2"):
+        load_reward_model(tmp_path / "m")
