@@ -35,6 +35,10 @@ AGGREGATIONS = ("min", "prod", "mean", "last", "max", "sum")
 # files that would need unpickling to load: refused everywhere (weights load from safetensors only)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
+# pickles that trainers write next to the weights but that nothing here ever loads (HF Trainer's
+# arguments record in every TRL / transformers output directory)
+NEVER_LOADED = frozenset({"training_args.bin"})
+
 _REGISTRY: dict[str, type[RewardModel]] = {}
 
 
@@ -193,7 +197,7 @@ def refuse_pickles(path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.is_dir():
         return
-    bad = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    bad = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.name not in NEVER_LOADED)
     if bad:
         raise ValueError(
             f"{path} contains {bad}: pickle-based weight files can execute code when loaded and are refused. "
@@ -215,8 +219,8 @@ def load_reward_model(path: str | os.PathLike, **kwargs) -> RewardModel:
     refuse_pickles(path)
     _import_builtin_models()
     if not (path / CONFIG_NAME).exists():
-        if (path / "config.json").exists():
-            return _REGISTRY["process"].from_pretrained_lm(path, **kwargs)  # type: ignore[attr-defined]
+        if (path / "config.json").exists() or (path / "adapter_config.json").exists():
+            return _load_plain_model_dir(path, **kwargs)
         raise FileNotFoundError(f"{path} has neither {CONFIG_NAME} nor a model config.json")
     cfg = read_reward_config(path)
     try:
@@ -225,6 +229,23 @@ def load_reward_model(path: str | os.PathLike, **kwargs) -> RewardModel:
         raise KeyError(f"{path / CONFIG_NAME}: unknown reward model type {cfg['type']!r}; "
                        f"valid types: {', '.join(sorted(_REGISTRY))}") from None
     return cls._load_dir(path, cfg, **kwargs)  # type: ignore[attr-defined]
+
+
+def _load_plain_model_dir(path: Path, **kwargs) -> RewardModel:
+    """A transformers directory without ``reward_config.json``, dispatched by its ``architectures``:
+    ``...ForSequenceClassification`` -> bradley_terry (TRL RewardTrainer output),
+    ``...ForTokenClassification`` -> process head (outcome head when it has one label),
+    anything else (a causal LM) -> process verification backend."""
+    from reward_models._hf import model_config
+
+    config = model_config(path)
+    archs = list(config.get("architectures") or [])
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return _REGISTRY["bradley_terry"](path, **kwargs)  # type: ignore[call-arg]
+    if any(a.endswith("ForTokenClassification") for a in archs):
+        kind = "outcome" if len(config.get("id2label") or {}) == 1 else "process"
+        return _REGISTRY[kind](path, **kwargs)  # type: ignore[call-arg]
+    return _REGISTRY["process"].from_pretrained_lm(path, **kwargs)  # type: ignore[attr-defined]
 
 
 def _import_builtin_models() -> None:

@@ -1,0 +1,469 @@
+"""Process reward models: one score per reasoning step, batched.
+
+Three backends, chosen by ``backend`` in ``reward_config.json`` (a plain causal-LM directory
+means ``verification``; a ``...ForTokenClassification`` directory means ``head``):
+
+* ``head`` - a token-classification head (2 classes ``[bad, good]`` or 3 classes for ratings
+  ``{-1, 0, +1}``, seeds 000/001) read at each step's score position (its tag, or its last
+  token). All steps of all solutions in a chunk go through **one** forward pass.
+* ``token`` - the LM head's logits of two tokens (``"+"``/``"-"``) at each step tag, the
+  Math-Shepherd / OpenRLHF convention; ``layout="chat"`` reads the answer of chat turns (each
+  step a user turn answered ``"+"``, the RLHFlow convention). See :func:`token_convention`.
+* ``verification`` - a Yes/No question per step (seed 004): reward ``log p(Yes) - log p(No)``;
+  the step is judged with the problem and previous steps as context, and all questions of a
+  batch go through left-padded chunks.
+
+Scores are probabilities (``output="prob"``) or log-odds (``"logodds"``); a 3-class head maps
+the neutral class by ``neutral``: ``"positive"`` (counts as good), ``"negative"`` or ``"half"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reward_models import _hf
+from reward_models.base import (
+    AGGREGATIONS,
+    CONFIG_NAME,
+    RewardModel,
+    read_reward_config,
+    register_reward_model,
+    write_reward_config,
+)
+from reward_models.steps import DEFAULT_STEP_FORMAT, MATH_SHEPHERD_FORMAT, StepFormat
+from reward_models.types import DataError
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("head", "token", "verification")
+OUTPUTS = ("prob", "logodds")
+NEUTRAL_RULES = {"positive": 1.0, "negative": 0.0, "half": 0.5}
+DEFAULT_STEP_TEMPLATE = ("Problem: {problem}\nSolution so far:\n{previous_steps}New step: {step}\n"
+                         "Is the new step correct? Yes or No:")
+TEMPLATE_FIELDS = ("problem", "previous_steps", "step")
+SEED004_PROCESS_CONFIG = "process_reward_config.json"
+# keys of reward_config.json that are bookkeeping, not settings
+_META_KEYS = {"type", "format_version"}
+
+
+def token_convention(name: str) -> dict[str, Any]:
+    """Settings of a public ``token``-backend convention, to pass as ``**settings``.
+
+    * ``"math-shepherd"``: steps end with ``" ки"``, steps joined by ``"\\n"``, read ``+``/``-``.
+    * ``"extra_0"``: each step followed by the ``<extra_0>`` tag, steps joined by ``"\\n\\n"``.
+    * ``"chat"``: each step is a user turn, the assistant answers ``+``/``-`` (RLHFlow PRMs).
+
+    >>> token_convention("math-shepherd")["step_format"].tag
+    ' ки'
+    """
+    table = {
+        "math-shepherd": dict(step_format=MATH_SHEPHERD_FORMAT, layout="text"),
+        "extra_0": dict(step_format=StepFormat(separator="\n\n", tag="<extra_0>"), layout="text"),
+        "chat": dict(step_format=StepFormat(separator="\n\n"), layout="chat"),
+    }
+    if name not in table:
+        raise KeyError(f"unknown token convention {name!r}; valid: {', '.join(sorted(table))}")
+    return dict(backend="token", positive_token="+", negative_token="-", **table[name])
+
+
+@dataclass
+class ProcessSettings:
+    """Everything that defines how a :class:`ProcessRewardModel` scores (saved in ``reward_config.json``)."""
+
+    backend: str = field(default="head", metadata={"help": "head | token | verification"})
+    step_format: StepFormat = field(default=DEFAULT_STEP_FORMAT,
+                                    metadata={"help": "step separator/tag; scores are read at each step's tag "
+                                                      "(or last token)"})
+    output: str | None = field(default=None, metadata={"help": "prob | logodds (default: prob for head/token, "
+                                                                 "logodds for verification, as in seed 004)"})
+    num_labels: int = field(default=2, metadata={"help": "head classes: 2 = [bad, good], 3 = ratings {-1,0,+1}"})
+    neutral: str = field(default="positive", metadata={"help": "3-class neutral counts as positive | negative | "
+                                                                 "half"})
+    positive_token: str = field(default="+", metadata={"help": "token backend: the 'good' token"})
+    negative_token: str = field(default="-", metadata={"help": "token backend: the 'bad' token"})
+    layout: str = field(default="text", metadata={"help": "token backend: text (step tags) | chat (steps as user "
+                                                            "turns answered with positive_token)"})
+    prompt_template: str = field(default=DEFAULT_STEP_TEMPLATE,
+                                 metadata={"help": "verification: fields {problem}, {previous_steps}, {step}"})
+    yes_token: str = field(default=" Yes", metadata={"help": "verification: answer token read as 'correct'"})
+    no_token: str = field(default=" No", metadata={"help": "verification: answer token read as 'wrong'"})
+    max_length: int | None = field(default=None, metadata={"help": "longest sequence accepted (also capped by "
+                                                                     "the model's positions); longer raises"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per forward pass"})
+    aggregation: str = field(default="min", metadata={"help": "how score() reduces step scores"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.step_format, dict):
+            self.step_format = StepFormat.from_dict(self.step_format)
+        if not isinstance(self.step_format, StepFormat):
+            raise ValueError(f"step_format must be a StepFormat or dict, got {type(self.step_format).__name__}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; expected one of {BACKENDS}")
+        if self.output is None:
+            self.output = "logodds" if self.backend == "verification" else "prob"
+        if self.output not in OUTPUTS:
+            raise ValueError(f"unknown output {self.output!r}; expected one of {OUTPUTS}")
+        if self.num_labels not in (2, 3):
+            raise ValueError(f"num_labels must be 2 or 3, got {self.num_labels}"
+                             + (" (a one-label token head is an outcome model: use OutcomeRewardModel)"
+                                if self.num_labels == 1 else ""))
+        if self.neutral not in NEUTRAL_RULES:
+            raise ValueError(f"unknown neutral rule {self.neutral!r}; expected one of {tuple(NEUTRAL_RULES)}")
+        if self.layout not in ("text", "chat"):
+            raise ValueError(f"unknown layout {self.layout!r}; expected 'text' or 'chat'")
+        if self.backend == "verification" and "{step}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain the field {step}")
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
+            raise ValueError(f"max_length must be a positive int or None, got {self.max_length!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r}; expected one of {AGGREGATIONS}")
+
+    @property
+    def good_weight(self) -> list[float]:
+        """Per head class, how much it counts as 'good' (label order: bad=0, [neutral=1,] good=last)."""
+        if self.num_labels == 2:
+            return [0.0, 1.0]
+        return [0.0, NEUTRAL_RULES[self.neutral], 1.0]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["step_format"] = self.step_format.to_dict()
+        return out
+
+
+
+def build_settings(cls, saved: dict[str, Any], given: dict[str, Any], source: str | None = None):
+    """Settings dataclass ``cls`` from a saved config overridden by code arguments.
+
+    Unknown keys passed in code are errors; unknown keys in a saved file (a newer tool may
+    write more) are logged and ignored. Invalid values raise :class:`DataError` naming the file.
+    """
+    names = {f.name for f in fields(cls)}
+    bad = sorted(set(given) - names)
+    if bad:
+        raise TypeError(f"unknown setting(s) {bad} for {cls.__name__}; valid: {sorted(names)}")
+    extra = sorted(set(saved) - names - _META_KEYS)
+    if extra:
+        logger.warning("%s: ignoring unknown setting(s) %s", source, extra)
+    data = {k: v for k, v in saved.items() if k in names}
+    data.update(given)
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise e.at(source=source) from None
+        raise DataError(str(e), source=source) from None
+
+
+def fill_template(template: str, **values: str) -> str:
+    """Insert values into ``{name}`` fields by plain replacement (no ``str.format`` on user text).
+
+    >>> fill_template("Q: {problem} | {step}?", problem="1+1", step="2")
+    'Q: 1+1 | 2?'
+    """
+    out = template
+    for k, v in values.items():
+        out = out.replace("{" + k + "}", v)
+    return out
+
+
+def settings_from_dir(path: Path, cls_type: str, default_backend: str) -> dict[str, Any]:
+    """Settings stored in ``path/reward_config.json`` (checking ``type`` and ``backend``), or
+    ``{"backend": default_backend}`` for a plain model directory."""
+    if not (path / CONFIG_NAME).exists():
+        legacy = path / SEED004_PROCESS_CONFIG
+        if cls_type == "process" and legacy.exists():  # written by seed 004's ProcessRewardModel.save
+            prompt = _hf.read_json(legacy).get("verification_prompt")
+            if not isinstance(prompt, str):
+                raise DataError("missing key or not a string", source=str(legacy), field="verification_prompt")
+            return {"backend": "verification", "prompt_template": prompt + "{step}"}
+        return {"backend": default_backend}
+    cfg = read_reward_config(path)
+    if cfg["type"] != cls_type:
+        raise DataError(f"holds a {cfg['type']!r} reward model, not {cls_type!r}", source=str(path / CONFIG_NAME),
+                        field="type")
+    if "backend" not in cfg:
+        raise DataError("missing key", source=str(path / CONFIG_NAME), field="backend")
+    return {k: v for k, v in cfg.items() if k not in _META_KEYS}
+
+
+def backend_for_architectures(path: Path) -> str:
+    archs = _hf.architectures(path)
+    return "head" if any(a.endswith("ForTokenClassification") for a in archs) else "verification"
+
+
+@register_reward_model("process")
+class ProcessRewardModel(RewardModel):
+    """A process reward model (PRM) over a transformers model; see the module docstring.
+
+    Args:
+        model_name_or_path: a saved directory (``reward_config.json`` + weights), a plain model
+            directory (causal LM -> verification backend, token classifier -> head backend), or a
+            hub name when the hub is reachable.
+        device: where to run; default CUDA when available, else CPU.
+        tokenizer: use this tokenizer instead of the one saved with the model.
+        dtype: weights dtype (e.g. ``torch.bfloat16``); ``torch_dtype`` is accepted as an alias.
+        trust_remote_code: passed to transformers (False unless you say so).
+        model_kwargs: more ``from_pretrained`` arguments (``device_map``, ``quantization_config``,
+            ``attn_implementation``); with a device map or quantization the model is not moved.
+        **settings: any :class:`ProcessSettings` field, overriding the saved config.
+
+    >>> # prm = ProcessRewardModel("out/prm"); prm.score_steps(["Q: 2+3\\n"], [["2+3=5", "Answer: 5"]])
+    """
+
+    def __init__(self, model_name_or_path: str | os.PathLike, device: str | None = None, *, tokenizer=None,
+                 dtype=None, torch_dtype=None, trust_remote_code: bool = False,
+                 model_kwargs: dict[str, Any] | None = None, **settings: Any):
+        from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+        path = Path(model_name_or_path)
+        base = settings_from_dir(path, "process", backend_for_architectures(path)) if path.is_dir() \
+            else {"backend": "verification"}
+        s = build_settings(ProcessSettings, base, settings, source=str(path / CONFIG_NAME))
+        base.update(settings)
+        auto = AutoModelForTokenClassification if s.backend == "head" else AutoModelForCausalLM
+        # a LoRA adapter over a plain base needs the head's size; a full checkpoint brings its own (checked below)
+        extra = {"num_labels": s.num_labels} if s.backend == "head" and "num_labels" in base \
+            and _hf.is_adapter_dir(path) else {}
+        model = _hf.load_hf_model(auto, path, device=device, dtype=dtype or torch_dtype,
+                                  trust_remote_code=trust_remote_code, **extra, **(model_kwargs or {}))
+        if s.backend == "head" and "num_labels" not in base:
+            s.num_labels = int(model.config.num_labels)
+            s.__post_init__()
+        tok = tokenizer if tokenizer is not None else _hf.load_tokenizer(path, trust_remote_code=trust_remote_code)
+        self._setup(model, tok, s, where=str(path))
+        self.name_or_path = str(model_name_or_path)
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_model(cls, model, tokenizer, backend: str = "head", step_format: StepFormat | None = None,
+                   **settings: Any) -> ProcessRewardModel:
+        """Wrap an in-memory model (not copied: a live policy stays shared) and its tokenizer."""
+        s = ProcessSettings(backend=backend, step_format=step_format or DEFAULT_STEP_FORMAT, **settings)
+        if backend == "head" and "num_labels" not in settings:
+            s.num_labels = int(getattr(model.config, "num_labels", 2))
+            s.__post_init__()
+        obj = cls.__new__(cls)
+        obj._setup(model, tokenizer, s, where=type(model).__name__)
+        obj.name_or_path = getattr(model, "name_or_path", None)
+        return obj
+
+    @classmethod
+    def from_pretrained_lm(cls, path: str | os.PathLike, **kwargs: Any) -> ProcessRewardModel:
+        """A plain causal-LM directory as a verification-prompt PRM (seed 004)."""
+        kwargs.setdefault("backend", "verification")
+        return cls(path, **kwargs)
+
+    @classmethod
+    def _load_dir(cls, path, cfg, **kwargs):
+        return cls(path, **kwargs)
+
+    @classmethod
+    def load(cls, path, device: str | None = None, **kwargs):
+        """Seed-004 signature. A saved reward-model directory loads through the registry; a plain
+        model directory (no ``reward_config.json``) is built by this class, as seed 004 does."""
+        if Path(path).is_dir() and not (Path(path) / CONFIG_NAME).exists():
+            return cls(path, device, **kwargs)
+        return super().load(path, device=device, **kwargs)
+
+    def _setup(self, model, tokenizer, settings: ProcessSettings, where: str) -> None:
+        _hf.check_tokenizer(model, tokenizer, where)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.device = _hf.model_device(model)
+        self.pad_token_id = _hf.pad_id(tokenizer)
+        self.max_length = _hf.max_positions(model, settings.max_length)
+        s = settings
+        if s.backend == "head":
+            n = int(getattr(model.config, "num_labels", s.num_labels))
+            if n != s.num_labels:
+                raise ValueError(f"{where}: the head has {n} labels but the settings say num_labels={s.num_labels}")
+        if s.backend == "token":
+            self.candidate_ids = [_hf.token_id(tokenizer, s.positive_token, "positive_token"),
+                                  _hf.token_id(tokenizer, s.negative_token, "negative_token")]
+        elif s.backend == "verification":
+            self.candidate_ids = [_hf.token_id(tokenizer, s.yes_token, "yes_token"),
+                                  _hf.token_id(tokenizer, s.no_token, "no_token")]
+        else:
+            self.candidate_ids = []
+        if self.candidate_ids and self.candidate_ids[0] == self.candidate_ids[1]:
+            raise ValueError(f"{where}: the two answer tokens map to the same id {self.candidate_ids[0]}")
+
+    # seed-004 conveniences
+    @property
+    def step_format(self) -> StepFormat:  # type: ignore[override]
+        return self.settings.step_format
+
+    @property
+    def aggregation(self) -> str:  # type: ignore[override]
+        return self.settings.aggregation
+
+    @property
+    def backend(self) -> str:
+        return self.settings.backend
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def score_steps(self, prompts, steps):
+        prompts, steps = list(prompts), [list(s) for s in steps]
+        if len(prompts) != len(steps):
+            raise ValueError(f"got {len(prompts)} prompts for {len(steps)} step lists")
+        out: list[list[float]] = [[] for _ in prompts]
+        todo = [i for i, s in enumerate(steps) if s]
+        if not todo:
+            return out
+        sub_p, sub_s = [prompts[i] for i in todo], [steps[i] for i in todo]
+        if self.settings.backend == "verification":
+            scores = self._score_verification(sub_p, sub_s, todo)
+        else:
+            scores = self._score_positions(sub_p, sub_s, todo)
+        for i, row in zip(todo, scores):
+            out[i] = row
+        return out
+
+    def _layout(self, prompt: str, steps: list[str]) -> tuple[list[int], list[int]]:
+        """Token ids of one solution and the positions whose logits score its steps."""
+        s = self.settings
+        if s.backend == "token" and s.layout == "chat":
+            return chat_layout(self.tokenizer, prompt, steps, s.positive_token)
+        t = s.step_format.tokenize(self.tokenizer, prompt, steps)
+        return t.input_ids, t.score_positions
+
+    def _score_positions(self, prompts, steps, rows: list[int]) -> list[list[float]]:
+        """Head / token backends: one right-padded forward per chunk, logits read at score positions."""
+        s = self.settings
+        laid = []
+        for i, (p, st) in enumerate(zip(prompts, steps)):
+            try:
+                laid.append(self._layout(p, st))
+            except DataError as e:
+                raise e.at(row=rows[i]) from None
+        _hf.check_lengths([len(ids) for ids, _ in laid], self.max_length, index=rows)
+        weights = s.good_weight if s.backend == "head" else [1.0, 0.0]
+        out: list[list[float]] = []
+        with _hf.scoring_mode(self.model):
+            for idx in _hf.batches(len(laid), s.batch_size):
+                ids, mask = _hf.pad_right([laid[i][0] for i in idx], self.pad_token_id)
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                rows = [b for b, i in enumerate(idx) for _ in laid[i][1]]
+                cols = [p for i in idx for p in laid[i][1]]
+                picked = logits[rows, cols]
+                if s.backend == "token":
+                    picked = picked[:, self.candidate_ids]
+                vals = _hf.to_output(_hf.class_logodds(picked.float(), weights), s.output)
+                k = 0
+                for i in idx:
+                    n = len(laid[i][1])
+                    out.append(vals[k:k + n])
+                    k += n
+        return out
+
+    def verification_queries(self, prompt: str, steps: list[str]) -> list[str]:
+        """One Yes/No question per step: the problem, the previous steps, and the step judged."""
+        fmt = self.settings.step_format
+        return [fill_template(self.settings.prompt_template, problem=prompt,
+                              previous_steps=fmt.join(steps[:j], complete=False) if j else "", step=steps[j])
+                for j in range(len(steps))]
+
+    def _score_verification(self, prompts, steps, rows: list[int]) -> list[list[float]]:
+        queries, owner = [], []
+        for i, (p, st) in enumerate(zip(prompts, steps)):
+            try:
+                for j, step in enumerate(st):
+                    self.settings.step_format.check_step(step, j)
+                qs = self.verification_queries(p, st)
+            except DataError as e:
+                raise e.at(row=rows[i]) from None
+            queries += qs
+            owner += [rows[i]] * len(qs)
+        flat = yes_no_logodds(self.model, self.tokenizer, queries, self.candidate_ids, self.pad_token_id,
+                              self.settings.batch_size, self.max_length, owner)
+        vals = _hf.to_output(flat, self.settings.output)
+        out, k = [], 0
+        for st in steps:
+            out.append(vals[k:k + len(st)])
+            k += len(st)
+        return out
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Weights (safetensors; adapter only for LoRA), tokenizer and ``reward_config.json``."""
+        _hf.save_hf(self.model, self.tokenizer, path)
+        write_reward_config(path, "process", **self.settings.to_dict())
+
+    def __repr__(self) -> str:
+        return f"ProcessRewardModel(backend={self.backend!r}, model={getattr(self, 'name_or_path', None)!r})"
+
+
+def yes_no_logodds(model, tokenizer, queries: list[str], candidate_ids: list[int], pad_token_id: int,
+                   batch_size: int, max_length: int | None, owner: list[int] | None = None) -> torch.Tensor:
+    """``logit(yes) - logit(no)`` (= log p(Yes) - log p(No)) at the token after each query.
+
+    Queries are tokenized alone and left-padded by hand (with matching position ids) in chunks
+    of ``batch_size``, so each score equals the score of its query run unpadded.
+    """
+    ids = [list(tokenizer(q, add_special_tokens=True)["input_ids"]) for q in queries]
+    for k, q_ids in enumerate(ids):
+        if max_length is not None and len(q_ids) > max_length:
+            who = owner[k] if owner is not None else k
+            raise ValueError(f"solution {who}: its verification query is {len(q_ids)} tokens long, more than the "
+                             f"model's maximum of {max_length}; shorten it (no truncation is applied)")
+        if not q_ids:
+            raise ValueError(f"query {k} tokenizes to no tokens")
+    out = torch.zeros(len(ids), dtype=torch.float64)
+    order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # similar lengths share a chunk: less padding
+    with _hf.scoring_mode(model):
+        dev = _hf.model_device(model)
+        for idx in _hf.batches(len(order), batch_size):
+            rows = [order[k] for k in idx]
+            x, mask = _hf.pad_left([ids[i] for i in rows], pad_token_id)
+            logits = model(input_ids=x.to(dev), attention_mask=mask.to(dev),
+                           position_ids=_hf.position_ids(mask).to(dev)).logits[:, -1, candidate_ids]
+            out[rows] = _hf.class_logodds(logits.float(), [1.0, 0.0]).cpu()
+    return out
+
+
+def chat_layout(tokenizer, prompt: str, steps: list[str], answer: str) -> tuple[list[int], list[int]]:
+    """Ids of a chat where each step is a user turn answered ``answer``, and for each step the
+    position whose next-token logits predict that answer (the RLHFlow PRM convention).
+
+    The first user turn is ``prompt + " " + steps[0]`` (or just the step with no prompt).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("layout='chat' needs a tokenizer with a chat_template")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("layout='chat' needs a fast tokenizer (offsets)")
+    conv: list[dict[str, str]] = []
+    starts = []
+    for k, st in enumerate(steps):
+        conv.append({"role": "user", "content": f"{prompt} {st}" if k == 0 and prompt else st})
+        starts.append(len(tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)))
+        conv.append({"role": "assistant", "content": answer})
+    text = tokenizer.apply_chat_template(conv, tokenize=False)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    first = {}
+    for j, (a, _b) in enumerate(enc["offset_mapping"]):
+        first.setdefault(a, j)
+    positions = []
+    for k, c in enumerate(starts):
+        j = first.get(c)
+        if j is None or j == 0 or text[c:c + len(answer)] != answer:
+            raise DataError(f"the answer token of step {k} merges with the chat template's text; cannot read it",
+                            field=f"steps[{k}]")
+        positions.append(j - 1)
+    return list(enc["input_ids"]), positions
+
+
+__all__ = ["BACKENDS", "DEFAULT_STEP_TEMPLATE", "ProcessRewardModel", "ProcessSettings", "chat_layout",
+           "fill_template", "token_convention", "yes_no_logodds"]
