@@ -1,0 +1,455 @@
+"""Shared plumbing of the ``stepdpo`` commands: argument parsing, model and data loading.
+
+Every command module under :mod:`stepdpo.commands` has ``make_parser()`` (a ``trl.TrlParser``
+over its dataclasses) and ``main(...)``; :func:`parse` turns ``--config recipe.yaml`` plus
+command-line overrides into those dataclasses, and :func:`run` does both for the CLI and the
+``scripts/`` entry points.
+
+Model names (``model_name_or_path``):
+
+* ``tiny-gpt2`` or ``tiny-gpt2:<n_layer>x<n_embd>`` - a randomly initialised GPT-2 with the
+  tokenizer shipped in :mod:`reward_models.testing` (offline; for dry runs and tests);
+* anything else - a local directory or hub id, loaded with safetensors only.
+
+Data sources (``dataset_name``):
+
+* ``arith`` / ``arith:<n>`` - the embedded arithmetic task (:mod:`stepdpo.tasks.arith`);
+* a local ``.jsonl``/``.json``/``.parquet`` file or folder, or a hub dataset, read by
+  :func:`reward_models.data.load_samples` (format detected per file), or, with
+  ``prompt_column`` set, read as plain rows with a prompt (and optional answer) column.
+
+>>> parse_tiny_spec("tiny-gpt2:4x128")
+{'n_layer': 4, 'n_embd': 128, 'n_head': 4}
+>>> parse_arith_spec("arith:50"), parse_arith_spec("gsm8k")
+(50, None)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TINY_PREFIX = "tiny-gpt2"
+ARITH_PREFIX = "arith"
+DEFAULT_ARITH_SIZE = 256
+META_KEYS = ("command",)  # recipe keys read by the command line itself, not by the dataclasses
+DRY_RUN_SAMPLES = 8
+DRY_RUN_STEPS = 2
+
+
+# -- parsing -------------------------------------------------------------------------------------
+def make_trl_parser(dataclass_types: Sequence[type], prog: str, description: str, epilog: str = ""):
+    """A ``TrlParser`` with a readable description (kept verbatim) and usage examples."""
+    import argparse
+
+    from trl import TrlParser
+
+    return TrlParser(tuple(dataclass_types), prog=prog, description=description, epilog=epilog,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
+    """The YAML mapping of a recipe file (``yaml.safe_load``), with a clear error otherwise."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    with path.open(encoding="utf-8") as f:
+        cfg = yaml.safe_load(f)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: a config file must hold a YAML mapping of option: value")
+    return cfg
+
+
+def parse(parser, argv: Sequence[str] | None, command: str | None = None) -> tuple:
+    """Parse ``argv`` (``--config file.yaml`` plus ``--option value`` overrides) into the
+    parser's dataclasses, like ``TrlParser.parse_args_and_config``.
+
+    The recipe's ``env:`` mapping is exported; a top-level ``command:`` key names the command
+    the recipe is for and must match ``command``. Unknown keys are an error naming them.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in args:
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            raise SystemExit("--config needs a file path")
+        path = args[i + 1]
+        del args[i:i + 2]
+        cfg = read_recipe(path)
+        meant = cfg.pop("command", None)
+        if command is not None and meant is not None and meant != command:
+            raise SystemExit(f"{path} is a recipe for `stepdpo {meant}`, not `stepdpo {command}`")
+        env = cfg.pop("env", {}) or {}
+        if not isinstance(env, dict):
+            raise SystemExit(f"{path}: `env` must be a mapping of VARIABLE: value")
+        for key, value in env.items():
+            os.environ[str(key)] = str(value)
+        unknown = parser.set_defaults_with_config(**cfg)
+        if unknown:
+            names = sorted({u[2:] for u in unknown if u.startswith("--")})
+            raise SystemExit(f"{path}: unknown option(s) {names} for `{parser.prog}`; see `{parser.prog} --help`")
+    return parser.parse_args_into_dataclasses(args=args)
+
+
+def run(module, argv: Sequence[str] | None = None, command: str | None = None):
+    """Parse ``argv`` with ``module.make_parser()`` and call ``module.main(*parsed)``."""
+    setup_logging()
+    parsed = parse(module.make_parser(), argv, command or getattr(module, "COMMAND", None))
+    return module.main(*parsed)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
+    for name in ("stepdpo", "reward_models"):
+        logging.getLogger(name).setLevel(level)
+
+
+# -- models --------------------------------------------------------------------------------------
+def parse_tiny_spec(name: str | None) -> dict[str, int] | None:
+    """Sizes of a ``tiny-gpt2[:<n_layer>x<n_embd>]`` model name, or None for any other name."""
+    if not name or not str(name).startswith(TINY_PREFIX):
+        return None
+    rest = str(name)[len(TINY_PREFIX):]
+    if not rest:
+        return {"n_layer": 2, "n_embd": 64, "n_head": 2}
+    m = re.fullmatch(r":(\d+)x(\d+)", rest)
+    if not m:
+        raise ValueError(f"model name {name!r}: expected 'tiny-gpt2' or 'tiny-gpt2:<n_layer>x<n_embd>' "
+                         "(e.g. tiny-gpt2:4x128)")
+    n_layer, n_embd = int(m.group(1)), int(m.group(2))
+    n_head = max(1, n_embd // 32)
+    if n_layer < 1 or n_embd < 8 or n_embd % n_head:
+        raise ValueError(f"model name {name!r}: need n_layer >= 1 and n_embd >= 8")
+    return {"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head}
+
+
+def is_tiny(name: str | None) -> bool:
+    return parse_tiny_spec(name) is not None
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None):
+    """The tokenizer of ``name`` (the shipped tiny tokenizer for ``tiny-gpt2``)."""
+    if is_tiny(name):
+        from reward_models.testing import tiny_tokenizer
+
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if revision:
+        kwargs["revision"] = revision
+    tok = AutoTokenizer.from_pretrained(name, **kwargs)
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token  # a copy owned by this run; nothing shared is mutated
+    return tok
+
+
+def kbit_device_map() -> dict[str, int] | None:
+    """Where a 4/8-bit model goes: this process's GPU (one model copy per process)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index}
+
+
+def check_quantization(model_args) -> None:
+    if model_args is None or not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError("load_in_4bit/load_in_8bit need a CUDA GPU with bitsandbytes; this machine has none. "
+                         "Drop the option to train in full precision (LoRA still works).")
+    if not model_args.use_peft:
+        raise ValueError("a 4/8-bit base model can only be trained through adapters: set use_peft: true")
+
+
+def load_causal_lm(name: str, model_args=None, *, trust_remote_code: bool = False, seed: int = 0):
+    """A causal LM policy from ``name`` (tiny spec, directory or hub id), safetensors only.
+
+    With ``model_args`` (a ``trl.ModelConfig``): revision, dtype, attention implementation and
+    4/8-bit loading (``load_in_4bit``, placed on this process's GPU) apply. The tiny model
+    ignores them (it is always float32, never quantized).
+    """
+    spec = parse_tiny_spec(name)
+    if spec is not None:
+        from reward_models.testing import tiny_causal_lm
+
+        if model_args is not None and (model_args.load_in_4bit or model_args.load_in_8bit):
+            logger.warning("%s: the tiny test model is never quantized; load_in_4bit/load_in_8bit ignored", name)
+        return tiny_causal_lm(load_tokenizer(name), seed=seed, **spec)
+    check_quantization(model_args)
+    from transformers import AutoModelForCausalLM
+
+    from reward_models.base import refuse_pickles
+
+    refuse_pickles(name)
+    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+    if model_args is not None:
+        from trl import get_quantization_config
+
+        kwargs["revision"] = model_args.model_revision
+        if model_args.dtype not in (None, "auto"):
+            import torch
+
+            kwargs["dtype"] = getattr(torch, model_args.dtype)
+        elif model_args.dtype == "auto":
+            kwargs["dtype"] = "auto"
+        if model_args.attn_implementation:
+            kwargs["attn_implementation"] = model_args.attn_implementation
+        quant = get_quantization_config(model_args)
+        if quant is not None:
+            kwargs["quantization_config"] = quant
+            kwargs["device_map"] = kbit_device_map()
+    return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+
+
+def to_device(model):
+    """Move a model that is not quantized/dispatched to cuda when available (inference commands)."""
+    import torch
+
+    if getattr(model, "hf_device_map", None) or getattr(model, "is_loaded_in_4bit", False) \
+            or getattr(model, "is_loaded_in_8bit", False):
+        return model
+    return model.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# -- data ----------------------------------------------------------------------------------------
+def parse_arith_spec(source: str | None) -> int | None:
+    """Size of an ``arith`` / ``arith:<n>`` source, or None for any other source."""
+    if source is None:
+        return None
+    source = str(source)
+    if source == ARITH_PREFIX:
+        return DEFAULT_ARITH_SIZE
+    m = re.fullmatch(r"arith:(\d+)", source)
+    if m:
+        n = int(m.group(1))
+        if n < 1:
+            raise ValueError(f"{source!r}: need at least one problem")
+        return n
+    if source.startswith(ARITH_PREFIX + ":") and not Path(source).exists():
+        raise ValueError(f"data source {source!r}: expected 'arith' or 'arith:<n>'")
+    return None
+
+
+@dataclass
+class Data:
+    """What a data source held, in canonical types.
+
+    ``items``: StepSample / StepPair / PreferencePair objects (from a known format);
+    ``prompts``/``answers``: the prompts (and gold answers, or None) of every item or row;
+    ``checker``: ``checker(prompt, steps, answer) -> bool`` when correctness can be judged
+    (the arithmetic task's checker, or a numeric final-answer match).
+    """
+
+    source: str
+    items: list[Any] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    answers: list[Any] | None = None
+    checker: Callable[[str, list[str], Any], bool] | None = None
+    is_arith: bool = False
+
+    def of_type(self, *types) -> list[Any]:
+        return [x for x in self.items if isinstance(x, types)]
+
+
+def arith_checker(prompt: str, steps: list[str], answer: Any = None) -> bool:
+    """Whether ``steps`` solve the arithmetic ``prompt`` (the answer argument is not needed)."""
+    from stepdpo.tasks.arith import ArithConfig, is_correct
+
+    try:
+        return is_correct(ArithConfig().expression_of(prompt), list(steps))
+    except ValueError:
+        return False
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def final_number(text: str | None) -> float | None:
+    """The number a solution or gold answer ends with: after ``####`` (GSM8K), inside the last
+    ``\\boxed{}``, after the last "answer is", else the last number in the text.
+
+    >>> final_number("... so 5+7=12.\\n#### 12"), final_number("The answer is: 3,400"), final_number("none")
+    (12.0, 3400.0, None)
+    """
+    if text is None:
+        return None
+    text = str(text)[-2000:]
+    for marker in ("####", "\\boxed{", "answer is"):
+        k = text.rfind(marker)
+        if k >= 0:
+            found = _NUMBER.findall(text[k + len(marker):])
+            if found:
+                return _to_float(found[0])
+    found = _NUMBER.findall(text)
+    return _to_float(found[-1]) if found else None
+
+
+def _to_float(s: str) -> float | None:
+    try:
+        return float(s.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def numeric_checker(prompt: str, steps: list[str], answer: Any) -> bool:
+    """A solution is correct when its final number equals the gold answer's final number."""
+    want = final_number(answer)
+    got = final_number("\n".join(steps[-2:])) if steps else None
+    return want is not None and got is not None and math.isclose(want, got, rel_tol=1e-6, abs_tol=1e-6)
+
+
+def read_data(source: str, *, split: str = "train", config: str | None = None, max_samples: int | None = None,
+              step_format=None, prompt_column: str | None = None, answer_column: str | None = None,
+              prompt_template: str = "{prompt}", arith_error_rate: float = 0.0, seed: int = 0,
+              neutral: str = "positive") -> Data:
+    """Read a data source (see the module docstring) into :class:`Data`."""
+    from reward_models.types import StepPair, StepSample
+
+    if not source:
+        raise ValueError("no dataset given: set dataset_name (e.g. arith:200, a JSONL file or a hub dataset)")
+    if "{prompt}" not in prompt_template:
+        raise ValueError(f"prompt_template must contain '{{prompt}}', got {prompt_template!r}")
+    n = parse_arith_spec(source)
+    if n is not None:
+        from stepdpo.tasks.arith import make_splits
+        from stepdpo.tasks.arith import STEP_FORMAT as ARITH_FORMAT
+
+        if split not in ("train", "test"):
+            raise ValueError(f"the arith task has splits 'train' and 'test', not {split!r}")
+        if step_format is not None and step_format.separator != ARITH_FORMAT.separator:
+            raise ValueError("the arith task uses the step separator '\\n'")
+        n = min(n, max_samples) if max_samples else n
+        ds = make_splits(seed=seed, n_train=n, n_test=n, error_rate=arith_error_rate)[split]
+        items = [StepSample.from_dict(row) for row in ds]
+        return Data(source=source, items=items, prompts=[s.prompt for s in items],
+                    answers=[s.answer for s in items], checker=arith_checker, is_arith=True)
+
+    if prompt_column:
+        rows = _raw_rows(source, split, config)
+        if max_samples:
+            rows = rows[:max_samples]
+        prompts, answers = [], []
+        for i, row in rows:
+            from reward_models.types import DataError
+
+            value = row.get(prompt_column) if isinstance(row, dict) else None
+            if not isinstance(value, str) or not value.strip():
+                raise DataError("missing or empty", source=source, row=i, field=prompt_column)
+            prompts.append(prompt_template.replace("{prompt}", value))
+            if answer_column:
+                if row.get(answer_column) is None:
+                    raise DataError("missing", source=source, row=i, field=answer_column)
+                answers.append(str(row[answer_column]))
+        return Data(source=source, prompts=prompts, answers=answers if answer_column else None,
+                    checker=numeric_checker if answer_column else None)
+
+    from reward_models.data import load_samples
+
+    kwargs: dict[str, Any] = {"split": split, "config": config, "neutral": neutral}
+    if step_format is not None:
+        kwargs["step_format"] = step_format
+    items = load_samples(source, **kwargs)
+    if max_samples:
+        items = items[:max_samples]
+    prompts = [x.prompt for x in items]
+    answers = None
+    if items and all(isinstance(x, StepSample) and x.answer is not None for x in items):
+        answers = [x.answer for x in items]
+    elif items and all(isinstance(x, StepPair) for x in items):
+        answers = None
+    return Data(source=source, items=items, prompts=prompts, answers=answers,
+                checker=numeric_checker if answers is not None else None)
+
+
+def _raw_rows(source: str, split: str, config: str | None) -> list[tuple[int, Any]]:
+    path = Path(source)
+    if path.is_file():
+        from reward_models.data import iter_file_rows
+
+        return list(iter_file_rows(path))
+    if path.exists() or source.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{source}: not a data file (folders are read without prompt_column)")
+    import datasets
+
+    return list(enumerate(datasets.load_dataset(source, config, split=split).to_list()))
+
+
+def reward_model_from_spec(spec: str | None, *, policy=None, tokenizer=None, step_format=None):
+    """A reward model from a command-line value.
+
+    ``checker:arith`` - the arithmetic task's exact checker; ``self`` (or empty) - the policy's
+    own Yes/No verification prompt (needs ``policy``/``tokenizer``; returns None when they are
+    not given, so a trainer picks its default judge); anything else - a saved reward-model
+    directory (:func:`reward_models.base.load_reward_model`).
+    """
+    if spec in (None, "", "self"):
+        if policy is None:
+            return None
+        from stepdpo.trainer import default_judge
+
+        return default_judge(policy, tokenizer, step_format)
+    if spec == "checker:arith":
+        from stepdpo.tasks.arith import checker_reward_model
+
+        return checker_reward_model()
+    if str(spec).startswith("checker:"):
+        raise ValueError(f"unknown checker {spec!r}; available: checker:arith")
+    from reward_models.base import load_reward_model
+
+    return load_reward_model(spec)
+
+
+# -- outputs -------------------------------------------------------------------------------------
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def chunks(items: Sequence[Any], size: int):
+    """Consecutive slices of ``items`` of at most ``size``.
+
+    >>> [list(c) for c in chunks([1, 2, 3], 2)]
+    [[1, 2], [3]]
+    """
+    if size < 1:
+        raise ValueError("chunk size must be >= 1")
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def print_summary(title: str, values: dict[str, Any]) -> None:
+    """One readable block on stdout at the end of a command (what it did, where outputs went)."""
+    print(f"[stepdpo {title}]")
+    for k, v in values.items():
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        print(f"  {k}: {v}")
+
+
+__all__ = ["Data", "arith_checker", "chunks", "final_number", "is_tiny", "kbit_device_map", "load_causal_lm",
+           "load_tokenizer", "make_trl_parser", "numeric_checker", "parse", "parse_arith_spec", "parse_tiny_spec",
+           "print_summary", "read_data", "read_recipe", "reward_model_from_spec", "run", "to_device", "write_json"]

@@ -1,0 +1,219 @@
+"""``stepdpo train``: Stepwise DPO training of a policy on step pairs (or on pairs it builds).
+
+Launch (one process on CPU, or any accelerate config)::
+
+    accelerate launch --config_file configs/accelerate/cpu.yaml scripts/train_stepdpo.py \\
+        --config configs/demo_stepdpo.yaml
+    stepdpo train --config configs/demo_stepdpo.yaml --max_steps 20      # same, without accelerate
+
+The options are the fields of :class:`ScriptArguments` (data and judge),
+:class:`~stepdpo.config.StepwiseDPOConfig` (all of ``trl.DPOConfig`` plus the stepwise fields)
+and ``trl.ModelConfig`` (policy, LoRA, 4/8-bit loading).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from stepdpo.commands import _common as C
+
+COMMAND = "train"
+DRY_RUN_SFT_STEPS = 80  # with DRY_RUN_SFT_LR the tiny policy learns the format (and the 8 dry-run problems)
+DRY_RUN_SFT_LR = 5e-3
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Train a policy with Stepwise DPO.
+
+The training data is either
+  * step pairs (a JSONL from `stepdpo build-pairs`, Step-DPO data such as
+    xinlai/Math-Step-DPO-10K, or our StepPair JSONL): trained on directly, or
+  * problems (the `arith` task, step-by-step samples, or rows with a prompt column):
+    the trainer samples solutions from the policy, asks the judge (--reward_model)
+    where the first wrong step is, resamples from the last good prefix and trains on
+    the resulting (prefix, good step, bad step) pairs, for --rounds rounds.
+
+Main options (all can also be set in the --config YAML, command line wins):
+  --config FILE              a recipe from configs/ (YAML keys = option names)
+  --model_name_or_path NAME  policy: hub id, local folder, or tiny-gpt2 (offline test model)
+  --dataset_name SRC         arith[:N] | file.jsonl | folder | hub dataset
+  --reward_model SPEC        judge: checker:arith | self | a saved reward-model folder
+  --output_dir DIR           where the trained policy (or LoRA adapter) is saved
+  --max_steps N / --num_train_epochs N, --learning_rate, --beta, --loss_type
+  --pair_strategy first_error|per_depth, --num_candidates K, --rounds R
+  --use_peft --lora_r 16 [--load_in_4bit]   LoRA (QLoRA with 4-bit loading, CUDA only)
+  --dry_run                  8 examples, 2 optimizer steps: checks a recipe end to end
+"""
+
+EPILOG = """\
+examples:
+  stepdpo train --config configs/demo_stepdpo.yaml
+  stepdpo train --model_name_or_path tiny-gpt2 --dataset_name arith:64 \\
+      --reward_model checker:arith --output_dir outputs/try --max_steps 10
+  accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml \\
+      scripts/train_stepdpo.py --config configs/qwen2.5-math-1.5b_stepdpo_math_zero3.yaml
+"""
+
+
+@dataclass
+class ScriptArguments:
+    """What to train on and who judges steps."""
+
+    _argument_group_name = "data and judge (stepdpo train)"
+
+    dataset_name: str = field(default="arith", metadata={
+        "help": "Training data: 'arith' or 'arith:<n>' (the embedded arithmetic task, n problems), a local "
+                ".jsonl/.json/.parquet file or folder, or a hub dataset. Step pairs are trained on directly; "
+                "problems (or step-by-step samples) become pairs built from the policy's own samples."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a hub dataset."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to read."})
+    prompt_column: str | None = field(default=None, metadata={
+        "help": "Read the data as plain rows and take each problem from this column (e.g. 'question' for "
+                "openai/gsm8k). Leave unset for the formats reward_models.data reads."})
+    answer_column: str | None = field(default=None, metadata={
+        "help": "With prompt_column: the column holding the gold answer (its final number is compared)."})
+    prompt_template: str = field(default="{prompt}", metadata={
+        "help": "How a problem is shown to the policy; '{prompt}' is replaced by the problem text."})
+    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N examples."})
+    reward_model: str = field(default="self", metadata={
+        "help": "Judge used to build pairs from problems: 'checker:arith' (exact checker of the arithmetic "
+                "task), 'self' (the policy's own Yes/No verification prompt) or a folder saved by "
+                "`stepdpo train-prm/train-orm/train-bt` (any reward model with reward_config.json)."})
+    check_answers: bool = field(default=False, metadata={
+        "help": "Chosen steps must also lead to the right final answer (each candidate is rolled out; needs "
+                "gold answers)."})
+    sft_warmup_steps: int = field(default=0, metadata={
+        "help": "First fine-tune the policy for this many steps on gold step-by-step solutions (the arith task, "
+                "or samples whose steps are all labeled good), so that a fresh model writes well-formed steps."})
+    sft_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the warm-up."})
+    dry_run: bool = field(default=False, metadata={
+        "help": "Check the whole recipe quickly: at most 8 examples, a short warm-up (80 steps at a high rate), "
+                "2 optimizer steps, 1 round, no checkpoints."})
+
+
+def make_parser(prog: str = "stepdpo train"):
+    from trl import ModelConfig
+
+    from stepdpo.config import StepwiseDPOConfig
+
+    return C.make_trl_parser((ScriptArguments, StepwiseDPOConfig, ModelConfig), prog, DESCRIPTION, EPILOG)
+
+
+def apply_dry_run(script_args: ScriptArguments, training_args) -> None:
+    """Shrink a run to a smoke test (see ``--dry_run``)."""
+    script_args.sft_warmup_steps = min(script_args.sft_warmup_steps, DRY_RUN_SFT_STEPS)
+    script_args.sft_learning_rate = max(script_args.sft_learning_rate, DRY_RUN_SFT_LR)
+    script_args.max_samples = min(script_args.max_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
+    training_args.max_steps = C.DRY_RUN_STEPS
+    training_args.rounds = 1
+    training_args.regenerate_every_steps = None
+    training_args.save_strategy = "no"
+    training_args.eval_strategy = "no"
+    training_args.logging_steps = 1
+    training_args.report_to = []
+    training_args.gradient_accumulation_steps = 1
+    training_args.per_device_train_batch_size = min(training_args.per_device_train_batch_size, 4)
+    training_args.num_candidates = min(training_args.num_candidates, 4)
+    training_args.max_solution_steps = min(training_args.max_solution_steps, 4)
+    training_args.sample_max_new_tokens = min(training_args.sample_max_new_tokens, 24)
+
+
+def main(script_args: ScriptArguments, training_args, model_args) -> dict:
+    """Load policy and data, build or read step pairs, train, save; returns a summary dict."""
+    from trl import get_peft_config
+
+    from reward_models.types import PreferencePair, StepPair
+    from stepdpo.trainer import StepwiseDPOTrainer
+
+    if script_args.dry_run:
+        apply_dry_run(script_args, training_args)
+    name = model_args.model_name_or_path
+    if not name:
+        raise SystemExit("no policy given: set model_name_or_path (a hub id, a folder, or tiny-gpt2)")
+    trust = bool(training_args.trust_remote_code)
+    fmt = training_args.step_format
+    data = C.read_data(script_args.dataset_name, split=script_args.dataset_split, config=script_args.dataset_config,
+                       max_samples=script_args.max_samples, step_format=fmt,
+                       prompt_column=script_args.prompt_column, answer_column=script_args.answer_column,
+                       prompt_template=script_args.prompt_template, seed=training_args.seed)
+    if data.of_type(PreferencePair):
+        raise SystemExit(f"{data.source} holds whole-response preference pairs: train a Bradley-Terry reward model "
+                         "on them with `stepdpo train-bt`; Stepwise DPO needs step pairs or problems")
+
+    tokenizer = C.load_tokenizer(name, trust, model_args.model_revision)
+    model = C.load_causal_lm(name, model_args, trust_remote_code=trust, seed=training_args.seed)
+    if script_args.sft_warmup_steps > 0:
+        model = warm_up(model, tokenizer, data, script_args, training_args)
+    peft_config = get_peft_config(model_args)
+    ref_model = None
+    needs_ref = not training_args.precompute_ref_log_probs or training_args.rounds > 1
+    if peft_config is None and needs_ref and not C.is_tiny(name):
+        # a second copy loaded like the first (works under ZeRO-3, unlike copying a sharded model)
+        ref_model = C.load_causal_lm(name, model_args, trust_remote_code=trust, seed=training_args.seed)
+
+    kwargs: dict = {}
+    pairs = data.of_type(StepPair)
+    if pairs:
+        kwargs["train_dataset"] = pairs
+        mode = f"{len(pairs)} step pairs from {data.source}"
+    else:
+        prompts, answers = _unique_prompts(data.prompts, data.answers)
+        kwargs["prompts"] = prompts
+        kwargs["reward_model"] = C.reward_model_from_spec(script_args.reward_model, step_format=fmt)
+        if script_args.check_answers:
+            if answers is None or data.checker is None:
+                raise SystemExit("check_answers needs gold answers (the arith task, or answer_column)")
+            kwargs["answers"], kwargs["answer_checker"] = answers, data.checker
+        mode = f"pairs built from {len(prompts)} problems of {data.source}, judge {script_args.reward_model}"
+    logger.info("stepdpo train: %s", mode)
+
+    trainer = StepwiseDPOTrainer(model=model, ref_model=ref_model, args=training_args, processing_class=tokenizer,
+                                 peft_config=peft_config, **kwargs)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    summary = {"command": COMMAND, "data": mode, "output_dir": training_args.output_dir,
+               "train_loss": float(result.training_loss), "global_step": int(trainer.state.global_step),
+               "pair_stats": trainer.pair_stats, "dry_run": script_args.dry_run}
+    if trainer.accelerator.is_main_process:
+        C.write_json(f"{training_args.output_dir}/stepdpo_train.json",
+                     {**summary, "log_history": trainer.state.log_history})
+        C.print_summary(COMMAND, {k: v for k, v in summary.items() if k != "pair_stats"})
+    return summary
+
+
+def warm_up(model, tokenizer, data, script_args: ScriptArguments, training_args):
+    """Supervised warm-up on the data's gold solutions (:func:`stepdpo.sft.train_sft`)."""
+    from reward_models.types import StepSample
+    from stepdpo.sft import train_sft
+
+    gold = [s for s in data.of_type(StepSample) if s.labels is None or all(v >= 0.5 for v in s.labels)]
+    if data.is_arith and not gold:
+        gold = data.of_type(StepSample)
+    if not gold:
+        raise SystemExit(f"sft_warmup_steps needs step-by-step solutions; {data.source} holds none with all "
+                         "steps good")
+    logger.info("supervised warm-up: %d steps on %d gold solutions", script_args.sft_warmup_steps, len(gold))
+    trainer = train_sft(model, tokenizer, gold, output_dir=f"{training_args.output_dir}/sft_warmup",
+                        step_format=training_args.step_format, max_steps=script_args.sft_warmup_steps,
+                        learning_rate=script_args.sft_learning_rate, seed=training_args.seed,
+                        batch_size=min(64, len(gold)), bf16=bool(training_args.bf16),
+                        fp16=bool(training_args.fp16))
+    return trainer.accelerator.unwrap_model(trainer.model)
+
+
+def _unique_prompts(prompts, answers):
+    """Problems in first-seen order (labeled data holds several solutions per problem).
+
+    >>> _unique_prompts(["a", "b", "a"], ["1", "2", "1"])
+    (['a', 'b'], ['1', '2'])
+    """
+    seen: dict[str, int] = {}
+    for i, p in enumerate(prompts):
+        seen.setdefault(p, i)
+    idx = list(seen.values())
+    return [prompts[i] for i in idx], ([answers[i] for i in idx] if answers is not None else None)
+
+
+if __name__ == "__main__":
+    C.run(__import__(__name__), command=COMMAND)
