@@ -220,6 +220,12 @@ def load_causal_lm(name: str, model_args=None, *, trust_remote_code: bool = Fals
     return AutoModelForCausalLM.from_pretrained(name, **kwargs)
 
 
+def bf16_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
 def to_device(model):
     """Move a model that is not quantized/dispatched to cuda when available (inference commands)."""
     import torch

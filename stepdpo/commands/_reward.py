@@ -1,0 +1,105 @@
+"""Shared parts of ``stepdpo train-prm``, ``train-orm`` and ``train-bt``: data arguments,
+model building (tiny offline models or a path handed to the trainer) and evaluation after
+training."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stepdpo.commands import _common as C
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardScriptArguments:
+    """Base model and data of a reward-model training run."""
+
+    _argument_group_name = "model and data"
+
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Base model: a hub id (e.g. Qwen/Qwen2.5-Math-1.5B-Instruct), a local folder (safetensors "
+                "only), or tiny-gpt2[:<layers>x<width>] (offline test model)."})
+    dataset_name: str = field(default="arith", metadata={
+        "help": "Training data: 'arith[:n]' (arithmetic task with injected errors), a local .jsonl/.json/.parquet "
+                "file or folder, or a hub dataset, in any format reward_models.data reads (PRM800K, "
+                "Math-Shepherd, TRL stepwise, ProcessBench, Step-DPO, hh-rlhf, ...)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a hub dataset."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_dataset_name: str | None = field(default=None, metadata={
+        "help": "Held-out data to evaluate the saved model on after training (same sources as dataset_name)."})
+    eval_split: str = field(default="test", metadata={"help": "Split of eval_dataset_name."})
+    max_samples: int | None = field(default=None, metadata={"help": "Train on the first N examples only."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N examples only."})
+    data_neutral: str = field(default="positive", metadata={
+        "help": "How PRM800K's neutral rating (0) is read: 'positive' (1.0), 'negative' (0.0) or 'half' (0.5)."})
+    arith_error_rate: float = field(default=0.5, metadata={
+        "help": "With 'arith' data: the share of solutions with an injected wrong step."})
+    dry_run: bool = field(default=False, metadata={
+        "help": "Check the whole recipe quickly: at most 8 examples, 2 optimizer steps, no checkpoints."})
+
+
+def shrink_for_dry_run(script_args, training_args) -> None:
+    script_args.max_samples = min(script_args.max_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
+    script_args.max_eval_samples = min(script_args.max_eval_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
+    training_args.max_steps = C.DRY_RUN_STEPS
+    training_args.save_strategy = "no"
+    training_args.eval_strategy = "no"
+    training_args.logging_steps = 1
+    training_args.report_to = []
+    training_args.gradient_accumulation_steps = 1
+    training_args.per_device_train_batch_size = min(training_args.per_device_train_batch_size, 4)
+
+
+def read(script_args, step_format, seed: int, eval_: bool = False):
+    source = script_args.eval_dataset_name if eval_ else script_args.dataset_name
+    if not source:
+        return None
+    return C.read_data(source, split=script_args.eval_split if eval_ else script_args.dataset_split,
+                       config=script_args.dataset_config,
+                       max_samples=script_args.max_eval_samples if eval_ else script_args.max_samples,
+                       step_format=step_format, arith_error_rate=script_args.arith_error_rate, seed=seed,
+                       neutral=script_args.data_neutral)
+
+
+def model_and_tokenizer(script_args, build_tiny, trust_remote_code: bool, seed: int):
+    """``(model, tokenizer)``: a tiny model built in memory, or the path (the trainer loads it
+    with safetensors, quantization and LoRA) and its tokenizer."""
+    name = script_args.model_name_or_path
+    if not name:
+        raise SystemExit("no base model given: set model_name_or_path (a hub id, a folder, or tiny-gpt2)")
+    tokenizer = C.load_tokenizer(name, trust_remote_code)
+    spec = C.parse_tiny_spec(name)
+    if spec is not None:
+        return build_tiny(tokenizer, seed=seed, **spec), tokenizer
+    return name, tokenizer
+
+
+def evaluate_saved(output_dir: str, samples, title: str) -> dict[str, Any]:
+    """Step-level metrics of the saved model on labeled samples; writes eval_metrics.json and
+    calibration.png next to the model."""
+    from reward_models.base import load_reward_model
+    from reward_models.evaluation import evaluate_prm, reliability_diagram
+
+    rm = load_reward_model(output_dir)
+    res = evaluate_prm(rm, samples)
+    metrics = res.to_dict()
+    flat_s = [v for row in res.step_scores for v in row]
+    flat_l = [v for s in samples for v in s.labels]
+    if flat_s and all(0.0 <= v <= 1.0 for v in flat_s):
+        reliability_diagram(flat_s, flat_l, Path(output_dir) / "calibration.png", title=f"{title}: reliability")
+    C.write_json(Path(output_dir) / "eval_metrics.json", metrics)
+    return metrics
+
+
+def labeled_samples(data, what: str):
+    from reward_models.types import StepSample
+
+    samples = [s for s in data.of_type(StepSample) if s.labels is not None]
+    if not samples:
+        raise SystemExit(f"{data.source} holds no step-labeled solutions to {what} (PRM800K, Math-Shepherd, TRL "
+                         "stepwise, ProcessBench, arith, ... formats)")
+    return samples

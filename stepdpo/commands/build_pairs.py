@@ -1,0 +1,155 @@
+"""``stepdpo build-pairs``: sample from a policy, judge the steps, write step-level pairs (JSONL).
+
+Launch::
+
+    stepdpo build-pairs --model_name_or_path tiny-gpt2 --dataset_name arith:64 \\
+        --reward_model checker:arith --output_file outputs/pairs.jsonl
+    accelerate launch --config_file configs/accelerate/single_gpu.yaml scripts/build_pairs.py --config RECIPE.yaml
+
+The pairs train a policy later with ``stepdpo train --dataset_name outputs/pairs.jsonl``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from stepdpo.commands import _common as C
+
+COMMAND = "build-pairs"
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Build step-level preference pairs from a policy's own samples.
+
+For every problem the policy writes K solutions step by step; the judge (--reward_model)
+scores each step. 'first_error' (Step-DPO): at the first step judged bad, K alternatives
+are resampled from the last good prefix; the best good one is 'chosen', the bad step
+'rejected'. 'per_depth': at each depth, the best and worst of K candidate steps.
+Pairs are written as JSONL (every field) or in the Step-DPO column layout.
+
+Main options:
+  --config FILE              a recipe (YAML keys = option names)
+  --model_name_or_path NAME  policy: hub id, local folder, or tiny-gpt2
+  --dataset_name SRC         problems: arith[:N] | file.jsonl | hub dataset (+ --prompt_column)
+  --reward_model SPEC        checker:arith | self | a saved reward-model folder
+  --output_file FILE         where the pairs go (default pairs.jsonl)
+  --pair_strategy, --num_candidates, --score_threshold, --max_solution_steps
+"""
+
+EPILOG = """\
+example:
+  stepdpo build-pairs --model_name_or_path outputs/sft --dataset_name arith:500 \\
+      --reward_model checker:arith --num_candidates 8 --output_file outputs/pairs.jsonl
+"""
+
+
+@dataclass
+class ScriptArguments:
+    """Problems, judge and output of pair building."""
+
+    _argument_group_name = "data, judge and output (stepdpo build-pairs)"
+
+    dataset_name: str = field(default="arith", metadata={
+        "help": "Problems: 'arith[:n]', a local file/folder read by reward_models.data, or a hub dataset."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a hub dataset."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to read."})
+    prompt_column: str | None = field(default=None, metadata={"help": "Read plain rows; the problem is this column."})
+    answer_column: str | None = field(default=None, metadata={"help": "With prompt_column: the gold-answer column."})
+    prompt_template: str = field(default="{prompt}", metadata={"help": "How a problem is shown ('{prompt}')."})
+    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N problems."})
+    reward_model: str = field(default="self", metadata={
+        "help": "Judge: 'checker:arith', 'self' (the policy's Yes/No verification prompt) or a saved reward-model "
+                "folder."})
+    check_answers: bool = field(default=False, metadata={
+        "help": "Chosen steps must also lead to the gold answer (rolled out; needs answers)."})
+    output_file: str = field(default="pairs.jsonl", metadata={"help": "Output JSONL file."})
+    output_format: str = field(default="jsonl", metadata={
+        "help": "'jsonl' (every StepPair field, read back by `stepdpo train`) or 'step_dpo' (prompt, "
+                "initial_reason_steps, chosen, rejected)."})
+    prompts_per_batch: int = field(default=64, metadata={"help": "Problems handled per pair-building call."})
+    step_separator: str = field(default="\n", metadata={"help": "Text that ends every step."})
+    step_tag: str | None = field(default=None, metadata={"help": "Optional scoring tag after each step."})
+    pair_strategy: str = field(default="first_error", metadata={"help": "'first_error' or 'per_depth'."})
+    num_candidates: int = field(default=4, metadata={"help": "K: solutions per problem / candidates per group."})
+    score_threshold: float = field(default=0.5, metadata={"help": "A step is good when its score is at least this."})
+    min_pair_margin: float = field(default=0.0, metadata={"help": "Smallest chosen-minus-rejected score."})
+    max_uncertainty: float | None = field(default=None, metadata={"help": "Drop pairs the ensemble disagrees on."})
+    max_solution_steps: int = field(default=8, metadata={"help": "Step limit of sampled solutions."})
+    sample_max_new_tokens: int = field(default=64, metadata={"help": "Token limit of one step."})
+    sample_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    sample_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
+    sample_batch_size: int = field(default=64, metadata={"help": "Sequences per generate call."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder."})
+    seed: int = field(default=0, metadata={"help": "Random seed (sampling and the arith task)."})
+    dry_run: bool = field(default=False, metadata={"help": "At most 8 problems and 2 candidates: a quick check."})
+
+
+def make_parser(prog: str = "stepdpo build-pairs"):
+    from trl import ModelConfig
+
+    return C.make_trl_parser((ScriptArguments, ModelConfig), prog, DESCRIPTION, EPILOG)
+
+
+def main(script_args: ScriptArguments, model_args) -> dict:
+    from tqdm.auto import tqdm
+
+    from reward_models.steps import StepFormat
+    from stepdpo.pairs import build_step_pairs, save_pairs
+    from stepdpo.sampling import StepSampler
+
+    a = script_args
+    if a.output_format not in ("jsonl", "step_dpo"):
+        raise SystemExit(f"output_format must be 'jsonl' or 'step_dpo', got {a.output_format!r}")
+    if a.dry_run:
+        a.max_samples = min(a.max_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
+        a.num_candidates = min(a.num_candidates, 2)
+        a.max_solution_steps = min(a.max_solution_steps, 3)
+        a.sample_max_new_tokens = min(a.sample_max_new_tokens, 16)
+    name = model_args.model_name_or_path
+    if not name:
+        raise SystemExit("no policy given: set model_name_or_path")
+    fmt = StepFormat(separator=a.step_separator, tag=a.step_tag)
+    data = C.read_data(a.dataset_name, split=a.dataset_split, config=a.dataset_config, max_samples=a.max_samples,
+                       step_format=fmt, prompt_column=a.prompt_column, answer_column=a.answer_column,
+                       prompt_template=a.prompt_template, seed=a.seed)
+    from stepdpo.commands.train_stepdpo import _unique_prompts
+
+    prompts, answers = _unique_prompts(data.prompts, data.answers)
+    tokenizer = C.load_tokenizer(name, a.trust_remote_code, model_args.model_revision)
+    model = C.to_device(C.load_causal_lm(name, model_args, trust_remote_code=a.trust_remote_code, seed=a.seed))
+    model.eval()
+    judge = C.reward_model_from_spec(a.reward_model, policy=model, tokenizer=tokenizer, step_format=fmt)
+    sampler = StepSampler(model, tokenizer, fmt, max_new_tokens=a.sample_max_new_tokens,
+                          temperature=a.sample_temperature, top_p=a.sample_top_p, batch_size=a.sample_batch_size,
+                          seed=a.seed)
+    if a.check_answers and (answers is None or data.checker is None):
+        raise SystemExit("check_answers needs gold answers (the arith task, or answer_column)")
+    pairs, stats = [], Counter()
+    idx = list(range(len(prompts)))
+    bar = tqdm(total=len(prompts), desc="building step pairs", unit="problem")
+    for chunk in C.chunks(idx, a.prompts_per_batch):
+        extra = {}
+        if a.check_answers:
+            extra = {"answers": [answers[i] for i in chunk], "answer_checker": data.checker}
+        res = build_step_pairs([prompts[i] for i in chunk], sampler, judge, strategy=a.pair_strategy,
+                               k=a.num_candidates, threshold=a.score_threshold, min_margin=a.min_pair_margin,
+                               max_steps=a.max_solution_steps, max_uncertainty=a.max_uncertainty, **extra)
+        pairs.extend(res.pairs)
+        stats.update(res.stats)
+        bar.update(len(chunk))
+        bar.set_postfix(pairs=len(pairs))
+    bar.close()
+    path = save_pairs(a.output_file, pairs, format=a.output_format, step_format=fmt)
+    summary = {"command": COMMAND, "problems": len(prompts), "pairs": len(pairs), "output_file": str(path),
+               "stats": dict(stats)}
+    C.write_json(path.with_name(path.name + ".stats.json"), summary)
+    C.print_summary(COMMAND, {k: v for k, v in summary.items() if k != "stats"} | {"outcomes": dict(stats)})
+    if not pairs:
+        logger.warning("no pairs were built: %s (sample more candidates, or change score_threshold)", dict(stats))
+    return summary
+
+
+if __name__ == "__main__":
+    C.run(__import__(__name__), command=COMMAND)

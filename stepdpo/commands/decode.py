@@ -1,0 +1,163 @@
+"""``stepdpo decode``: reward-guided decoding (best-of-N or step beam search) to JSONL.
+
+Launch::
+
+    stepdpo decode --config configs/decode_arith_beam.yaml
+    accelerate launch --config_file configs/accelerate/single_gpu.yaml scripts/decode.py --config RECIPE.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stepdpo.commands import _common as C
+
+COMMAND = "decode"
+logger = logging.getLogger(__name__)
+METHODS = ("best_of_n", "beam", "greedy")
+
+DESCRIPTION = """\
+Solve problems with a policy guided by a reward model and write one JSON line per
+problem (steps, step scores, aggregated score, and correctness when gold answers
+are known).
+
+Methods:
+  best_of_n  sample N whole solutions, keep the best by aggregated step score
+  beam       step-level beam search: keep --beam_width partial solutions, expand each
+             with --expand sampled next steps, rescore, repeat (PRM-guided tree search)
+  greedy     one greedy solution (no reward model needed; a baseline)
+
+Main options:
+  --config FILE              a recipe (YAML keys = option names)
+  --model_name_or_path NAME  the policy (hub id, folder, tiny-gpt2)
+  --reward_model SPEC        checker:arith | self | a saved reward-model folder
+  --dataset_name SRC         problems: arith[:N] | file.jsonl | hub dataset (+ --prompt_column)
+  --method best_of_n|beam|greedy, --n 8, --beam_width 4, --expand 4, --aggregation min
+  --output_file FILE         JSONL output (a .metrics.json summary is written next to it)
+"""
+
+EPILOG = """\
+example:
+  stepdpo decode --model_name_or_path outputs/demo_stepdpo --reward_model outputs/demo_prm \\
+      --dataset_name arith:100 --dataset_split test --method beam --output_file outputs/decoded.jsonl
+"""
+
+
+@dataclass
+class ScriptArguments:
+    """Problems, reward model, search settings and output."""
+
+    _argument_group_name = "search and output (stepdpo decode)"
+
+    dataset_name: str = field(default="arith", metadata={
+        "help": "Problems: 'arith[:n]', a file/folder read by reward_models.data, or a hub dataset."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a hub dataset."})
+    dataset_split: str = field(default="test", metadata={"help": "Split to read."})
+    prompt_column: str | None = field(default=None, metadata={"help": "Read plain rows; the problem is this column."})
+    answer_column: str | None = field(default=None, metadata={"help": "With prompt_column: the gold-answer column."})
+    prompt_template: str = field(default="{prompt}", metadata={"help": "How a problem is shown ('{prompt}')."})
+    max_samples: int | None = field(default=None, metadata={"help": "Decode only the first N problems."})
+    reward_model: str = field(default="self", metadata={
+        "help": "Scorer: 'checker:arith', 'self' (the policy's Yes/No verification prompt) or a saved reward-model "
+                "folder."})
+    method: str = field(default="best_of_n", metadata={"help": "'best_of_n', 'beam' or 'greedy'."})
+    n: int = field(default=8, metadata={"help": "best_of_n: solutions sampled per problem."})
+    beam_width: int = field(default=4, metadata={"help": "beam: partial solutions kept per problem."})
+    expand: int = field(default=4, metadata={"help": "beam: next steps sampled per kept solution."})
+    aggregation: str = field(default="min", metadata={
+        "help": "How step scores make a solution score: 'min', 'prod', 'mean' or 'last'."})
+    max_steps: int = field(default=8, metadata={"help": "Step limit of a solution."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Token limit of one step."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
+    sample_batch_size: int = field(default=64, metadata={"help": "Sequences per generate call."})
+    prompts_per_batch: int = field(default=32, metadata={"help": "Problems per decoding call."})
+    step_separator: str = field(default="\n", metadata={"help": "Text that ends every step."})
+    step_tag: str | None = field(default=None, metadata={"help": "Optional scoring tag after each step."})
+    output_file: str = field(default="decoded.jsonl", metadata={"help": "Output JSONL file."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+    dry_run: bool = field(default=False, metadata={"help": "At most 8 problems, 2 candidates: a quick check."})
+
+
+def make_parser(prog: str = "stepdpo decode"):
+    from trl import ModelConfig
+
+    return C.make_trl_parser((ScriptArguments, ModelConfig), prog, DESCRIPTION, EPILOG)
+
+
+def main(script_args: ScriptArguments, model_args) -> dict:
+    from tqdm.auto import tqdm
+
+    from reward_models.steps import StepFormat
+    from stepdpo.decode import best_of_n, step_beam_search
+    from stepdpo.sampling import StepSampler
+
+    a = script_args
+    if a.method not in METHODS:
+        raise SystemExit(f"method must be one of {METHODS}, got {a.method!r}")
+    if a.dry_run:
+        a.max_samples = min(a.max_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
+        a.n, a.beam_width, a.expand = min(a.n, 2), min(a.beam_width, 2), min(a.expand, 2)
+        a.max_steps, a.max_new_tokens = min(a.max_steps, 3), min(a.max_new_tokens, 16)
+    name = model_args.model_name_or_path
+    if not name:
+        raise SystemExit("no policy given: set model_name_or_path")
+    fmt = StepFormat(separator=a.step_separator, tag=a.step_tag)
+    data = C.read_data(a.dataset_name, split=a.dataset_split, config=a.dataset_config, max_samples=a.max_samples,
+                       step_format=fmt, prompt_column=a.prompt_column, answer_column=a.answer_column,
+                       prompt_template=a.prompt_template, seed=a.seed)
+    from stepdpo.commands.train_stepdpo import _unique_prompts
+
+    prompts, answers = _unique_prompts(data.prompts, data.answers)
+    tokenizer = C.load_tokenizer(name, a.trust_remote_code, model_args.model_revision)
+    model = C.to_device(C.load_causal_lm(name, model_args, trust_remote_code=a.trust_remote_code, seed=a.seed))
+    model.eval()
+    temperature = 0.0 if a.method == "greedy" else a.temperature
+    sampler = StepSampler(model, tokenizer, fmt, max_new_tokens=a.max_new_tokens, temperature=temperature,
+                          top_p=a.top_p, batch_size=a.sample_batch_size, seed=a.seed)
+    judge = None
+    if a.method != "greedy":
+        judge = C.reward_model_from_spec(a.reward_model, policy=model, tokenizer=tokenizer, step_format=fmt)
+
+    path = Path(a.output_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_correct = n_finished = 0
+    with path.open("w", encoding="utf-8") as f, tqdm(total=len(prompts), desc=f"decoding ({a.method})",
+                                                     unit="problem") as bar:
+        for chunk in C.chunks(list(range(len(prompts))), a.prompts_per_batch):
+            ps = [prompts[i] for i in chunk]
+            if a.method == "best_of_n":
+                out = best_of_n(sampler, judge, ps, n=a.n, max_steps=a.max_steps, aggregation=a.aggregation)
+            elif a.method == "beam":
+                out = step_beam_search(sampler, judge, ps, beam_width=a.beam_width, expand=a.expand,
+                                       max_steps=a.max_steps, aggregation=a.aggregation)
+            else:
+                sols = sampler.sample_solution_details(ps, k=1, max_steps=a.max_steps)
+                out = [s[0] for s in sols]
+            for i, dec in zip(chunk, out):
+                row = {"prompt": prompts[i], "steps": list(dec.steps), "finished": bool(dec.finished)}
+                if a.method != "greedy":
+                    row["step_scores"] = [float(v) for v in dec.step_scores]
+                    row["score"] = float(dec.score) if dec.score == dec.score and abs(dec.score) != float("inf") \
+                        else None
+                if answers is not None and data.checker is not None:
+                    row["answer"] = answers[i]
+                    row["correct"] = bool(data.checker(prompts[i], list(dec.steps), answers[i]))
+                    n_correct += row["correct"]
+                n_finished += row["finished"]
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            bar.update(len(chunk))
+    summary = {"command": COMMAND, "method": a.method, "problems": len(prompts), "finished": n_finished,
+               "accuracy": (n_correct / len(prompts)) if answers is not None and prompts else None,
+               "reward_model": a.reward_model if judge is not None else None, "output_file": str(path)}
+    C.write_json(path.with_name(path.name + ".metrics.json"), summary)
+    C.print_summary(COMMAND, summary)
+    return summary
+
+
+if __name__ == "__main__":
+    C.run(__import__(__name__), command=COMMAND)

@@ -1,0 +1,193 @@
+"""``stepdpo evaluate``: step-level metrics of a reward model and/or a policy's accuracy.
+
+Launch::
+
+    stepdpo evaluate --config configs/evaluate_arith.yaml
+    accelerate launch --config_file configs/accelerate/single_gpu.yaml scripts/evaluate.py --config RECIPE.yaml
+
+Writes ``metrics.json``, ``calibration.png`` (reliability diagram), ``step_scores.png`` and,
+with a policy, ``accuracy.png`` into ``--output_dir``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stepdpo.commands import _common as C
+
+COMMAND = "evaluate"
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Evaluate a reward model on step-labeled solutions and/or a policy on problems with
+gold answers.
+
+Reward model (--reward_model): scores every step of every labeled solution and reports
+step AUROC, precision/recall/F1 of bad steps, ProcessBench-style first-error F1 and
+expected calibration error, with a reliability diagram.
+
+Policy (--model_name_or_path): solves the problems greedily and reports accuracy; with
+a reward model too, also majority-vote and best-of-N accuracy over --n samples.
+
+Main options:
+  --config FILE              a recipe (YAML keys = option names)
+  --reward_model SPEC        checker:arith | self | a saved reward-model folder
+  --dataset_name SRC         labeled solutions / problems: arith[:N] | file.jsonl | hub dataset
+  --model_name_or_path NAME  optional policy to evaluate (hub id, folder, tiny-gpt2)
+  --n N                      samples per problem for best-of-N / majority vote (0: greedy only)
+  --output_dir DIR           metrics.json and PNG plots
+"""
+
+EPILOG = """\
+examples:
+  stepdpo evaluate --reward_model outputs/demo_prm --dataset_name arith:300 --output_dir outputs/eval_prm
+  stepdpo evaluate --model_name_or_path outputs/demo_stepdpo --reward_model checker:arith \\
+      --dataset_name arith:300 --n 8 --output_dir outputs/eval_policy
+"""
+
+
+@dataclass
+class ScriptArguments:
+    """What to evaluate, on which data, and where the report goes."""
+
+    _argument_group_name = "evaluation (stepdpo evaluate)"
+
+    reward_model: str | None = field(default=None, metadata={
+        "help": "Reward model to evaluate: 'checker:arith', 'self' (needs a policy) or a saved folder."})
+    dataset_name: str = field(default="arith", metadata={
+        "help": "Step-labeled solutions (for the reward model) and problems (for the policy): 'arith[:n]' (with "
+                "injected errors), a file/folder read by reward_models.data, or a hub dataset."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a hub dataset."})
+    dataset_split: str = field(default="test", metadata={"help": "Split to read."})
+    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N examples."})
+    arith_error_rate: float = field(default=0.5, metadata={"help": "With 'arith': share of corrupted solutions."})
+    data_neutral: str = field(default="positive", metadata={"help": "PRM800K neutral rating: positive|negative|half."})
+    threshold: float = field(default=0.5, metadata={"help": "A step is predicted bad when its score is below this."})
+    batch_size: int = field(default=16, metadata={"help": "Solutions per scoring call."})
+    n: int = field(default=0, metadata={"help": "Policy: samples per problem for majority vote and best-of-N."})
+    aggregation: str = field(default="min", metadata={"help": "Best-of-N: 'min', 'prod', 'mean' or 'last'."})
+    max_steps: int = field(default=8, metadata={"help": "Policy: step limit of a solution."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Policy: token limit of one step."})
+    temperature: float = field(default=1.0, metadata={"help": "Policy: sampling temperature for the n samples."})
+    step_separator: str = field(default="\n", metadata={"help": "Text that ends every step."})
+    step_tag: str | None = field(default=None, metadata={"help": "Optional scoring tag after each step."})
+    output_dir: str = field(default="outputs/evaluate", metadata={"help": "Where metrics.json and plots go."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+    dry_run: bool = field(default=False, metadata={"help": "At most 8 examples and 2 samples: a quick check."})
+
+
+def make_parser(prog: str = "stepdpo evaluate"):
+    from trl import ModelConfig
+
+    return C.make_trl_parser((ScriptArguments, ModelConfig), prog, DESCRIPTION, EPILOG)
+
+
+def evaluate_reward_model(rm, samples, a: ScriptArguments, out: Path) -> dict:
+    from reward_models.evaluation import evaluate_prm, reliability_diagram
+    from stepdpo.report import plot_step_scores
+
+    res = evaluate_prm(rm, samples, threshold=a.threshold, batch_size=a.batch_size)
+    metrics = res.to_dict()
+    flat_s = [v for row in res.step_scores for v in row]
+    flat_l = [v for s in samples for v in s.labels]
+    if all(0.0 <= v <= 1.0 for v in flat_s):
+        reliability_diagram(flat_s, flat_l, out / "calibration.png")
+        metrics["calibration_png"] = "calibration.png"
+    k = min(8, len(samples))
+    plot_step_scores([s.steps for s in samples[:k]], res.step_scores[:k], out / "step_scores.png",
+                     labels=[s.labels for s in samples[:k]], title=f"step scores: {a.reward_model}")
+    return metrics
+
+
+def evaluate_policy(model, tokenizer, rm, prompts, answers, checker, a: ScriptArguments, fmt, out: Path) -> dict:
+    from reward_models.evaluation import vote
+    from stepdpo.decode import best_of_n
+    from stepdpo.report import plot_accuracy
+    from stepdpo.sampling import StepSampler
+
+    greedy = StepSampler(model, tokenizer, fmt, max_new_tokens=a.max_new_tokens, temperature=0.0, seed=a.seed)
+    sols = greedy.sample_solution_details(prompts, k=1, max_steps=a.max_steps)
+    ok = [checker(p, s[0].steps, ans) for p, s, ans in zip(prompts, sols, answers)]
+    results = {"greedy": (sum(ok), len(ok))}
+    if a.n > 1:
+        sampler = StepSampler(model, tokenizer, fmt, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                              seed=a.seed)
+        if rm is not None:
+            decoded = best_of_n(sampler, rm, prompts, n=a.n, max_steps=a.max_steps, aggregation=a.aggregation,
+                                keep_candidates=True)
+            best = [checker(p, d.steps, ans) for p, d, ans in zip(prompts, decoded, answers)]
+            results[f"best-of-{a.n}"] = (sum(best), len(best))
+            cands = [[c["steps"] for c in d.candidates] for d in decoded]
+        else:
+            cands = [[s.steps for s in row] for row in sampler.sample_solution_details(prompts, k=a.n,
+                                                                                      max_steps=a.max_steps)]
+        maj = []
+        for p, row, ans in zip(prompts, cands, answers):
+            finals = [C.final_number("\n".join(s[-1:])) if s else None for s in row]
+            winner = vote(finals, [1.0] * len(finals))
+            maj.append(winner is not None and any(f == winner and checker(p, s, ans) for f, s in zip(finals, row)))
+        results[f"majority-of-{a.n}"] = (sum(maj), len(maj))
+    plot_accuracy(results, out / "accuracy.png", title="policy accuracy")
+    return {name: {"correct": c, "total": t, "accuracy": c / t if t else None} for name, (c, t) in results.items()}
+
+
+def main(script_args: ScriptArguments, model_args) -> dict:
+    from reward_models.steps import StepFormat
+    from reward_models.types import StepSample
+
+    a = script_args
+    if a.dry_run:
+        a.max_samples = min(a.max_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
+        a.n = min(a.n, 2)
+        a.max_steps, a.max_new_tokens = min(a.max_steps, 3), min(a.max_new_tokens, 16)
+    name = model_args.model_name_or_path
+    if a.reward_model is None and not name:
+        raise SystemExit("nothing to evaluate: give --reward_model and/or --model_name_or_path")
+    fmt = StepFormat(separator=a.step_separator, tag=a.step_tag)
+    data = C.read_data(a.dataset_name, split=a.dataset_split, config=a.dataset_config, max_samples=a.max_samples,
+                       step_format=fmt, arith_error_rate=a.arith_error_rate, seed=a.seed, neutral=a.data_neutral)
+    out = Path(a.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = tokenizer = None
+    if name:
+        tokenizer = C.load_tokenizer(name, a.trust_remote_code, model_args.model_revision)
+        model = C.to_device(C.load_causal_lm(name, model_args, trust_remote_code=a.trust_remote_code, seed=a.seed))
+        model.eval()
+    rm = None
+    if a.reward_model is not None:
+        if a.reward_model in ("", "self") and model is None:
+            raise SystemExit("reward_model 'self' needs the policy: set model_name_or_path")
+        rm = C.reward_model_from_spec(a.reward_model, policy=model, tokenizer=tokenizer, step_format=fmt)
+    metrics: dict = {"command": COMMAND, "dataset": a.dataset_name, "split": a.dataset_split}
+    if rm is not None:
+        labeled = [s for s in data.of_type(StepSample) if s.labels is not None]
+        if labeled:
+            metrics["reward_model"] = {"name": a.reward_model, **evaluate_reward_model(rm, labeled, a, out)}
+        else:
+            logger.warning("%s has no step labels: reward-model metrics skipped", a.dataset_name)
+    if model is not None:
+        from stepdpo.commands.train_stepdpo import _unique_prompts
+
+        prompts, answers = _unique_prompts(data.prompts, data.answers)
+        if answers is None or data.checker is None:
+            raise SystemExit(f"{a.dataset_name}: policy accuracy needs gold answers (arith, or samples with answers)")
+        metrics["policy"] = {"name": name, **evaluate_policy(model, tokenizer, rm, prompts, answers, data.checker, a,
+                                                             fmt, out)}
+    C.write_json(out / "metrics.json", metrics)
+    flat = {}
+    if "reward_model" in metrics:
+        r = metrics["reward_model"]
+        flat.update({"rm_step_auroc": r["steps"]["auroc"], "rm_first_error_f1": r["first_error"]["f1"],
+                     "rm_ece": r["ece"]})
+    for k, v in metrics.get("policy", {}).items():
+        if isinstance(v, dict):
+            flat[f"policy_{k}_accuracy"] = v["accuracy"]
+    C.print_summary(COMMAND, {**flat, "output_dir": str(out)})
+    return metrics
+
+
+if __name__ == "__main__":
+    C.run(__import__(__name__), command=COMMAND)

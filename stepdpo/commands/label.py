@@ -1,0 +1,145 @@
+"""``stepdpo label``: Monte-Carlo step labels (Math-Shepherd style) from policy rollouts.
+
+Launch::
+
+    stepdpo label --model_name_or_path outputs/sft --dataset_name arith:200 --output_file outputs/mc.jsonl
+    accelerate launch --config_file configs/accelerate/single_gpu.yaml scripts/label.py --config RECIPE.yaml
+
+The output JSONL trains a PRM: ``stepdpo train-prm --dataset_name outputs/mc.jsonl``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from stepdpo.commands import _common as C
+
+COMMAND = "label"
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Label every step of step-by-step solutions without human annotation: from each
+prefix (the steps up to and including step i) the policy writes N completions; a
+checker says which reach the right answer. 'hard' labels: 1 when any completion is
+right; 'soft': the fraction that is. Existing labels are replaced (and compared with
+the new ones when present, e.g. the arith task's injected-error labels).
+
+Main options:
+  --config FILE              a recipe (YAML keys = option names)
+  --model_name_or_path NAME  the policy that completes prefixes (hub id, folder, tiny-gpt2)
+  --dataset_name SRC         solutions: arith[:N] (with injected errors) | file.jsonl | hub dataset
+  --checker arith|numeric    arith: the task's exact checker; numeric: final number = gold answer
+  --n_rollouts N, --mode hard|soft, --output_file FILE
+"""
+
+EPILOG = """\
+example:
+  stepdpo label --model_name_or_path outputs/sft --dataset_name arith:200 --n_rollouts 8 \\
+      --output_file outputs/mc_labels.jsonl
+  stepdpo train-prm --model_name_or_path tiny-gpt2 --dataset_name outputs/mc_labels.jsonl --output_dir outputs/prm
+"""
+
+
+@dataclass
+class ScriptArguments:
+    """Solutions to label, the checker, rollouts and output."""
+
+    _argument_group_name = "data, rollouts and output (stepdpo label)"
+
+    dataset_name: str = field(default="arith", metadata={
+        "help": "Solutions to label: 'arith[:n]' (gold and corrupted arithmetic solutions), or a file/folder/hub "
+                "dataset of step-by-step solutions with gold answers."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a hub dataset."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to read."})
+    max_samples: int | None = field(default=None, metadata={"help": "Label only the first N solutions."})
+    arith_error_rate: float = field(default=0.5, metadata={"help": "With 'arith': share of corrupted solutions."})
+    checker: str = field(default="auto", metadata={
+        "help": "Who decides a completed solution is right: 'arith' (exact checker), 'numeric' (its final "
+                "number equals the sample's gold answer), or 'auto' (arith for the arith task, else numeric)."})
+    n_rollouts: int = field(default=8, metadata={"help": "Completions sampled per prefix."})
+    mode: str = field(default="hard", metadata={"help": "'hard' (any completion right) or 'soft' (fraction)."})
+    batch_size: int = field(default=32, metadata={"help": "Prefixes per generate call (x n_rollouts rows)."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Token limit of one completion."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of the rollouts."})
+    step_separator: str = field(default="\n", metadata={"help": "Text that ends every step."})
+    step_tag: str | None = field(default=None, metadata={"help": "Optional scoring tag after each step."})
+    output_file: str = field(default="mc_labels.jsonl", metadata={"help": "Where the labeled solutions go."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+    dry_run: bool = field(default=False, metadata={"help": "At most 8 solutions, 2 rollouts: a quick check."})
+
+
+def make_parser(prog: str = "stepdpo label"):
+    from trl import ModelConfig
+
+    return C.make_trl_parser((ScriptArguments, ModelConfig), prog, DESCRIPTION, EPILOG)
+
+
+def label_agreement(old, new, threshold: float = 0.5) -> float | None:
+    """Share of steps whose given label and Monte-Carlo label fall on the same side of ``threshold``.
+
+    >>> label_agreement([[1.0, 0.0]], [[1.0, 1.0]])
+    0.5
+    """
+    pairs = [(a, b) for xs, ys in zip(old, new) if xs is not None for a, b in zip(xs, ys)]
+    if not pairs:
+        return None
+    return sum((a >= threshold) == (b >= threshold) for a, b in pairs) / len(pairs)
+
+
+def main(script_args: ScriptArguments, model_args) -> dict:
+    from reward_models.data import save_samples
+    from reward_models.labeling import HFRollout, monte_carlo_labels
+    from reward_models.steps import StepFormat
+    from reward_models.types import StepSample
+
+    a = script_args
+    if a.dry_run:
+        a.max_samples = min(a.max_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
+        a.n_rollouts = min(a.n_rollouts, 2)
+        a.max_new_tokens = min(a.max_new_tokens, 24)
+    name = model_args.model_name_or_path
+    if not name:
+        raise SystemExit("no policy given: set model_name_or_path")
+    fmt = StepFormat(separator=a.step_separator, tag=a.step_tag)
+    data = C.read_data(a.dataset_name, split=a.dataset_split, config=a.dataset_config, max_samples=a.max_samples,
+                       step_format=fmt, arith_error_rate=a.arith_error_rate, seed=a.seed)
+    samples = data.of_type(StepSample)
+    if not samples:
+        raise SystemExit(f"{data.source} holds no step-by-step solutions to label")
+    kind = a.checker if a.checker != "auto" else ("arith" if data.is_arith else "numeric")
+    if kind == "arith":
+        def checker(prompt, steps):
+            return C.arith_checker(prompt, steps)
+    elif kind == "numeric":
+        missing = [i for i, s in enumerate(samples) if s.answer is None]
+        if missing:
+            raise SystemExit(f"{data.source}: the numeric checker needs gold answers; sample {missing[0]} has none")
+        gold = {s.prompt: s.answer for s in samples}
+
+        def checker(prompt, steps):
+            return C.numeric_checker(prompt, steps, gold[prompt])
+    else:
+        raise SystemExit(f"checker must be 'arith', 'numeric' or 'auto', got {a.checker!r}")
+
+    tokenizer = C.load_tokenizer(name, a.trust_remote_code, model_args.model_revision)
+    model = C.to_device(C.load_causal_lm(name, model_args, trust_remote_code=a.trust_remote_code, seed=a.seed))
+    rollout = HFRollout(model, tokenizer, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                        top_p=a.top_p, seed=a.seed)
+    labeled = monte_carlo_labels(samples, rollout, checker, n_rollouts=a.n_rollouts, mode=a.mode,
+                                 batch_size=a.batch_size, step_format=fmt)
+    path = save_samples(a.output_file, labeled)
+    agree = label_agreement([s.labels for s in samples], [s.labels for s in labeled])
+    n_steps = sum(len(s.steps) for s in labeled)
+    good = sum(v >= 0.5 for s in labeled for v in s.labels)
+    summary = {"command": COMMAND, "solutions": len(labeled), "steps": n_steps, "share_labeled_good": good / n_steps,
+               "agreement_with_given_labels": agree, "checker": kind, "output_file": str(path)}
+    C.write_json(path.with_name(path.name + ".stats.json"), summary)
+    C.print_summary(COMMAND, summary)
+    return summary
+
+
+if __name__ == "__main__":
+    C.run(__import__(__name__), command=COMMAND)

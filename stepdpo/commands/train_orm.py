@@ -1,0 +1,87 @@
+"""``stepdpo train-orm``: train an outcome reward model (one score per whole solution).
+
+Launch::
+
+    stepdpo train-orm --model_name_or_path tiny-gpt2 --dataset_name arith:400 --output_dir outputs/orm
+    accelerate launch --config_file configs/accelerate/single_gpu.yaml scripts/train_orm.py --config RECIPE.yaml
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from stepdpo.commands import _common as C
+from stepdpo.commands import _reward as R
+
+COMMAND = "train-orm"
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Train an outcome reward model (ORM): it reads a whole solution and says how likely it
+is correct. Data: solutions with an outcome label, or step-labeled solutions (a
+solution is as good as its worst step), in any format reward_models.data reads.
+The model is a one-logit token head trained with BCE on the solution's tokens
+(or on its last token with --last_token_only).
+
+Main options:
+  --config FILE              a recipe (YAML keys = option names)
+  --model_name_or_path NAME  base model: hub id, local folder, or tiny-gpt2
+  --dataset_name SRC         arith[:N] | file.jsonl | folder | hub dataset
+  --eval_dataset_name SRC    held-out labeled data, evaluated after training
+  --output_dir DIR           the saved reward model (safetensors + reward_config.json)
+  --last_token_only, --reduce last|mean, --use_peft, --max_steps, --learning_rate
+  --dry_run                  8 examples, 2 steps: checks a recipe end to end
+"""
+
+EPILOG = """\
+example:
+  stepdpo train-orm --model_name_or_path tiny-gpt2 --dataset_name arith:400 --output_dir outputs/orm \\
+      --max_steps 200 --learning_rate 1e-3
+"""
+
+
+@dataclass
+class ScriptArguments(R.RewardScriptArguments):
+    _argument_group_name = "model and data (stepdpo train-orm)"
+
+
+def make_parser(prog: str = "stepdpo train-orm"):
+    from reward_models.training import ORMConfig
+
+    return C.make_trl_parser((ScriptArguments, ORMConfig), prog, DESCRIPTION, EPILOG)
+
+
+def main(script_args: ScriptArguments, training_args) -> dict:
+    from reward_models.testing import tiny_token_classifier
+    from reward_models.training import ORMTrainer
+
+    if script_args.dry_run:
+        R.shrink_for_dry_run(script_args, training_args)
+    fmt = training_args.step_format
+    train = R.labeled_samples(R.read(script_args, fmt, training_args.seed), "train an ORM on")
+    evals = R.read(script_args, fmt, training_args.seed, eval_=True)
+    eval_samples = R.labeled_samples(evals, "evaluate") if evals is not None else None
+
+    def build_tiny(tok, seed, **spec):
+        return tiny_token_classifier(tok, num_labels=1, seed=seed, **spec)
+
+    model, tokenizer = R.model_and_tokenizer(script_args, build_tiny, training_args.trust_remote_code,
+                                             training_args.seed)
+    trainer = ORMTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    summary = {"command": COMMAND, "train_examples": len(train), "output_dir": training_args.output_dir,
+               "train_loss": float(result.training_loss), "global_step": int(trainer.state.global_step)}
+    if trainer.accelerator.is_main_process:
+        if eval_samples:
+            m = R.evaluate_saved(training_args.output_dir, eval_samples, "ORM")
+            summary.update({"eval_auroc": m["steps"]["auroc"], "eval_first_error_f1": m["first_error"]["f1"]})
+        C.write_json(f"{training_args.output_dir}/stepdpo_train_orm.json",
+                     {**summary, "log_history": trainer.state.log_history})
+        C.print_summary(COMMAND, summary)
+    return summary
+
+
+if __name__ == "__main__":
+    C.run(__import__(__name__), command=COMMAND)

@@ -1,0 +1,98 @@
+"""``stepdpo train-prm``: train a process reward model (a score for every step).
+
+Launch::
+
+    accelerate launch --config_file configs/accelerate/cpu.yaml scripts/train_prm.py --config configs/demo_prm.yaml
+    stepdpo train-prm --config configs/qwen2.5-math-1.5b_prm_math_shepherd.yaml
+
+The saved folder loads with ``reward_models.base.load_reward_model`` and plugs in as
+``--reward_model`` of ``stepdpo train``, ``build-pairs``, ``evaluate`` and ``decode``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from stepdpo.commands import _common as C
+from stepdpo.commands import _reward as R
+
+COMMAND = "train-prm"
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Train a process reward model (PRM): it reads every step of a solution and says how
+likely the step is correct. Data: step-labeled solutions (PRM800K, Math-Shepherd,
+TRL stepwise, ProcessBench, RLHFlow, the arith task with injected errors, or labels
+from `stepdpo label`). The loss is read only at each step's end (or its tag token).
+
+Backends: 'head' (a token-classification head on the base model) or 'token' (the
+base causal LM's logits of a good/bad token, e.g. '+'/'-', Math-Shepherd style).
+
+Main options:
+  --config FILE              a recipe (YAML keys = option names)
+  --model_name_or_path NAME  base model: hub id, local folder, or tiny-gpt2
+  --dataset_name SRC         arith[:N] | file.jsonl | folder | hub dataset
+  --eval_dataset_name SRC    held-out labeled data: AUROC, first-error F1, ECE after training
+  --output_dir DIR           the saved reward model (safetensors + reward_config.json)
+  --backend head|token, --num_labels 2|3, --step_separator, --step_tag
+  --use_peft --lora_r 16 [--load_in_4bit]   LoRA (QLoRA on CUDA)
+  --dry_run                  8 examples, 2 steps: checks a recipe end to end
+"""
+
+EPILOG = """\
+examples:
+  stepdpo train-prm --config configs/demo_prm.yaml
+  stepdpo train-prm --model_name_or_path tiny-gpt2 --dataset_name arith:400 --eval_dataset_name arith:100 \\
+      --output_dir outputs/prm --max_steps 200 --learning_rate 1e-3
+"""
+
+
+@dataclass
+class ScriptArguments(R.RewardScriptArguments):
+    _argument_group_name = "model and data (stepdpo train-prm)"
+
+
+def make_parser(prog: str = "stepdpo train-prm"):
+    from reward_models.training import PRMConfig
+
+    return C.make_trl_parser((ScriptArguments, PRMConfig), prog, DESCRIPTION, EPILOG)
+
+
+def main(script_args: ScriptArguments, training_args) -> dict:
+    from reward_models.testing import tiny_causal_lm, tiny_token_classifier
+    from reward_models.training import PRMTrainer
+
+    if script_args.dry_run:
+        R.shrink_for_dry_run(script_args, training_args)
+    fmt = training_args.step_format
+    train = R.labeled_samples(R.read(script_args, fmt, training_args.seed), "train a PRM on")
+    evals = R.read(script_args, fmt, training_args.seed, eval_=True)
+    eval_samples = R.labeled_samples(evals, "evaluate") if evals is not None else None
+
+    def build_tiny(tok, seed, **spec):
+        if training_args.backend == "token":
+            return tiny_causal_lm(tok, seed=seed, **spec)
+        return tiny_token_classifier(tok, num_labels=training_args.num_labels, seed=seed, **spec)
+
+    model, tokenizer = R.model_and_tokenizer(script_args, build_tiny, training_args.trust_remote_code,
+                                             training_args.seed)
+    logger.info("train-prm: %d labeled solutions from %s", len(train), script_args.dataset_name)
+    trainer = PRMTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    summary = {"command": COMMAND, "train_examples": len(train), "output_dir": training_args.output_dir,
+               "train_loss": float(result.training_loss), "global_step": int(trainer.state.global_step)}
+    if trainer.accelerator.is_main_process:
+        if eval_samples:
+            m = R.evaluate_saved(training_args.output_dir, eval_samples, "PRM")
+            summary.update({"eval_auroc": m["steps"]["auroc"], "eval_first_error_f1": m["first_error"]["f1"],
+                            "eval_ece": m["ece"]})
+        C.write_json(f"{training_args.output_dir}/stepdpo_train_prm.json",
+                     {**summary, "log_history": trainer.state.log_history})
+        C.print_summary(COMMAND, summary)
+    return summary
+
+
+if __name__ == "__main__":
+    C.run(__import__(__name__), command=COMMAND)
