@@ -54,8 +54,8 @@ def make_trl_parser(dataclass_types: Sequence[type], prog: str, description: str
 
     from trl import TrlParser
 
-    return TrlParser(tuple(dataclass_types), prog=prog, description=description, epilog=epilog,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return TrlParser(tuple(dataclass_types), prog=prog, usage=f"{prog} [--config FILE.yaml] [--option value ...]",
+                     description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:

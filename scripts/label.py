@@ -1,0 +1,17 @@
+"""`stepdpo label` as an accelerate entry point (the same main() as the command line).
+
+    accelerate launch --config_file configs/accelerate/cpu.yaml scripts/label.py --config <recipe>.yaml
+
+Options: `stepdpo label --help`; any option overrides the recipe (e.g. `--max_samples 100`).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from stepdpo.commands import label as command  # noqa: E402
+from stepdpo.commands._common import run  # noqa: E402
+
+if __name__ == "__main__":
+    run(command, command=command.COMMAND)
