@@ -157,6 +157,24 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | N
     return tok
 
 
+def save_tiny_base(name: str, build, output_dir: str | os.PathLike, seed: int = 0) -> str:
+    """Build the tiny model ``name`` with ``build(tokenizer, seed=, **sizes)`` and save it (with its
+    tokenizer) to ``<output_dir>/base_model``; returns that folder.
+
+    The run then loads it like any checkpoint, so a LoRA adapter saved later names a base
+    model that exists on disk and the saved folder reloads.
+    """
+    from reward_models.testing import save_tiny, tiny_tokenizer
+
+    spec = parse_tiny_spec(name)
+    if spec is None:
+        raise ValueError(f"{name!r} is not a tiny-gpt2 model name")
+    tok = tiny_tokenizer()
+    path = Path(output_dir) / "base_model"
+    save_tiny(build(tok, seed=seed, **spec), tok, path)
+    return str(path)
+
+
 def kbit_device_map() -> dict[str, int] | None:
     """Where a 4/8-bit model goes: this process's GPU (one model copy per process)."""
     import torch
@@ -336,8 +354,8 @@ def read_data(source: str, *, split: str = "train", config: str | None = None, m
         raise ValueError(f"prompt_template must contain '{{prompt}}', got {prompt_template!r}")
     n = parse_arith_spec(source)
     if n is not None:
-        from stepdpo.tasks.arith import make_splits
         from stepdpo.tasks.arith import STEP_FORMAT as ARITH_FORMAT
+        from stepdpo.tasks.arith import make_splits
 
         if split not in ("train", "test"):
             raise ValueError(f"the arith task has splits 'train' and 'test', not {split!r}")

@@ -65,17 +65,15 @@ def read(script_args, step_format, seed: int, eval_: bool = False):
                        neutral=script_args.data_neutral)
 
 
-def model_and_tokenizer(script_args, build_tiny, trust_remote_code: bool, seed: int):
-    """``(model, tokenizer)``: a tiny model built in memory, or the path (the trainer loads it
-    with safetensors, quantization and LoRA) and its tokenizer."""
+def model_and_tokenizer(script_args, build_tiny, trust_remote_code: bool, seed: int, output_dir: str):
+    """``(path, tokenizer)``: the trainer loads the path (safetensors only, quantization and
+    LoRA applied). A tiny model is first built and saved to ``<output_dir>/base_model``."""
     name = script_args.model_name_or_path
     if not name:
         raise SystemExit("no base model given: set model_name_or_path (a hub id, a folder, or tiny-gpt2)")
-    tokenizer = C.load_tokenizer(name, trust_remote_code)
-    spec = C.parse_tiny_spec(name)
-    if spec is not None:
-        return build_tiny(tokenizer, seed=seed, **spec), tokenizer
-    return name, tokenizer
+    if C.is_tiny(name):
+        name = C.save_tiny_base(name, build_tiny, output_dir, seed)
+    return name, C.load_tokenizer(name, trust_remote_code)
 
 
 def evaluate_saved(output_dir: str, samples, title: str) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def main(script_args: ScriptArguments, training_args) -> dict:
         return tiny_sequence_classifier(tok, num_labels=1, seed=seed, **spec)
 
     model, tokenizer = R.model_and_tokenizer(script_args, build_tiny, training_args.trust_remote_code,
-                                             training_args.seed)
+                                             training_args.seed, training_args.output_dir)
     trainer = BTRewardTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)

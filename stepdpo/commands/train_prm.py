@@ -76,7 +76,7 @@ def main(script_args: ScriptArguments, training_args) -> dict:
         return tiny_token_classifier(tok, num_labels=training_args.num_labels, seed=seed, **spec)
 
     model, tokenizer = R.model_and_tokenizer(script_args, build_tiny, training_args.trust_remote_code,
-                                             training_args.seed)
+                                             training_args.seed, training_args.output_dir)
     logger.info("train-prm: %d labeled solutions from %s", len(train), script_args.dataset_name)
     trainer = PRMTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

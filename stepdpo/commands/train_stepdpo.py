@@ -117,6 +117,8 @@ def apply_dry_run(script_args: ScriptArguments, training_args) -> None:
     training_args.num_candidates = min(training_args.num_candidates, 4)
     training_args.max_solution_steps = min(training_args.max_solution_steps, 4)
     training_args.sample_max_new_tokens = min(training_args.sample_max_new_tokens, 24)
+    if training_args.save_pairs_to:  # keep everything a dry run writes inside its output_dir
+        training_args.save_pairs_to = f"{training_args.output_dir}/pairs.jsonl"
 
 
 def main(script_args: ScriptArguments, training_args, model_args) -> dict:
@@ -141,14 +143,32 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
         raise SystemExit(f"{data.source} holds whole-response preference pairs: train a Bradley-Terry reward model "
                          "on them with `stepdpo train-bt`; Stepwise DPO needs step pairs or problems")
 
+    if script_args.sft_warmup_steps > 0 and (model_args.load_in_4bit or model_args.load_in_8bit):
+        raise SystemExit("sft_warmup_steps trains all weights and cannot run on a 4/8-bit model: warm up first "
+                         "without quantization, then start from the saved sft_model folder")
+    if C.is_tiny(name):  # saved first, then loaded like any checkpoint (a LoRA adapter then names its base)
+        from reward_models.testing import tiny_causal_lm
+
+        if model_args.load_in_4bit or model_args.load_in_8bit:
+            logger.warning("%s: the tiny test model is never quantized; load_in_4bit/load_in_8bit ignored", name)
+            model_args.load_in_4bit = model_args.load_in_8bit = False
+
+        name = C.save_tiny_base(name, tiny_causal_lm, training_args.output_dir, training_args.seed)
     tokenizer = C.load_tokenizer(name, trust, model_args.model_revision)
     model = C.load_causal_lm(name, model_args, trust_remote_code=trust, seed=training_args.seed)
     if script_args.sft_warmup_steps > 0:
         model = warm_up(model, tokenizer, data, script_args, training_args)
+        # the warmed-up policy is the starting point: the reference, and the base of a LoRA adapter
+        name = f"{training_args.output_dir}/sft_model"
+        if training_args.distributed_state.is_main_process:
+            model.save_pretrained(name, safe_serialization=True)
+            tokenizer.save_pretrained(name)
+        training_args.distributed_state.wait_for_everyone()
+        model.name_or_path = model.config._name_or_path = name
     peft_config = get_peft_config(model_args)
     ref_model = None
     needs_ref = not training_args.precompute_ref_log_probs or training_args.rounds > 1
-    if peft_config is None and needs_ref and not C.is_tiny(name):
+    if peft_config is None and needs_ref:
         # a second copy loaded like the first (works under ZeRO-3, unlike copying a sharded model)
         ref_model = C.load_causal_lm(name, model_args, trust_remote_code=trust, seed=training_args.seed)
 

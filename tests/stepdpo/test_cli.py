@@ -1,0 +1,280 @@
+"""The `stepdpo` command line, the scripts/ entry points and every YAML in configs/.
+
+Every accelerate config is loaded by accelerate's own loader (and its keys checked against
+`accelerate launch`'s options); every recipe is parsed by the TrlParser of the command it
+names and dry-run with its model swapped for the tiny offline GPT-2 and its hub data for a
+local fixture of the same format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stepdpo.cli import main as cli_main
+from stepdpo.commands import COMMANDS, command_module
+from stepdpo.commands._common import (
+    final_number,
+    numeric_checker,
+    parse,
+    parse_tiny_spec,
+    read_data,
+    read_recipe,
+    run,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+FIX = ROOT / "tests" / "fixtures"
+RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+ACCELERATE_CONFIGS = sorted(p.name for p in (CONFIGS / "accelerate").glob("*.yaml"))
+
+# hub data of the real recipes -> a local fixture of the same format (no hub access in tests);
+# "{prm:<recipe>}" = the reward model saved by that recipe's dry run
+DRY_RUN_OVERRIDES: dict[str, list[str]] = {
+    "demo_prm.yaml": [],
+    "demo_stepdpo.yaml": [],  # also run under `accelerate launch` below
+    "qwen2.5-math-1.5b_prm_prm800k.yaml": ["--dataset_name", str(FIX / "prm800k_phase2.jsonl"),
+                                           "--eval_dataset_name", str(FIX / "prm800k_phase2.jsonl")],
+    "qwen2.5-math-1.5b_prm_math_shepherd.yaml": ["--dataset_name", str(FIX / "math_shepherd.jsonl")],
+    # a random tiny policy never reaches a GSM8K answer: chosen steps are not rolled out here
+    "qwen2.5-math-1.5b_stepdpo_gsm8k_lora_4bit.yaml": [
+        "--dataset_name", str(FIX / "gsm8k.jsonl"), "--reward_model", "{prm:qwen2.5-math-1.5b_prm_math_shepherd.yaml}",
+        "--check_answers", "false"],
+    "qwen2.5-math-1.5b_stepdpo_math_zero3.yaml": ["--dataset_name", str(FIX / "step_dpo.jsonl")],
+    "evaluate_arith.yaml": ["--reward_model", "{prm:demo_prm.yaml}"],
+    "decode_arith_beam.yaml": ["--reward_model", "{prm:demo_prm.yaml}"],
+}
+
+
+# -- help --------------------------------------------------------------------------------------
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in ["demo", *COMMANDS]:
+        assert f"    {name}" in out
+    assert "--config" in out and "accelerate launch" in out
+
+
+@pytest.mark.parametrize("command", ["demo", *COMMANDS])
+def test_each_command_help_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: stepdpo {command}")
+    if command == "demo":
+        assert "--quick" in out and "--output-dir" in out
+        return
+    assert "--config FILE" in out and "--dry_run" in out and "Main options" in out
+    key = {"train-prm": "--backend", "train-orm": "--last_token_only", "train-bt": "--eval_dataset_name",
+           "label": "--n_rollouts", "build-pairs": "--num_candidates", "train": "--reward_model",
+           "evaluate": "--reward_model", "decode": "--beam_width"}[command]
+    assert key in out
+    # field help strings of the dataclasses come through TrlParser
+    assert "arith" in out and "--model_name_or_path" in out
+
+
+# -- small pieces --------------------------------------------------------------------------------
+def test_tiny_spec_and_numbers():
+    assert parse_tiny_spec("tiny-gpt2") == {"n_layer": 2, "n_embd": 64, "n_head": 2}
+    assert parse_tiny_spec("Qwen/Qwen2.5-Math-1.5B") is None
+    with pytest.raises(ValueError, match="tiny-gpt2:<n_layer>x<n_embd>"):
+        parse_tiny_spec("tiny-gpt2:big")
+    assert final_number("so 3+4=7\n#### 1,234") == 1234.0
+    assert numeric_checker("q", ["5*2=10", "The answer is: 10"], "... #### 10")
+    assert not numeric_checker("q", ["5*2=11", "The answer is: 11"], "#### 10")
+
+
+def test_read_data_arith_and_prompt_column(tmp_path):
+    d = read_data("arith:5", split="test", arith_error_rate=0.5)
+    assert len(d.items) == 5 and d.is_arith and d.checker(d.prompts[0], d.items[0].steps, None) == all(
+        v == 1.0 for v in d.items[0].labels)
+    g = read_data(str(FIX / "gsm8k.jsonl"), prompt_column="question", answer_column="answer",
+                  prompt_template="Q: {prompt}\n")
+    assert g.prompts[0].startswith("Q: Natalia") and final_number(g.answers[0]) == 72.0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "fine", "answer": "1"}) + "\n" + json.dumps({"answer": "2"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl.*2.*question"):
+        read_data(str(bad), prompt_column="question", answer_column="answer")
+
+
+def test_recipe_for_another_command_and_unknown_keys_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="recipe for `stepdpo train-prm`"):
+        parse(command_module("train").make_parser(), ["--config", str(CONFIGS / "demo_prm.yaml")], "train")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("command: decode\nbeam_widht: 3\n")
+    with pytest.raises(SystemExit, match="beam_widht"):
+        parse(command_module("decode").make_parser(), ["--config", str(bad)], "decode")
+
+
+# -- accelerate configs -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ACCELERATE_CONFIGS)
+def test_accelerate_config_loads_with_accelerate(name):
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+    from accelerate.utils import DistributedType
+
+    path = CONFIGS / "accelerate" / name
+    cfg = load_config_from_file(str(path))
+    assert isinstance(cfg, ClusterConfig)
+    # accelerate copies nested keys onto its launch options without checking them: a typo would be ignored
+    options = vars(launch_command_parser().parse_args(["script.py"]))
+    for key in cfg.deepspeed_config:
+        assert key in options, f"{name}: unknown deepspeed_config key {key}"
+    for key in cfg.fsdp_config:
+        assert (key if key.startswith("fsdp") else f"fsdp_{key}") in options, f"{name}: unknown fsdp key {key}"
+    expected = {"cpu.yaml": DistributedType.NO, "single_gpu.yaml": DistributedType.NO,
+                "multi_gpu.yaml": DistributedType.MULTI_GPU, "deepspeed_zero2.yaml": DistributedType.DEEPSPEED,
+                "deepspeed_zero3.yaml": DistributedType.DEEPSPEED, "fsdp.yaml": DistributedType.FSDP}[name]
+    assert cfg.distributed_type == expected
+    if expected == DistributedType.DEEPSPEED:
+        assert cfg.deepspeed_config["zero_stage"] == int(name[-6])
+    if expected == DistributedType.FSDP:
+        assert cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "Qwen2DecoderLayer"
+    assert cfg.use_cpu == (name == "cpu.yaml")
+    assert cfg.num_processes == (1 if expected == DistributedType.NO else 8)
+    assert path.read_text().lstrip().startswith("#")  # headed by what it is for and how to launch it
+
+
+def test_every_accelerate_setup_exists():
+    assert set(ACCELERATE_CONFIGS) == {"cpu.yaml", "single_gpu.yaml", "multi_gpu.yaml", "deepspeed_zero2.yaml",
+                                       "deepspeed_zero3.yaml", "fsdp.yaml"}
+
+
+# -- recipes ---------------------------------------------------------------------------------------
+def test_every_recipe_has_a_dry_run():
+    assert set(RECIPES) == set(DRY_RUN_OVERRIDES), "add the new recipe to DRY_RUN_OVERRIDES"
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_parses_into_the_commands_dataclasses(recipe):
+    path = CONFIGS / recipe
+    text = path.read_text()
+    cfg = read_recipe(path)
+    command = cfg.pop("command")
+    assert command in COMMANDS
+    header = text.split("\ncommand:")[0]
+    script = command_module(command).__name__.rsplit(".", 1)[1]
+    assert f"scripts/{script}.py" in header or f"stepdpo {command} --config configs/{recipe}" in header, \
+        "a recipe starts with its exact launch command"
+    parsed = parse(command_module(command).make_parser(), ["--config", str(path)], command)
+    for key, value in cfg.items():
+        holders = [obj for obj in parsed if hasattr(obj, key)]
+        assert holders, f"{recipe}: {key} is no option of `stepdpo {command}`"
+        got = getattr(holders[0], key)
+        if key == "report_to":
+            assert got == ([] if value == "none" else got)
+        else:
+            assert got == value, f"{recipe}: {key} parsed as {got!r}, written {value!r}"
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory):
+    """Run a recipe's dry run once per test module (later recipes use earlier reward models)."""
+    done: dict[str, tuple[dict, Path]] = {}
+    base = tmp_path_factory.mktemp("dry")
+
+    def go(recipe: str):
+        if recipe in done:
+            return done[recipe]
+        cfg = read_recipe(CONFIGS / recipe)
+        command = cfg["command"]
+        out = base / recipe.removesuffix(".yaml")
+        extra = []
+        for item in DRY_RUN_OVERRIDES[recipe]:
+            if item.startswith("{prm:"):
+                item = str(go(item[5:-1])[1])
+            extra.append(item)
+        where = ["--output_file", str(out / "decoded.jsonl")] if command == "decode" else ["--output_dir", str(out)]
+        argv = ["--config", str(CONFIGS / recipe), "--model_name_or_path", "tiny-gpt2", "--dry_run", *where, *extra]
+        if command.startswith("train"):
+            argv += ["--report_to", "none"]
+        done[recipe] = (run(command_module(command), argv, command), out)
+        return done[recipe]
+
+    return go
+
+
+def _changed_from_init(out: Path, seed: int, build) -> bool:
+    """The saved weights differ from the tiny model the run started from (or a LoRA B is nonzero)."""
+    if (out / "adapter_model.safetensors").exists():
+        weights = load_file(str(out / "adapter_model.safetensors"))
+        return any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
+    from reward_models.testing import tiny_tokenizer
+
+    saved = load_file(str(out / "model.safetensors"))
+    init = build(tiny_tokenizer(), seed=seed, **parse_tiny_spec("tiny-gpt2")).state_dict()
+    common = [k for k in saved if k in init and saved[k].shape == init[k].shape]
+    assert common
+    return any(not torch.equal(saved[k], init[k]) for k in common)
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "demo_stepdpo.yaml"])
+def test_recipe_dry_run_with_tiny_model(recipe, dry_runs):
+    from reward_models.base import load_reward_model
+    from reward_models.testing import tiny_causal_lm, tiny_token_classifier
+
+    summary, out = dry_runs(recipe)
+    cfg = read_recipe(CONFIGS / recipe)
+    command = cfg["command"]
+    if command == "train-prm":
+        assert summary["global_step"] == 2
+        rm = load_reward_model(out)
+        scores = rm.score_steps(["Q: 2+3\n"], [["2+3=5", "Answer: 5"]])
+        assert len(scores[0]) == 2 and all(0.0 <= s <= 1.0 for s in scores[0])
+        build = tiny_causal_lm if cfg.get("backend") == "token" else tiny_token_classifier
+        assert _changed_from_init(out, cfg["seed"], build)
+        if "eval_dataset_name" in cfg:
+            assert 0.0 <= summary["eval_auroc"] <= 1.0 or summary["eval_auroc"] is None
+            assert (out / "eval_metrics.json").exists()
+    elif command == "train":
+        assert summary["global_step"] == 2
+        if summary["pair_stats"]:  # pairs built from problems by the policy and the judge
+            assert summary["pair_stats"][0]["pairs"] > 0
+        assert _changed_from_init(out, cfg["seed"], tiny_causal_lm)
+        assert json.loads((out / "stepdpo_train.json").read_text())["log_history"]
+    elif command == "evaluate":
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["reward_model"]["n_samples"] == 8 and m["reward_model"]["n_steps"] > 8
+        assert set(m["policy"]) >= {"name", "greedy", "best-of-2", "majority-of-2"}
+        assert all((out / f).exists() for f in ("calibration.png", "step_scores.png", "accuracy.png"))
+    elif command == "decode":
+        rows = [json.loads(line) for line in (out / "decoded.jsonl").read_text().splitlines()]
+        assert len(rows) == 8 == summary["problems"]
+        for r in rows:
+            assert len(r["step_scores"]) == len(r["steps"]) and isinstance(r["correct"], bool)
+    else:  # pragma: no cover - a new command needs its own checks
+        raise AssertionError(f"no checks for {command}")
+
+
+def test_accelerate_launch_runs_the_demo_recipe(tmp_path):
+    """`accelerate launch --config_file configs/accelerate/cpu.yaml scripts/train_stepdpo.py --config
+    configs/demo_stepdpo.yaml` (as a dry run): the same main() as `stepdpo train`."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    launcher = [str(accelerate)] if accelerate.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
+    out = tmp_path / "demo"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    cmd = [*launcher, "launch", "--config_file", str(CONFIGS / "accelerate" / "cpu.yaml"),
+           str(ROOT / "scripts" / "train_stepdpo.py"), "--config", str(CONFIGS / "demo_stepdpo.yaml"),
+           "--dry_run", "--model_name_or_path", "tiny-gpt2", "--output_dir", str(out)]
+    if launcher[0] != str(accelerate):
+        cmd.remove("launch")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "stepdpo_train.json").read_text())
+    assert summary["global_step"] == 2 and summary["pair_stats"][0]["pairs"] > 0
+    assert (out / "model.safetensors").exists() and (out / "pairs.jsonl").exists()
+    assert "[stepdpo train]" in proc.stdout
