@@ -148,9 +148,8 @@ def checker_labeled(samples, solutions_per_prompt) -> list:
 
 def train_prm(cfg: DemoConfig, tokenizer, policy_dir: Path, train_samples, output_dir: Path):
     """A 2-class PRM head on the SFT policy's backbone, trained with PRMTrainer; returns (path, log)."""
-    from transformers import AutoModelForTokenClassification
-
     from reward_models.training import PRMConfig, PRMTrainer
+    from transformers import AutoModelForTokenClassification
 
     model = AutoModelForTokenClassification.from_pretrained(policy_dir, num_labels=2, use_safetensors=True)
     args = PRMConfig(output_dir=str(output_dir / "prm_run"), backend="head", num_labels=2, step_separator="\n",
@@ -231,7 +230,7 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     from transformers import set_seed
 
     from reward_models.base import load_reward_model
-    from reward_models.evaluation import evaluate_prm, reliability_diagram
+    from reward_models.evaluation import evaluate_prm
     from reward_models.testing import tiny_tokenizer
     from stepdpo import report
     from stepdpo.pairs import build_step_pairs, save_pairs
