@@ -52,6 +52,8 @@ def train_sft(model, tokenizer, samples, *, output_dir: str, step_format: StepFo
     """Fine-tune ``model`` on gold step-by-step ``samples`` with TRL's SFTTrainer; returns the trainer."""
     from trl import SFTConfig, SFTTrainer
 
+    # TRL turns gradient checkpointing on by default; for small policies it only costs time
+    sft_kwargs.setdefault("gradient_checkpointing", False)
     args = SFTConfig(
         output_dir=output_dir, max_steps=max_steps, learning_rate=learning_rate,
         per_device_train_batch_size=batch_size, lr_scheduler_type="cosine", warmup_steps=min(50, max_steps // 10),
