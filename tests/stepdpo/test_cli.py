@@ -278,3 +278,56 @@ def test_accelerate_launch_runs_the_demo_recipe(tmp_path):
     assert summary["global_step"] == 2 and summary["pair_stats"][0]["pairs"] > 0
     assert (out / "model.safetensors").exists() and (out / "pairs.jsonl").exists()
     assert "[stepdpo train]" in proc.stdout
+
+
+# -- the commands without a recipe, through `stepdpo <command>` -----------------------------------
+def test_label_build_pairs_and_train_bt_chain(tmp_path, dry_runs, capsys):
+    """label -> (labels compared with the injected errors); build-pairs with a saved PRM -> train-bt on the
+    pairs; every output file is what the next command reads."""
+    from reward_models.data import load_samples
+    from stepdpo.pairs import load_pairs
+
+    mc = tmp_path / "mc.jsonl"
+    assert cli_main(["label", "--model_name_or_path", "tiny-gpt2", "--dataset_name", "arith:20", "--dry_run",
+                     "--output_file", str(mc)]) == 0
+    labeled = load_samples(mc)
+    assert len(labeled) == 8 and all(len(s.labels) == len(s.steps) and s.meta["mc_rollouts"] == 2 for s in labeled)
+    stats = json.loads(mc.with_name("mc.jsonl.stats.json").read_text())
+    assert 0.0 <= stats["agreement_with_given_labels"] <= 1.0 and stats["checker"] == "arith"
+
+    prm = dry_runs("demo_prm.yaml")[1]
+    pairs = tmp_path / "pairs.jsonl"
+    assert cli_main(["build-pairs", "--model_name_or_path", "tiny-gpt2", "--dataset_name", "arith:20",
+                     "--reward_model", str(prm), "--dry_run", "--output_file", str(pairs)]) == 0
+    built = load_pairs(pairs)
+    assert built and all(p.chosen_score >= 0.5 > p.rejected_score for p in built)
+    assert "[stepdpo build-pairs]" in capsys.readouterr().out
+
+    out = tmp_path / "bt"
+    assert cli_main(["train-bt", "--model_name_or_path", "tiny-gpt2", "--dataset_name", str(pairs), "--dry_run",
+                     "--output_dir", str(out), "--report_to", "none"]) == 0
+    from reward_models.testing import tiny_sequence_classifier
+
+    assert (out / "reward_config.json").exists()
+    assert _changed_from_init(out, 42, tiny_sequence_classifier)  # BTRewardConfig's default seed is 42
+
+
+def test_train_orm_command(tmp_path):
+    from reward_models.testing import tiny_token_classifier
+
+    out = tmp_path / "orm"
+    summary = run(command_module("train-orm"), ["--model_name_or_path", "tiny-gpt2", "--dataset_name", "arith:20",
+                                                "--dry_run", "--output_dir", str(out), "--report_to", "none",
+                                                "--seed", "3"], "train-orm")
+    assert summary["global_step"] == 2 and summary["train_examples"] == 8
+    assert _changed_from_init(out, 3, lambda tok, **kw: tiny_token_classifier(tok, num_labels=1, **kw))
+
+
+def test_bad_data_and_wrong_use_fail_clearly(tmp_path):
+    with pytest.raises(SystemExit, match="train-bt"):  # whole-response preferences are no Stepwise DPO data
+        run(command_module("train"), ["--model_name_or_path", "tiny-gpt2", "--dataset_name",
+                                      str(FIX / "hh_rlhf.jsonl"), "--output_dir", str(tmp_path), "--dry_run"], "train")
+    with pytest.raises(SystemExit, match="no step-labeled"):
+        run(command_module("train-prm"), ["--model_name_or_path", "tiny-gpt2", "--dataset_name",
+                                          str(FIX / "step_dpo.jsonl"), "--output_dir", str(tmp_path), "--dry_run"],
+            "train-prm")
