@@ -87,6 +87,10 @@ class ScriptArguments:
         "help": "First fine-tune the policy for this many steps on gold step-by-step solutions (the arith task, "
                 "or samples whose steps are all labeled good), so that a fresh model writes well-formed steps."})
     sft_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the warm-up."})
+    sft_dataset_name: str | None = field(default=None, metadata={
+        "help": "Gold solutions for the warm-up, if not those of dataset_name (e.g. arith:4000 while pairs are "
+                "built from arith:400: a policy that memorized its pair problems would make few mistakes)."})
+    sft_batch_size: int = field(default=64, metadata={"help": "Batch size of the warm-up."})
     dry_run: bool = field(default=False, metadata={
         "help": "Check the whole recipe quickly: at most 8 examples, a short warm-up (80 steps at a high rate), "
                 "2 optimizer steps, 1 round, no checkpoints."})
@@ -104,6 +108,7 @@ def apply_dry_run(script_args: ScriptArguments, training_args) -> None:
     """Shrink a run to a smoke test (see ``--dry_run``)."""
     script_args.sft_warmup_steps = min(script_args.sft_warmup_steps, DRY_RUN_SFT_STEPS)
     script_args.sft_learning_rate = max(script_args.sft_learning_rate, DRY_RUN_SFT_LR)
+    script_args.sft_dataset_name = None  # warm up on the dry run's own 8 problems, so some samples are right
     script_args.max_samples = min(script_args.max_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
     training_args.max_steps = C.DRY_RUN_STEPS
     training_args.rounds = 1
@@ -157,7 +162,11 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
     tokenizer = C.load_tokenizer(name, trust, model_args.model_revision)
     model = C.load_causal_lm(name, model_args, trust_remote_code=trust, seed=training_args.seed)
     if script_args.sft_warmup_steps > 0:
-        model = warm_up(model, tokenizer, data, script_args, training_args)
+        sft_data = data
+        if script_args.sft_dataset_name:
+            sft_data = C.read_data(script_args.sft_dataset_name, split=script_args.dataset_split,
+                                   max_samples=script_args.max_samples, step_format=fmt, seed=training_args.seed)
+        model = warm_up(model, tokenizer, sft_data, script_args, training_args)
         # the warmed-up policy is the starting point: the reference, and the base of a LoRA adapter
         name = f"{training_args.output_dir}/sft_model"
         if training_args.distributed_state.is_main_process:
@@ -217,7 +226,7 @@ def warm_up(model, tokenizer, data, script_args: ScriptArguments, training_args)
     trainer = train_sft(model, tokenizer, gold, output_dir=f"{training_args.output_dir}/sft_warmup",
                         step_format=training_args.step_format, max_steps=script_args.sft_warmup_steps,
                         learning_rate=script_args.sft_learning_rate, seed=training_args.seed,
-                        batch_size=min(64, len(gold)), bf16=bool(training_args.bf16),
+                        batch_size=min(script_args.sft_batch_size, len(gold)), bf16=bool(training_args.bf16),
                         fp16=bool(training_args.fp16))
     return trainer.accelerator.unwrap_model(trainer.model)
 
