@@ -32,6 +32,18 @@ from stepdpo.commands._common import (
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+# the reward-model trainers and Monte-Carlo labeling land with branch issue4train
+HAS_TRAINERS = _has("reward_models.training") and _has("reward_models.labeling")
+needs_trainers = pytest.mark.skipif(not HAS_TRAINERS, reason="reward_models.training/labeling not merged yet")
+NEEDS_TRAINERS = {"train-prm", "train-orm", "train-bt", "label"}
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 FIX = ROOT / "tests" / "fixtures"
@@ -69,6 +81,8 @@ def test_top_level_help_lists_every_command(capsys):
 
 @pytest.mark.parametrize("command", ["demo", *COMMANDS])
 def test_each_command_help_explains_itself(command, capsys):
+    if command in NEEDS_TRAINERS and not HAS_TRAINERS:
+        pytest.skip("reward_models.training/labeling not merged yet")
     with pytest.raises(SystemExit) as e:
         cli_main([command, "--help"])
     assert e.value.code == 0
@@ -164,6 +178,8 @@ def test_recipe_parses_into_the_commands_dataclasses(recipe):
     text = path.read_text()
     cfg = read_recipe(path)
     command = cfg.pop("command")
+    if command in NEEDS_TRAINERS and not HAS_TRAINERS:
+        pytest.skip("reward_models.training/labeling not merged yet")
     assert command in COMMANDS
     header = text.split("\ncommand:")[0]
     script = command_module(command).__name__.rsplit(".", 1)[1]
@@ -226,6 +242,9 @@ def test_recipe_dry_run_with_tiny_model(recipe, dry_runs):
     from reward_models.base import load_reward_model
     from reward_models.testing import tiny_causal_lm, tiny_token_classifier
 
+    if not HAS_TRAINERS and (read_recipe(CONFIGS / recipe)["command"] in NEEDS_TRAINERS
+                             or "{prm:" in " ".join(DRY_RUN_OVERRIDES[recipe])):
+        pytest.skip("reward_models.training/labeling not merged yet")
     summary, out = dry_runs(recipe)
     cfg = read_recipe(CONFIGS / recipe)
     command = cfg["command"]
@@ -281,6 +300,7 @@ def test_accelerate_launch_runs_the_demo_recipe(tmp_path):
 
 
 # -- the commands without a recipe, through `stepdpo <command>` -----------------------------------
+@needs_trainers
 def test_label_build_pairs_and_train_bt_chain(tmp_path, dry_runs, capsys):
     """label -> (labels compared with the injected errors); build-pairs with a saved PRM -> train-bt on the
     pairs; every output file is what the next command reads."""
@@ -312,6 +332,7 @@ def test_label_build_pairs_and_train_bt_chain(tmp_path, dry_runs, capsys):
     assert _changed_from_init(out, 42, tiny_sequence_classifier)  # BTRewardConfig's default seed is 42
 
 
+@needs_trainers
 def test_train_orm_command(tmp_path):
     from reward_models.testing import tiny_token_classifier
 
@@ -323,6 +344,7 @@ def test_train_orm_command(tmp_path):
     assert _changed_from_init(out, 3, lambda tok, **kw: tiny_token_classifier(tok, num_labels=1, **kw))
 
 
+@needs_trainers
 def test_bad_data_and_wrong_use_fail_clearly(tmp_path):
     with pytest.raises(SystemExit, match="train-bt"):  # whole-response preferences are no Stepwise DPO data
         run(command_module("train"), ["--model_name_or_path", "tiny-gpt2", "--dataset_name",
