@@ -548,6 +548,16 @@ def _rows_of(dataset) -> list[Any]:
     return list(dataset)
 
 
+def _replace_pickled_args(output_dir: str, args) -> None:
+    """Trainer pickles its arguments to ``training_args.bin``; keep them as JSON instead (no pickles on disk)."""
+    from pathlib import Path
+
+    pickled = Path(output_dir) / "training_args.bin"
+    if pickled.exists():
+        pickled.unlink()
+    (Path(output_dir) / "training_args.json").write_text(args.to_json_string())
+
+
 class _RewardConfigOnSave:
     """Mixin: ``save_model`` (also used for every checkpoint) writes ``reward_config.json``."""
 
@@ -555,6 +565,7 @@ class _RewardConfigOnSave:
         super().save_model(output_dir, _internal_call=_internal_call)  # type: ignore[misc]
         output_dir = output_dir or self.args.output_dir  # type: ignore[attr-defined]
         if self.args.should_save:  # type: ignore[attr-defined]
+            _replace_pickled_args(output_dir, self.args)  # type: ignore[attr-defined]
             write_reward_config(output_dir, self.reward_type, **self.reward_settings())
             if self.processing_class is not None and not _internal_call:  # type: ignore[attr-defined]
                 self.processing_class.save_pretrained(output_dir)  # type: ignore[attr-defined]
@@ -920,8 +931,15 @@ class BTRewardTrainer(_RewardConfigOnSave, RewardTrainer):
             args.model_init_kwargs = {**(args.model_init_kwargs or {}), "use_safetensors": True}
         train_dataset = self._as_dataset(train_dataset)
         eval_dataset = self._as_dataset(eval_dataset) if eval_dataset is not None else None
+        sizes = [len(d) if hasattr(d, "__len__") else None for d in (train_dataset, eval_dataset)]
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, peft_config=peft_config, **kwargs)
+        # trl.RewardTrainer drops pairs longer than max_length; we refuse to lose data silently
+        for name, size, ds in (("train", sizes[0], self.train_dataset), ("eval", sizes[1], self.eval_dataset)):
+            if size is not None and hasattr(ds, "__len__") and len(ds) < size:
+                raise DataError(f"{size - len(ds)} of {size} pairs tokenize to more than max_length={args.max_length} "
+                                "tokens; raise max_length or shorten them (nothing is dropped silently)",
+                                source=f"{name}_dataset")
 
     @staticmethod
     def _as_dataset(data):

@@ -5,7 +5,14 @@ import torch
 
 from reward_models.labeling import HFRollout, aggregate_rollouts, monte_carlo_labels, to_trl_stepwise
 from reward_models.types import DataError, StepSample
-from stepdpo.tasks.arith import STEP_FORMAT, ArithConfig, gold_steps, is_correct, make_samples, parse_expression
+from stepdpo.tasks.arith import (
+    STEP_FORMAT,
+    ArithConfig,
+    gold_steps,
+    is_correct,
+    make_samples,
+    parse_expression,
+)
 
 CFG = ArithConfig()
 
