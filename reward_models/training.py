@@ -506,6 +506,14 @@ def _load_model(model, auto_cls, args, tokenizer, **kwargs):
     return model
 
 
+def _require_token_classifier(model, what: str) -> None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not type(base).__name__.endswith("ForTokenClassification"):
+        raise TypeError(f"{what} needs a token-classification model (one score per token), got "
+                        f"{type(base).__name__}: pass the model's directory to load it as "
+                        "AutoModelForTokenClassification (a new head is added), or use backend='token' for a causal LM")
+
+
 def _apply_peft(model, args, task_type: str, modules_to_save: list[str] | None):
     if not args.use_peft:
         return model
@@ -567,8 +575,6 @@ class _RewardConfigOnSave:
         if self.args.should_save:  # type: ignore[attr-defined]
             _replace_pickled_args(output_dir, self.args)  # type: ignore[attr-defined]
             write_reward_config(output_dir, self.reward_type, **self.reward_settings())
-            if self.processing_class is not None and not _internal_call:  # type: ignore[attr-defined]
-                self.processing_class.save_pretrained(output_dir)  # type: ignore[attr-defined]
 
     def reward_settings(self) -> dict[str, Any]:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -606,6 +612,7 @@ class PRMTrainer(_RewardConfigOnSave, Trainer):
             from transformers import AutoModelForTokenClassification
 
             model = _load_model(model, AutoModelForTokenClassification, args, tokenizer, num_labels=args.num_labels)
+            _require_token_classifier(model, "backend='head'")
             got = getattr(model.config, "num_labels", None)
             if got != args.num_labels:
                 raise ValueError(f"the model has num_labels={got} but PRMConfig.num_labels={args.num_labels}")
@@ -831,6 +838,7 @@ class ORMTrainer(_RewardConfigOnSave, Trainer):
         tokenizer = _tokenizer_for(model, processing_class, args.trust_remote_code)
         self.step_format = args.step_format
         model = _load_model(model, AutoModelForTokenClassification, args, tokenizer, num_labels=1)
+        _require_token_classifier(model, "an outcome model")
         if getattr(model.config, "num_labels", None) != 1:
             raise ValueError(f"an outcome model needs num_labels=1 (one logit per token), got "
                              f"{model.config.num_labels}")

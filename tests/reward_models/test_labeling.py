@@ -17,6 +17,15 @@ from stepdpo.tasks.arith import (
 CFG = ArithConfig()
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run far faster on one thread than on two oversubscribed ones (measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def arith_checker(prompt, steps):
     return is_correct(CFG.expression_of(prompt), steps)
 
@@ -125,3 +134,20 @@ def test_hf_rollout_shapes_determinism_and_left_padding(tokenizer):
     # greedy completions of the short context agree alone and left-padded in a batch
     greedy = HFRollout(model, tokenizer, max_new_tokens=5, temperature=0)
     assert greedy.generate_ids(ctx[:1], 1)[0] == greedy.generate_ids(ctx, 1)[0]
+
+
+def test_monte_carlo_dataset_trains_a_prm(tokenizer, tmp_path):
+    from reward_models.testing import tiny_token_classifier
+    from reward_models.training import PRMConfig, PRMTrainer
+
+    samples = make_samples(24, seed=9, error_rate=0.5)
+    labeled = monte_carlo_labels(samples, ScriptedPolicy(), arith_checker, n_rollouts=2, mode="soft",
+                                 step_format=STEP_FORMAT, progress=False)
+    ds = to_trl_stepwise(labeled)
+    model = tiny_token_classifier(tokenizer, seed=0)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    args = PRMConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8, report_to="none",
+                     save_strategy="no", disable_tqdm=True)
+    trainer = PRMTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=ds)
+    trainer.train()
+    assert any(not torch.equal(v.detach(), before[k]) for k, v in trainer.model.named_parameters())

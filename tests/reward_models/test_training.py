@@ -362,3 +362,19 @@ def test_bt_reward_trainer_with_margin(tokenizer, tmp_path):
     with pytest.raises(DataError, match="row 1, field 'chosen'"):
         BTRewardTrainer(model=model, args=args, processing_class=tokenizer,
                         train_dataset=[pairs[0].to_dict(), {"prompt": "Q", "chosen": "", "rejected": "x"}])
+
+
+def test_prm_from_path_loads_safely(tokenizer, tmp_path):
+    from reward_models.testing import save_tiny
+
+    base = save_tiny(tiny_causal_lm(tokenizer, seed=1), tokenizer, tmp_path / "base")
+    rows = [{"prompt": "Q: 2+3\n", "completions": ["2+3=5", "Answer: 5"], "labels": [True, True]}] * 4
+    args = _args(PRMConfig, tmp_path, max_steps=2)
+    trainer = PRMTrainer(model=str(base), args=args, train_dataset=rows)  # tokenizer found next to the weights
+    assert type(trainer.model).__name__ == "GPT2ForTokenClassification" and trainer.model.config.num_labels == 2
+    trainer.train()
+    with pytest.raises(TypeError, match="token-classification"):
+        PRMTrainer(model=tiny_causal_lm(tokenizer), args=args, processing_class=tokenizer, train_dataset=rows)
+    (base / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ValueError, match="pickle"):
+        PRMTrainer(model=str(base), args=args, train_dataset=rows)
