@@ -239,13 +239,14 @@ def read_step_rows(data: Iterable[Any]) -> list[StepRow]:
 
 
 def resolve_label_scheme(rows: Sequence[StepRow], scheme: str, num_labels: int) -> str:
-    """``"auto"``: ratings when 3 classes are trained or any label is the integer -1, else binary."""
+    """``"auto"``: ratings when 3 classes are trained or any label is -1 (int, or float from a
+    datasets column), else binary."""
     if scheme != "auto":
         return scheme
     if num_labels == 3:
         return "rating"
     for r in rows:
-        if any(_is_int_like(v) and v == -1 for v in r.labels):
+        if any(not isinstance(v, bool) and isinstance(v, (int, float)) and v == -1 for v in r.labels):
             return "rating"
     return "binary"
 

@@ -132,6 +132,7 @@ def test_rows_features_and_errors(tokenizer):
         {"prompt": "Q: 2+3\n", "steps": ["2+3=5", "Answer: 6"], "labels": [1, -1]},
     ])
     assert resolve_label_scheme(rows, "auto", 2) == "rating" and resolve_label_scheme(rows[:2], "auto", 2) == "binary"
+    assert resolve_label_scheme([StepRow("Q", ["a"], [-1.0])], "auto", 2) == "rating"
     feats = build_prm_features(rows, tokenizer, StepFormat(), scheme="rating")
     tok = StepFormat().tokenize(tokenizer, rows[2].prompt, rows[2].steps)
     assert [i for i, v in enumerate(feats[2]["labels"]) if v != -100] == tok.score_positions
@@ -302,7 +303,7 @@ def test_prm_lora_changes_adapter_and_head_only(tokenizer, tmp_path):
     model = tiny_token_classifier(tokenizer, num_labels=2, seed=0)
     original = {k: v.detach().clone() for k, v in model.state_dict().items()}
     args = _args(PRMConfig, tmp_path, use_peft=True, lora_r=4, learning_rate=1e-2, max_steps=8,
-                 gradient_checkpointing=True, gradient_accumulation_steps=2)
+                 activation_checkpointing=True, gradient_accumulation_steps=2)
     trainer = PRMTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=data)
     trainer.train()
     changed_lora = changed_head = 0
@@ -348,7 +349,7 @@ def test_bt_reward_trainer_with_margin(tokenizer, tmp_path):
     model = tiny_sequence_classifier(tokenizer, seed=0)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     args = _args(BTRewardConfig, tmp_path, learning_rate=3e-3, num_train_epochs=2, bf16=False,
-                 gradient_checkpointing=False, max_length=128)
+                 activation_checkpointing=False, max_length=128)
     trainer = BTRewardTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=pairs)
     assert "margin" in trainer.train_dataset.column_names
     trainer.train()
@@ -378,3 +379,24 @@ def test_prm_from_path_loads_safely(tokenizer, tmp_path):
     (base / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ValueError, match="pickle"):
         PRMTrainer(model=str(base), args=args, train_dataset=rows)
+
+
+def test_orm_and_bt_lora_save_adapters_only(tokenizer, tmp_path):
+    data = make_samples(16, seed=10, cfg=EASY, error_rate=0.5)
+    orm = ORMTrainer(model=tiny_token_classifier(tokenizer, num_labels=1), processing_class=tokenizer,
+                     args=_args(ORMConfig, tmp_path, use_peft=True, lora_r=2, max_steps=2, last_token_only=True),
+                     train_dataset=data)
+    pairs = [{"prompt": s.prompt, "chosen": "Answer: 1", "rejected": "Answer: 2"} for s in data]
+    bt = BTRewardTrainer(model=tiny_sequence_classifier(tokenizer), processing_class=tokenizer, train_dataset=pairs,
+                         args=_args(BTRewardConfig, tmp_path, use_peft=True, lora_r=2, max_steps=2, bf16=False,
+                                    activation_checkpointing=False))
+    for name, trainer, kind in (("orm", orm, "outcome"), ("bt", bt, "bradley_terry")):
+        head = "classifier" if name == "orm" else "score"
+        assert head in trainer.model.peft_config["default"].modules_to_save
+        trainer.train()
+        out = tmp_path / name
+        trainer.save_model(str(out))
+        assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
+        assert json.loads((out / "reward_config.json").read_text())["type"] == kind
+        refuse_pickles(out)
+    assert json.loads((tmp_path / "orm" / "reward_config.json").read_text())["reduce"] == "last"
