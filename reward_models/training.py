@@ -959,7 +959,8 @@ class BTRewardTrainer(_RewardConfigOnSave, RewardTrainer):
         return Dataset.from_list(read_preference_rows(list(data)))
 
     def reward_settings(self) -> dict[str, Any]:
-        return {"backend": "head", "step_format": self.step_format.to_dict(), "max_length": self.args.max_length}
+        # no "backend": BradleyTerryRewardModel has a single (head) layout and refuses unknown settings
+        return {"step_format": self.step_format.to_dict(), "max_length": self.args.max_length}
 
 
 __all__ = ["BTRewardConfig", "BTRewardTrainer", "IGNORE_INDEX", "LABEL_SCHEMES", "ORMConfig", "ORMTrainer",

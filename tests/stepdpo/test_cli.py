@@ -325,10 +325,13 @@ def test_label_build_pairs_and_train_bt_chain(tmp_path, dry_runs, capsys):
 
     out = tmp_path / "bt"
     assert cli_main(["train-bt", "--model_name_or_path", "tiny-gpt2", "--dataset_name", str(pairs), "--dry_run",
-                     "--output_dir", str(out), "--report_to", "none"]) == 0
+                     "--eval_dataset_name", str(FIX / "hh_rlhf.jsonl"), "--output_dir", str(out),
+                     "--report_to", "none"]) == 0
     from reward_models.testing import tiny_sequence_classifier
 
-    assert (out / "reward_config.json").exists()
+    # the saved model reloads through load_reward_model and scores the held-out pairs
+    metrics = json.loads((out / "eval_metrics.json").read_text())
+    assert metrics["n_pairs"] == 2 and 0.0 <= metrics["pairwise_accuracy"] <= 1.0
     assert _changed_from_init(out, 42, tiny_sequence_classifier)  # BTRewardConfig's default seed is 42
 
 
