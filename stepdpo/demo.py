@@ -47,6 +47,9 @@ class DemoConfig:
     n_sft: int = 4000
     n_prm_prompts: int = 600
     n_pair_prompts: int = 400
+    n_val: int = 200
+    judge: str = "prm"  # who scores steps when building pairs: "prm" (the trained PRM) or "checker"
+    policy_path: str | None = None  # start from a saved SFT policy instead of training one
     policy_layers: int = 4
     policy_width: int = 128
     policy_heads: int = 4
@@ -99,8 +102,10 @@ def make_data(cfg: DemoConfig, task=None) -> dict[str, Any]:
     injected = make_samples(cfg.prm_injected, seed=30_000 + cfg.seed, cfg=task, error_rate=0.5, exclude=used)
     used |= {s.meta["expression"] for s in injected}
     pairs = make_samples(cfg.n_pair_prompts, seed=40_000 + cfg.seed, cfg=task, exclude=used)
+    used |= {s.meta["expression"] for s in pairs}
+    val = make_samples(cfg.n_val, seed=50_000 + cfg.seed, cfg=task, exclude=used)
     return {"task": task, "test": test, "sft": sft, "prm_prompts": prm_prompts, "injected": injected,
-            "pair_prompts": pairs}
+            "pair_prompts": pairs, "val": val}
 
 
 def train_policy(cfg: DemoConfig, tokenizer, sft_samples, output_dir: Path):
@@ -238,12 +243,12 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     from transformers import set_seed
 
     from reward_models.base import load_reward_model
-    from reward_models.evaluation import evaluate_prm
+    from reward_models.evaluation import evaluate_prm, tune_first_error_threshold
     from reward_models.testing import tiny_tokenizer
     from stepdpo import report
     from stepdpo.pairs import build_step_pairs, save_pairs
     from stepdpo.sampling import StepSampler
-    from stepdpo.tasks.arith import STEP_FORMAT
+    from stepdpo.tasks.arith import STEP_FORMAT, checker_reward_model
 
     cfg = cfg or (DemoConfig.quick(seed) if quick else DemoConfig(seed=seed))
     torch.set_num_threads(cfg.threads)
@@ -273,7 +278,14 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
           f"e.g. {data['test'][0].prompt.strip()!r} -> {' | '.join(data['test'][0].steps)}")
 
     with stage("sft"):
-        policy, sft_log = train_policy(cfg, tok, data["sft"], out)
+        if cfg.policy_path:
+            from transformers import AutoModelForCausalLM
+
+            policy, sft_log = AutoModelForCausalLM.from_pretrained(cfg.policy_path, use_safetensors=True), []
+            policy.save_pretrained(out / "policy_sft", safe_serialization=True)
+            tok.save_pretrained(out / "policy_sft")
+        else:
+            policy, sft_log = train_policy(cfg, tok, data["sft"], out)
     with stage("eval_before"):
         c0, n0, sols0 = policy_accuracy(policy, tok, data["test"])
     print(f"[demo] SFT policy: {c0}/{n0} = {c0 / n0:.1%} held-out accuracy (greedy)")
@@ -281,7 +293,11 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     with stage("prm_data"):
         prm_sols = solve(policy, tok, [s.prompt for s in data["prm_prompts"]], k=cfg.prm_samples_per_prompt,
                          temperature=cfg.temperature, seed=cfg.seed + 1)
-        prm_train = checker_labeled(data["prm_prompts"], prm_sols) + list(data["injected"])
+        # the policy's own samples (error-rich at temperature 1), their gold solutions, injected errors
+        prm_train = checker_labeled(data["prm_prompts"], prm_sols) + list(data["prm_prompts"]) + list(data["injected"])
+        val_sols = solve(policy, tok, [s.prompt for s in data["val"]], k=1, temperature=cfg.temperature,
+                         seed=cfg.seed + 5)
+        prm_val = checker_labeled(data["val"], val_sols)
         test_sols = solve(policy, tok, [s.prompt for s in data["test"]], k=1, temperature=cfg.temperature,
                           seed=cfg.seed + 2)
         prm_test = checker_labeled(data["test"], test_sols)
@@ -290,18 +306,30 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     with stage("prm"):
         prm_dir, prm_log = train_prm(cfg, tok, out / "policy_sft", prm_train, out)
         prm = load_reward_model(prm_dir)
-        ev = evaluate_prm(prm, prm_test, threshold=0.5)
-    print(f"[demo] PRM on {len(prm_test)} held-out policy solutions: first-error F1 {_f(ev.first_error.f1)}, "
+        # the step threshold is tuned for first-error F1 on validation samples, never on test ones
+        val_scores = prm.score_steps([s.prompt for s in prm_val], [s.steps for s in prm_val])
+        threshold, _ = tune_first_error_threshold(val_scores, [s.first_error for s in prm_val])
+        ev = evaluate_prm(prm, prm_test, threshold=threshold)
+        ev_half = evaluate_prm(prm, prm_test, threshold=0.5)
+    print(f"[demo] PRM on {len(prm_test)} held-out policy solutions: first-error F1 {_f(ev.first_error.f1)} "
+          f"at the validation-tuned threshold {threshold:.3f} ({_f(ev_half.first_error.f1)} at 0.5), "
           f"step AUROC {_f(ev.steps.auroc)}, ECE {_f(ev.ece)}")
 
     with stage("pairs"):
         sampler = StepSampler(policy, tok, STEP_FORMAT, max_new_tokens=24, temperature=cfg.temperature,
                               seed=cfg.seed + 3, batch_size=256)
-        built = build_step_pairs([s.prompt for s in data["pair_prompts"]], sampler, prm, strategy="first_error",
-                                 k=cfg.k, threshold=0.5, max_steps=8)
+        if cfg.judge == "prm":
+            judge, judge_threshold = prm, threshold
+        elif cfg.judge == "checker":
+            judge, judge_threshold = checker_reward_model(data["task"]), 0.5
+        else:
+            raise ValueError(f"judge must be 'prm' or 'checker', got {cfg.judge!r}")
+        built = build_step_pairs([s.prompt for s in data["pair_prompts"]], sampler, judge, strategy="first_error",
+                                 k=cfg.k, threshold=judge_threshold, max_steps=8)
         save_pairs(out / "pairs.jsonl", built.pairs)
         quality = pair_quality(built.pairs, data["task"])
-    print(f"[demo] {len(built.pairs)} step pairs from {len(data['pair_prompts'])} prompts x {cfg.k} samples; "
+    print(f"[demo] {len(built.pairs)} step pairs (judge: {cfg.judge}) from {len(data['pair_prompts'])} prompts x "
+          f"{cfg.k} samples; "
           f"by the checker {quality['both']:.1%} have a valid chosen and an invalid rejected step")
     dpo_log: list[dict] = []
     if built.pairs:
@@ -326,7 +354,7 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
             "config": asdict(cfg),
             "accuracy_before": c0 / n0, "accuracy_after": c1 / n1, "n_test": n0,
             "correct_before": c0, "correct_after": c1,
-            "prm": ev.to_dict(), "pairs": {"count": len(built.pairs), "stats": built.stats, "checker": quality},
+            "prm": ev.to_dict(), "prm_threshold": threshold, "prm_at_0.5": ev_half.to_dict(), "pairs": {"count": len(built.pairs), "stats": built.stats, "checker": quality},
             "best_of_n": bon, "timings_s": timings,
         }
         images = _plots(out, sft_log, prm_log, dpo_log, prm, prm_test, ev, (c0, n0), (c1, n1), bon)
@@ -398,8 +426,9 @@ def _report_sections(cfg, data, m, built, sols0, sols1):
         ("Task", f"Problems like `{ex.prompt.strip()}` with gold steps `{' | '.join(ex.steps)}`. "
                  f"{m['n_test']} held-out problems (never trained on); accuracy is measured by the safe checker "
                  "on greedy solutions. With only a few hundred problems, differences of about 3 points are noise."),
-        ("Pair building", "First-error strategy with the trained PRM as judge. Outcome counts: "
-                          f"`{json.dumps(built.stats)}`."),
+        ("Pair building", f"First-error strategy; judge: {cfg.judge} (PRM step threshold "
+                          f"{m['prm_threshold']:.3f}, tuned for first-error F1 on {cfg.n_val} validation problems). "
+                          f"Outcome counts: `{json.dumps(built.stats)}`."),
         ("Changed solutions (examples)", examples),
         ("Configuration", f"```json\n{json.dumps(asdict(cfg), indent=1)}\n```"),
         ("Timings", report.markdown_table(rows)),
