@@ -192,6 +192,34 @@ def first_error_f1(pred_first_errors: Sequence[int | None], true_first_errors: S
     return FirstErrorResult(acc_erroneous=a, acc_correct=b, f1=_f1(a, b), n_erroneous=len(err), n_correct=len(ok))
 
 
+def tune_first_error_threshold(step_scores: Sequence[Sequence[float]], true_first_errors: Sequence[int | None],
+                               candidates: Sequence[float] | None = None) -> tuple[float, FirstErrorResult]:
+    """The threshold that maximizes first-error F1 on a validation set, and its result.
+
+    Candidates default to the midpoints between the distinct observed scores (plus both ends);
+    ties in F1 go to the threshold closest to 0.5. Tune on validation data, never on test data.
+
+    >>> tune_first_error_threshold([[0.9, 0.2], [0.8, 0.7]], [1, None])[0]
+    0.45
+    """
+    if len(step_scores) != len(true_first_errors):
+        raise ValueError(f"got {len(step_scores)} score lists for {len(true_first_errors)} solutions")
+    if candidates is None:
+        values = sorted({float(v) for row in step_scores for v in row})
+        if not values:
+            raise ValueError("no step scores to tune a threshold on")
+        candidates = [values[0] - 1e-6] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [values[-1] + 1e-6]
+    best: tuple[float, float, FirstErrorResult] | None = None
+    for t in candidates:
+        res = first_error_f1([predict_first_error(row, t) for row in step_scores], true_first_errors)
+        f1 = -1.0 if math.isnan(res.f1) else res.f1
+        key = (f1, -abs(t - 0.5))
+        if best is None or key > (best[0], -abs(best[1] - 0.5)):
+            best = (f1, float(t), res)
+    assert best is not None
+    return round(best[1], 6), best[2]
+
+
 # -- calibration ---------------------------------------------------------------------------------
 @dataclass
 class CalibrationBin:
@@ -426,5 +454,5 @@ def evaluate_prm(reward_model: Any, samples: Sequence[StepSample], threshold: fl
 
 __all__ = ["CalibrationBin", "FirstErrorResult", "PRMEvaluation", "StepMetrics", "auroc", "average_ranks",
            "best_of_n_accuracy", "calibration_bins", "evaluate_prm", "expected_calibration_error",
-           "first_error_f1", "majority_vote_accuracy", "predict_first_error", "reliability_diagram",
+           "first_error_f1", "majority_vote_accuracy", "tune_first_error_threshold", "predict_first_error", "reliability_diagram",
            "score_candidates", "step_metrics", "vote", "weighted_majority_vote_accuracy"]

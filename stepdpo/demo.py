@@ -42,10 +42,14 @@ class DemoConfig:
     """Sizes and hyper-parameters of the demo (defaults fit 10 minutes on a 2-core CPU)."""
 
     seed: int = 0
+    task: dict = field(default_factory=dict)  # ArithConfig fields; {} = the default difficulty
     n_test: int = 500
     n_sft: int = 4000
     n_prm_prompts: int = 600
     n_pair_prompts: int = 400
+    n_val: int = 200
+    judge: str = "prm"  # who scores steps when building pairs: "prm" (the trained PRM) or "checker"
+    policy_path: str | None = None  # start from a saved SFT policy instead of training one
     policy_layers: int = 4
     policy_width: int = 128
     policy_heads: int = 4
@@ -54,8 +58,8 @@ class DemoConfig:
     sft_batch: int = 64
     prm_samples_per_prompt: int = 2
     prm_injected: int = 600
-    prm_epochs: float = 2.0
-    prm_lr: float = 5e-4
+    prm_steps: int = 400
+    prm_lr: float = 1e-3
     prm_batch: int = 32
     k: int = 4
     temperature: float = 1.0
@@ -72,27 +76,36 @@ class DemoConfig:
     @classmethod
     def quick(cls, seed: int = 0) -> DemoConfig:
         """A smoke-sized run (well under 2 minutes)."""
-        return cls(seed=seed, n_test=100, n_sft=1000, n_prm_prompts=80, n_pair_prompts=60, sft_steps=250,
-                   prm_injected=100, prm_epochs=1.0, dpo_batch=8, n_best_of_n=40)
+        easy = {"min_steps": 1, "max_steps": 2, "start_min": 2, "start_max": 19, "min_operand": 1, "max_operand": 9}
+        return cls(seed=seed, task=easy, n_test=100, n_sft=1000, n_prm_prompts=80, n_pair_prompts=60,
+                   policy_layers=2, policy_width=64, policy_heads=2, sft_steps=800, sft_batch=32, sft_lr=3e-3,
+                   prm_injected=100, prm_steps=150, dpo_batch=8, n_best_of_n=40)
+
+    def arith(self):
+        from stepdpo.tasks.arith import ArithConfig
+
+        return ArithConfig(**self.task)
 
 
 # -- stages (reused by the benchmarks) -------------------------------------------------------------
 def make_data(cfg: DemoConfig, task=None) -> dict[str, Any]:
-    """Disjoint problem sets: test, SFT (gold), PRM prompts + injected errors, pair prompts."""
-    from stepdpo.tasks.arith import ArithConfig, make_samples
+    """Disjoint problem sets: test, SFT (gold), PRM prompts, PRM gold/injected-error solutions, pair prompts."""
+    from stepdpo.tasks.arith import make_samples
 
-    task = task or ArithConfig()
+    task = task or cfg.arith()
     test = make_samples(cfg.n_test, seed=10_000 + cfg.seed, cfg=task)
     used = {s.meta["expression"] for s in test}
     sft = make_samples(cfg.n_sft, seed=cfg.seed, cfg=task, exclude=used)
     used |= {s.meta["expression"] for s in sft}
     prm_prompts = make_samples(cfg.n_prm_prompts, seed=20_000 + cfg.seed, cfg=task, exclude=used)
     used |= {s.meta["expression"] for s in prm_prompts}
-    injected = make_samples(cfg.prm_injected, seed=30_000 + cfg.seed, cfg=task, error_rate=1.0, exclude=used)
+    injected = make_samples(cfg.prm_injected, seed=30_000 + cfg.seed, cfg=task, error_rate=0.5, exclude=used)
     used |= {s.meta["expression"] for s in injected}
     pairs = make_samples(cfg.n_pair_prompts, seed=40_000 + cfg.seed, cfg=task, exclude=used)
+    used |= {s.meta["expression"] for s in pairs}
+    val = make_samples(cfg.n_val, seed=50_000 + cfg.seed, cfg=task, exclude=used)
     return {"task": task, "test": test, "sft": sft, "prm_prompts": prm_prompts, "injected": injected,
-            "pair_prompts": pairs}
+            "pair_prompts": pairs, "val": val}
 
 
 def train_policy(cfg: DemoConfig, tokenizer, sft_samples, output_dir: Path):
@@ -148,12 +161,13 @@ def checker_labeled(samples, solutions_per_prompt) -> list:
 
 def train_prm(cfg: DemoConfig, tokenizer, policy_dir: Path, train_samples, output_dir: Path):
     """A 2-class PRM head on the SFT policy's backbone, trained with PRMTrainer; returns (path, log)."""
-    from reward_models.training import PRMConfig, PRMTrainer
     from transformers import AutoModelForTokenClassification
+
+    from reward_models.training import PRMConfig, PRMTrainer
 
     model = AutoModelForTokenClassification.from_pretrained(policy_dir, num_labels=2, use_safetensors=True)
     args = PRMConfig(output_dir=str(output_dir / "prm_run"), backend="head", num_labels=2, step_separator="\n",
-                     num_train_epochs=cfg.prm_epochs, learning_rate=cfg.prm_lr,
+                     max_steps=cfg.prm_steps, learning_rate=cfg.prm_lr,
                      per_device_train_batch_size=cfg.prm_batch, logging_steps=10, save_strategy="no",
                      report_to=[], seed=cfg.seed, use_cpu=not _cuda(), disable_tqdm=True,
                      lr_scheduler_type="cosine", warmup_steps=10)
@@ -163,11 +177,10 @@ def train_prm(cfg: DemoConfig, tokenizer, policy_dir: Path, train_samples, outpu
     return output_dir / "prm", trainer.state.log_history
 
 
-def pair_quality(pairs) -> dict[str, float]:
+def pair_quality(pairs, task) -> dict[str, float]:
     """By the checker: share of pairs whose chosen step is valid and whose rejected step is not."""
-    from stepdpo.tasks.arith import ArithConfig, check_solution
+    from stepdpo.tasks.arith import check_solution
 
-    task = ArithConfig()
     ok_c = ok_r = both = 0
     for p in pairs:
         expr = task.expression_of(p.prompt)
@@ -230,12 +243,12 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     from transformers import set_seed
 
     from reward_models.base import load_reward_model
-    from reward_models.evaluation import evaluate_prm
+    from reward_models.evaluation import evaluate_prm, tune_first_error_threshold
     from reward_models.testing import tiny_tokenizer
     from stepdpo import report
     from stepdpo.pairs import build_step_pairs, save_pairs
     from stepdpo.sampling import StepSampler
-    from stepdpo.tasks.arith import STEP_FORMAT
+    from stepdpo.tasks.arith import STEP_FORMAT, checker_reward_model
 
     cfg = cfg or (DemoConfig.quick(seed) if quick else DemoConfig(seed=seed))
     torch.set_num_threads(cfg.threads)
@@ -265,7 +278,14 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
           f"e.g. {data['test'][0].prompt.strip()!r} -> {' | '.join(data['test'][0].steps)}")
 
     with stage("sft"):
-        policy, sft_log = train_policy(cfg, tok, data["sft"], out)
+        if cfg.policy_path:
+            from transformers import AutoModelForCausalLM
+
+            policy, sft_log = AutoModelForCausalLM.from_pretrained(cfg.policy_path, use_safetensors=True), []
+            policy.save_pretrained(out / "policy_sft", safe_serialization=True)
+            tok.save_pretrained(out / "policy_sft")
+        else:
+            policy, sft_log = train_policy(cfg, tok, data["sft"], out)
     with stage("eval_before"):
         c0, n0, sols0 = policy_accuracy(policy, tok, data["test"])
     print(f"[demo] SFT policy: {c0}/{n0} = {c0 / n0:.1%} held-out accuracy (greedy)")
@@ -273,7 +293,11 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     with stage("prm_data"):
         prm_sols = solve(policy, tok, [s.prompt for s in data["prm_prompts"]], k=cfg.prm_samples_per_prompt,
                          temperature=cfg.temperature, seed=cfg.seed + 1)
-        prm_train = checker_labeled(data["prm_prompts"], prm_sols) + list(data["injected"])
+        # the policy's own samples (error-rich at temperature 1), their gold solutions, injected errors
+        prm_train = checker_labeled(data["prm_prompts"], prm_sols) + list(data["prm_prompts"]) + list(data["injected"])
+        val_sols = solve(policy, tok, [s.prompt for s in data["val"]], k=1, temperature=cfg.temperature,
+                         seed=cfg.seed + 5)
+        prm_val = checker_labeled(data["val"], val_sols)
         test_sols = solve(policy, tok, [s.prompt for s in data["test"]], k=1, temperature=cfg.temperature,
                           seed=cfg.seed + 2)
         prm_test = checker_labeled(data["test"], test_sols)
@@ -282,19 +306,30 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     with stage("prm"):
         prm_dir, prm_log = train_prm(cfg, tok, out / "policy_sft", prm_train, out)
         prm = load_reward_model(prm_dir)
-        ev = evaluate_prm(prm, prm_test, threshold=0.5)
-    fe = ev.first_error
-    print(f"[demo] PRM on {len(prm_test)} held-out policy solutions: first-error F1 {fe.f1:.3f}, "
-          f"step AUROC {ev.steps.auroc:.3f}, ECE {ev.ece:.3f}")
+        # the step threshold is tuned for first-error F1 on validation samples, never on test ones
+        val_scores = prm.score_steps([s.prompt for s in prm_val], [s.steps for s in prm_val])
+        threshold, _ = tune_first_error_threshold(val_scores, [s.first_error for s in prm_val])
+        ev = evaluate_prm(prm, prm_test, threshold=threshold)
+        ev_half = evaluate_prm(prm, prm_test, threshold=0.5)
+    print(f"[demo] PRM on {len(prm_test)} held-out policy solutions: first-error F1 {_f(ev.first_error.f1)} "
+          f"at the validation-tuned threshold {threshold:.3f} ({_f(ev_half.first_error.f1)} at 0.5), "
+          f"step AUROC {_f(ev.steps.auroc)}, ECE {_f(ev.ece)}")
 
     with stage("pairs"):
         sampler = StepSampler(policy, tok, STEP_FORMAT, max_new_tokens=24, temperature=cfg.temperature,
                               seed=cfg.seed + 3, batch_size=256)
-        built = build_step_pairs([s.prompt for s in data["pair_prompts"]], sampler, prm, strategy="first_error",
-                                 k=cfg.k, threshold=0.5, max_steps=8)
+        if cfg.judge == "prm":
+            judge, judge_threshold = prm, threshold
+        elif cfg.judge == "checker":
+            judge, judge_threshold = checker_reward_model(data["task"]), 0.5
+        else:
+            raise ValueError(f"judge must be 'prm' or 'checker', got {cfg.judge!r}")
+        built = build_step_pairs([s.prompt for s in data["pair_prompts"]], sampler, judge, strategy="first_error",
+                                 k=cfg.k, threshold=judge_threshold, max_steps=8)
         save_pairs(out / "pairs.jsonl", built.pairs)
-        quality = pair_quality(built.pairs)
-    print(f"[demo] {len(built.pairs)} step pairs from {len(data['pair_prompts'])} prompts x {cfg.k} samples; "
+        quality = pair_quality(built.pairs, data["task"])
+    print(f"[demo] {len(built.pairs)} step pairs (judge: {cfg.judge}) from {len(data['pair_prompts'])} prompts x "
+          f"{cfg.k} samples; "
           f"by the checker {quality['both']:.1%} have a valid chosen and an invalid rejected step")
     dpo_log: list[dict] = []
     if built.pairs:
@@ -319,7 +354,7 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
             "config": asdict(cfg),
             "accuracy_before": c0 / n0, "accuracy_after": c1 / n1, "n_test": n0,
             "correct_before": c0, "correct_after": c1,
-            "prm": ev.to_dict(), "pairs": {"count": len(built.pairs), "stats": built.stats, "checker": quality},
+            "prm": ev.to_dict(), "prm_threshold": threshold, "prm_at_0.5": ev_half.to_dict(), "pairs": {"count": len(built.pairs), "stats": built.stats, "checker": quality},
             "best_of_n": bon, "timings_s": timings,
         }
         images = _plots(out, sft_log, prm_log, dpo_log, prm, prm_test, ev, (c0, n0), (c1, n1), bon)
@@ -378,9 +413,9 @@ def _report_sections(cfg, data, m, built, sols0, sols1):
                                                                          f"({m['correct_before']}/{m['n_test']})"},
             {"metric": "held-out accuracy after Stepwise DPO", "value": f"{m['accuracy_after']:.1%} "
                                                                          f"({m['correct_after']}/{m['n_test']})"},
-            {"metric": "PRM first-error F1 (held-out policy samples)", "value": f"{prm['first_error']['f1']:.3f}"},
-            {"metric": "PRM step AUROC", "value": f"{prm['steps']['auroc']:.3f}"},
-            {"metric": "PRM ECE", "value": f"{prm['ece']:.3f}"},
+            {"metric": "PRM first-error F1 (held-out policy samples)", "value": _f(prm["first_error"]["f1"])},
+            {"metric": "PRM step AUROC", "value": _f(prm["steps"]["auroc"])},
+            {"metric": "PRM ECE", "value": _f(prm["ece"])},
             {"metric": "step pairs built", "value": str(m["pairs"]["count"])},
             {"metric": "pairs right by the checker (chosen valid, rejected invalid)",
              "value": f"{m['pairs']['checker']['both']:.1%}"},
@@ -391,12 +426,18 @@ def _report_sections(cfg, data, m, built, sols0, sols1):
         ("Task", f"Problems like `{ex.prompt.strip()}` with gold steps `{' | '.join(ex.steps)}`. "
                  f"{m['n_test']} held-out problems (never trained on); accuracy is measured by the safe checker "
                  "on greedy solutions. With only a few hundred problems, differences of about 3 points are noise."),
-        ("Pair building", "First-error strategy with the trained PRM as judge. Outcome counts: "
-                          f"`{json.dumps(built.stats)}`."),
+        ("Pair building", f"First-error strategy; judge: {cfg.judge} (PRM step threshold "
+                          f"{m['prm_threshold']:.3f}, tuned for first-error F1 on {cfg.n_val} validation problems). "
+                          f"Outcome counts: `{json.dumps(built.stats)}`."),
         ("Changed solutions (examples)", examples),
         ("Configuration", f"```json\n{json.dumps(asdict(cfg), indent=1)}\n```"),
         ("Timings", report.markdown_table(rows)),
     ]
+
+
+def _f(value) -> str:
+    """A metric for printing: 3 decimals, or 'n/a' when undefined (NaN/None, e.g. no erroneous solutions)."""
+    return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
 def _cuda() -> bool:

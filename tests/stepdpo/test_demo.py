@@ -1,0 +1,39 @@
+"""Smoke test of the end-to-end demo at a micro size (the real sizes run via `stepdpo demo`)."""
+
+import json
+
+import pytest
+
+from stepdpo.demo import DemoConfig, pair_quality, run_demo
+
+
+@pytest.mark.smoke
+def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, capsys):
+    cfg = DemoConfig.quick(seed=0)
+    cfg.n_test, cfg.n_sft, cfg.n_prm_prompts, cfg.n_pair_prompts = 20, 300, 20, 20
+    cfg.prm_injected, cfg.sft_steps, cfg.prm_steps, cfg.n_best_of_n, cfg.best_of_n = 20, 200, 20, 10, 2
+    m = run_demo(output_dir=str(tmp_path), cfg=cfg)
+    out = capsys.readouterr().out
+    assert "held-out accuracy" in out and "report:" in out
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["accuracy_before"] == m["accuracy_before"] == m["correct_before"] / 20
+    assert 0.0 <= saved["accuracy_after"] <= 1.0
+    for name in ("report.md", "training_curves.png", "accuracy.png", "calibration.png"):
+        data = (tmp_path / name).read_bytes()
+        assert len(data) > 500, name
+    report = (tmp_path / "report.md").read_text()
+    assert "held-out accuracy before" in report and "![Accuracy](accuracy.png)" in report
+    assert (tmp_path / "policy_sft" / "model.safetensors").exists()
+    assert (tmp_path / "prm" / "reward_config.json").exists()
+    assert m["prm"]["n_samples"] == 20
+
+
+def test_pair_quality_uses_the_checker():
+    from reward_models.types import StepPair
+    from stepdpo.tasks.arith import ArithConfig
+
+    task = ArithConfig()
+    good = StepPair(prompt="Q: 2+3*4\n", prefix_steps=["3*4=12"], chosen="2+12=14", rejected="2+12=15")
+    bad = StepPair(prompt="Q: 2+3*4\n", prefix_steps=[], chosen="2+3=5", rejected="3*4=12")
+    q = pair_quality([good, bad], task)
+    assert q == {"chosen_valid": 0.5, "rejected_invalid": 0.5, "both": 0.5}
