@@ -176,6 +176,43 @@ def build_step_pairs(prompts: Sequence[str], sampler, reward_model, strategy: st
     return PairBuildResult(pairs=pairs, stats=dict(stats))
 
 
+def build_step_pairs_to_file(prompts: Sequence[str], sampler, reward_model, output_path: str | os.PathLike, *,
+                             chunk_size: int = 8, resume: bool = True, answers: Sequence[Any] | None = None,
+                             **kwargs) -> PairBuildResult:
+    """:func:`build_step_pairs` over chunks of ``chunk_size`` prompts, appending each chunk's
+    pairs to ``output_path`` (JSONL) as soon as they are built; a rerun with ``resume=True``
+    skips finished chunks and drops a half-written one (see :mod:`reward_models.incremental`),
+    so an interrupted run leaves no duplicates and loses at most one chunk of work.
+
+    With a seeded :class:`~stepdpo.sampling.StepSampler`, chunk ``c`` samples with the seeds
+    ``seed + 1000 * c + call``, so a resumed run builds the same pairs as an uninterrupted one.
+    """
+    from reward_models.incremental import run_in_chunks
+
+    prompts = list(prompts)
+    if answers is not None and len(answers) != len(prompts):
+        raise ValueError(f"got {len(answers)} answers for {len(prompts)} prompts")
+    items = [{"prompt": p, "answer": None if answers is None else answers[i]} for i, p in enumerate(prompts)]
+
+    def process(c, chunk):
+        if getattr(sampler, "seed", None) is not None and hasattr(sampler, "_calls"):
+            sampler._calls = 1000 * c  # per-chunk seeds: the same whether or not the run was resumed
+        res = build_step_pairs([it["prompt"] for it in chunk], sampler, reward_model,
+                               answers=None if answers is None else [it["answer"] for it in chunk], **kwargs)
+        return [p.to_dict() for p in res.pairs], res.stats
+
+    settings = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    rows, stats = run_in_chunks(items, process, output_path, chunk_size=chunk_size, resume=resume, settings=settings)
+    pairs = []
+    for n, row in enumerate(rows, start=1):
+        try:
+            pairs.append(StepPair.from_dict(row))
+        except DataError as e:
+            raise e.at(source=str(output_path), row=n) from None
+    stats["pairs"] = len(pairs)
+    return PairBuildResult(pairs=pairs, stats=stats)
+
+
 def _nan_count(row: Sequence[float]) -> int:
     return sum(1 for v in row if math.isnan(v))
 
@@ -378,5 +415,5 @@ def load_pairs(path: str | os.PathLike, step_format: StepFormat | None = None) -
     return pairs
 
 
-__all__ = ["STAT_KEYS", "STRATEGIES", "PairBuildResult", "build_step_pairs", "load_pairs", "pair_from_row",
+__all__ = ["STAT_KEYS", "STRATEGIES", "PairBuildResult", "build_step_pairs", "build_step_pairs_to_file", "load_pairs", "pair_from_row",
            "pair_to_step_dpo", "save_pairs", "select_pair"]
