@@ -394,24 +394,48 @@ def save_pairs(path: str | os.PathLike, pairs: Sequence[StepPair], format: str =
     return path
 
 
-def load_pairs(path: str | os.PathLike, step_format: StepFormat | None = None) -> list[StepPair]:
-    """Read pairs from JSONL in either format (detected per row); errors name file, line, field."""
+def load_pairs(path: str | os.PathLike, step_format: StepFormat | None = None, *, skip_invalid: bool = False,
+               rejects_path: str | os.PathLike | None = None) -> list[StepPair]:
+    """Read pairs from JSONL in either format (detected per row); errors name file, line, field.
+
+    Lines that are not UTF-8 or not JSON, rows with missing/mistyped fields or NaN scores raise
+    a :class:`DataError`; with ``skip_invalid=True`` they are skipped instead, counted in a
+    warning and written to ``rejects_path`` (JSONL: source, row, field, error). An empty file
+    (or one with no valid row) raises.
+    """
+    from reward_models.data import _jsonl_rows
+
     path = Path(path)
-    pairs = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON ({e.msg})", source=str(path), row=n) from None
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError("file is empty (no pairs)", source=str(path))
+    pairs, rejected = [], []
+    for n, row in _jsonl_rows(data, str(path)):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            if not isinstance(row, dict):
+                raise DataError(f"expected an object per row, got a {type(row).__name__}")
             try:
                 pairs.append(pair_from_row(row, step_format))
-            except DataError as e:
-                raise e.at(source=str(path), row=n) from None
             except TypeError as e:
-                raise DataError(str(e), source=str(path), row=n) from None
+                raise DataError(str(e)) from None
+        except DataError as e:
+            err = e.at(source=str(path), row=n)
+            if not skip_invalid:
+                raise err from None
+            rejected.append({"source": err.source, "row": err.row, "field": err.field, "error": str(err),
+                             "data": None if isinstance(row, DataError) else row})
+    if rejected:
+        logger.warning("%s: skipped %d invalid pair rows%s", path, len(rejected),
+                       f" (written to {rejects_path})" if rejects_path else "")
+        if rejects_path is not None:
+            Path(rejects_path).parent.mkdir(parents=True, exist_ok=True)
+            with open(rejects_path, "w", encoding="utf-8") as f:
+                for r in rejected:
+                    f.write(json.dumps(r, default=str, ensure_ascii=False) + "\n")
+    if not pairs:
+        raise DataError(f"no valid pairs ({len(rejected)} rows rejected)", source=str(path))
     return pairs
 
 
