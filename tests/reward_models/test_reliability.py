@@ -166,3 +166,21 @@ def test_sigkill_mid_run_then_resume_reaches_the_same_weights(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
     assert not [p for p in killed.iterdir() if p.name.startswith(".tmp-")]
+
+
+# -- unsafe files ---------------------------------------------------------------------------------
+def test_pickle_in_a_model_directory_is_refused_with_an_explanation(tmp_path, tokenizer):
+    from reward_models.base import load_reward_model
+    from reward_models.testing import save_tiny
+
+    trainer = _prm(tmp_path, tokenizer, max_steps=1)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "prm"))
+    assert load_reward_model(tmp_path / "prm").score_steps(["Q: 1+1\n"], [["1+1=2"]])  # safetensors: loads
+    (tmp_path / "prm" / "pytorch_model.bin").write_bytes(b"\x80\x04cos\nsystem\n")  # a pickle payload
+    with pytest.raises(ValueError, match=r"pytorch_model.bin.*can execute code when loaded.*safetensors"):
+        load_reward_model(tmp_path / "prm")
+    base = save_tiny(tiny_token_classifier(tokenizer), tokenizer, tmp_path / "base")
+    (base / "model.ckpt").write_bytes(b"\x80\x04")
+    with pytest.raises(ValueError, match="pickle"):
+        PRMTrainer(str(base), PRMConfig(output_dir=str(tmp_path / "x"), report_to="none"), train_dataset=ROWS)
