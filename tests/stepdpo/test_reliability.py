@@ -163,8 +163,8 @@ def test_mc_labeling_appends_and_resumes_to_the_same_labels(arith_policy, tmp_pa
         return check_solution(cfg.expression_of(prompt), steps).correct
 
     def run(path):
-        return monte_carlo_labels_to_file(samples, HFRollout(model, tok, max_new_tokens=12, seed=0), checker, path,
-                                          chunk_size=2, n_rollouts=3, mode="soft", progress=False,
+        return monte_carlo_labels_to_file(samples, HFRollout(model, tok, max_new_tokens=12, temperature=1.5, seed=0),
+                                          checker, path, chunk_size=2, n_rollouts=8, mode="soft", progress=False,
                                           step_format=STEP_FORMAT)
 
     full = run(tmp_path / "full.jsonl")
