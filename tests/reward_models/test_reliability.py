@@ -113,16 +113,10 @@ def test_resume_skips_partial_checkpoints(tmp_path, tokenizer):
 
 # -- SIGKILL mid-run, resume, same final weights --------------------------------------------------
 def _train(out: str, mode: str) -> None:
-    """18 steps of PRM training with a checkpoint every 3; ``slow`` sleeps after each step so the
-    test can kill it mid-run; ``resume`` resumes from the newest complete checkpoint."""
-    from transformers import TrainerCallback
-
+    """18 steps of PRM training with a checkpoint every 3. ``stall``: the save at step 9 hangs
+    after writing weights and optimizer (so the test can kill the process mid-save);
+    ``resume``: resume from the newest complete checkpoint."""
     from reward_models.testing import tiny_tokenizer
-
-    class Slow(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if mode == "slow":
-                time.sleep(0.1)
 
     torch.set_num_threads(1)
     tok = tiny_tokenizer()
@@ -130,31 +124,44 @@ def _train(out: str, mode: str) -> None:
                      per_device_train_batch_size=4, learning_rate=1e-3, seed=0, disable_tqdm=True,
                      logging_steps=100)
     trainer = PRMTrainer(tiny_token_classifier(tok, num_labels=2, seed=0), args, train_dataset=ROWS,
-                         processing_class=tok, callbacks=[Slow()])
+                         processing_class=tok)
+    if mode == "stall":
+        save_rng = trainer._save_rng_state
+
+        def stalled(output_dir):
+            if trainer.state.global_step == 9:
+                time.sleep(60)  # killed here, in the middle of writing checkpoint-9
+            return save_rng(output_dir)
+
+        trainer._save_rng_state = stalled
     trainer.train(resume_from_checkpoint=True if mode == "resume" else None)
     trainer.save_model(out + "/final")
 
 
 def _child(out: str) -> None:
     try:
-        _train(out, "slow")
+        _train(out, "stall")
     finally:
         os._exit(0)
 
 
-def test_sigkill_mid_run_then_resume_reaches_the_same_weights(tmp_path):
-    # a forked child (no re-import: fast) trains and is killed with SIGKILL after checkpoint-6
+def test_sigkill_mid_save_then_resume_reaches_the_same_weights(tmp_path):
+    # a forked child (no re-import: fast) trains and is killed with SIGKILL while saving checkpoint-9
     killed = tmp_path / "killed"
     proc = multiprocessing.get_context("fork").Process(target=_child, args=(str(killed),))
     proc.start()
     deadline = time.time() + 60
-    while time.time() < deadline and not is_complete_checkpoint(killed / "checkpoint-6"):
+    partial = [killed / ".tmp-checkpoint-9" / "checkpoint-9" / "optimizer.pt", killed / "checkpoint-9" / "optimizer.pt"]
+    while time.time() < deadline and not any(p.exists() for p in partial):
         assert proc.is_alive(), "the training child died before its checkpoint"
         time.sleep(0.02)
+    time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()
     assert proc.exitcode == -signal.SIGKILL
-    assert not (killed / "final").exists() and not is_complete_checkpoint(killed / "checkpoint-18")
+    assert is_complete_checkpoint(killed / "checkpoint-6")
+    assert not (killed / "checkpoint-9").exists()  # the interrupted save never took the final name
+    assert latest_complete_checkpoint(killed) == str(killed / "checkpoint-6")
     _train(str(killed), "resume")
     full = tmp_path / "full"
     _train(str(full), "fast")
@@ -165,7 +172,7 @@ def test_sigkill_mid_run_then_resume_reaches_the_same_weights(tmp_path):
     assert any(not torch.equal(b[k], start[k]) for k in b if k in start)  # it trained
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
-    assert not [p for p in killed.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in killed.iterdir() if p.name.startswith(".tmp-")]  # the leftover was cleaned
 
 
 # -- unsafe files ---------------------------------------------------------------------------------
