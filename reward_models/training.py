@@ -1028,6 +1028,9 @@ class BTRewardTrainer(ReliableTrainerMixin, _RewardConfigOnSave, RewardTrainer):
             args.model_init_kwargs = {**(args.model_init_kwargs or {}), "use_safetensors": True}
         train_dataset = self._as_dataset(train_dataset)
         eval_dataset = self._as_dataset(eval_dataset) if eval_dataset is not None else None
+        for name, ds in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            if ds is not None and hasattr(ds, "__len__") and len(ds) == 0:
+                raise DataError("the dataset is empty", source=name)
         sizes = [len(d) if hasattr(d, "__len__") else None for d in (train_dataset, eval_dataset)]
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, peft_config=peft_config, **kwargs)

@@ -175,6 +175,23 @@ def test_sigkill_mid_save_then_resume_reaches_the_same_weights(tmp_path):
     assert not [p for p in killed.iterdir() if p.name.startswith(".tmp-")]  # the leftover was cleaned
 
 
+# -- empty data -----------------------------------------------------------------------------------
+def test_empty_datasets_are_refused_by_every_trainer(tmp_path, tokenizer):
+    from reward_models.types import DataError
+
+    kw = dict(report_to="none", save_strategy="no")
+    with pytest.raises(DataError, match="train_dataset: the dataset is empty"):
+        PRMTrainer(tiny_token_classifier(tokenizer), PRMConfig(output_dir=str(tmp_path / "p"), **kw), train_dataset=[],
+                   processing_class=tokenizer)
+    with pytest.raises(DataError, match="train_dataset: the dataset is empty"):
+        ORMTrainer(tiny_token_classifier(tokenizer, num_labels=1), ORMConfig(output_dir=str(tmp_path / "o"), **kw),
+                   train_dataset=[], processing_class=tokenizer)
+    with pytest.raises(DataError, match="train_dataset: the dataset is empty"):
+        BTRewardTrainer(tiny_sequence_classifier(tokenizer),
+                        BTRewardConfig(output_dir=str(tmp_path / "b"), bf16=False, **kw), train_dataset=[],
+                        processing_class=tokenizer)
+
+
 # -- unsafe files ---------------------------------------------------------------------------------
 def test_pickle_in_a_model_directory_is_refused_with_an_explanation(tmp_path, tokenizer):
     from reward_models.base import load_reward_model
