@@ -32,8 +32,6 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-"
-_COMPLETE_MARKERS = ("trainer_state.json",)
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -41,10 +39,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:
-    """A checkpoint folder holds its trainer state and its weights (safetensors)."""
-    path = os.fspath(path)
-    return (os.path.isdir(path) and all(os.path.isfile(os.path.join(path, m)) for m in _COMPLETE_MARKERS)
-            and any(os.path.isfile(os.path.join(path, w)) for w in _WEIGHT_FILES))
+    """A checkpoint folder is complete when it holds ``trainer_state.json``, which
+    ``Trainer._save_checkpoint`` writes last (after weights, optimizer, scheduler and RNG
+    states; with DeepSpeed the weights may live in its own sub-folders, so they are not
+    checked by name). Checkpoints written by this module are complete by construction."""
+    return os.path.isfile(os.path.join(os.fspath(path), "trainer_state.json"))
 
 
 def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
@@ -62,7 +61,7 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
         path = os.path.join(output_dir, name)
         if is_complete_checkpoint(path):
             return path
-        logger.warning("skipping partial checkpoint %s (no trainer_state.json or no safetensors weights)", path)
+        logger.warning("skipping partial checkpoint %s (no trainer_state.json: its save was interrupted)", path)
     return None
 
 
@@ -136,7 +135,7 @@ class ReliableTrainerMixin:
         flat = {f"truncation/{split}/{k}": float(v) for split, d in stats.items() for k, v in d.items()}
         if flat and out is not None:
             out.metrics.update(flat)
-            self.state.log_history.append({**flat, "step": self.state.global_step})  # type: ignore[attr-defined]
+            self.log(dict(flat))  # type: ignore[attr-defined]  # reaches log_history and report_to integrations
         return out
 
 

@@ -134,6 +134,8 @@ def test_prm_trainer_truncates_counts_and_reports_in_metrics(tmp_path, tokenizer
     assert all(len(f["input_ids"]) <= 14 for f in trainer.train_dataset.features)
     out = trainer.train()
     assert out.metrics["truncation/train/examples_truncated"] == st["examples_truncated"]
+    logged = [h for h in trainer.state.log_history if "truncation/train/labeled_steps_dropped" in h]
+    assert logged and logged[-1]["truncation/train/labeled_steps_dropped"] == st["labeled_steps_dropped"]
     with pytest.raises(DataError, match="row 0: tokenizes to"):
         PRMTrainer(tiny_token_classifier(tokenizer, num_labels=2),
                    PRMConfig(output_dir=str(tmp_path / "p2"), report_to="none", max_length=14, truncation="error"),
