@@ -6,7 +6,8 @@ appended to ``output_path`` (flushed and fsynced), then one line is appended to 
 chunk's stats. On restart (``resume=True``) the output is cut back to the size recorded by
 the last finished chunk (dropping the rows of a chunk that was interrupted half-written),
 finished chunks are skipped, and the rest is computed. A fingerprint of the items and
-settings is stored with the progress: resuming with different inputs is refused.
+settings is stored with the progress: resuming with different inputs is refused (the
+reward model and sampler objects are not part of it: resume with the same ones).
 
 Chunks are numbered from the start of the input, so a caller that seeds each chunk from its
 index (pair building and Monte-Carlo labeling do) gets the same rows whether or not the run
@@ -93,6 +94,9 @@ def run_in_chunks(items: Sequence[Any], process: Callable[[int, list[Any]], tupl
             raise DataError(f"{out} exists without a progress file; refusing to append to it (resume=False starts "
                             "over)", source=str(out))
         prog.write_text(json.dumps({"fingerprint": fp}) + "\n", encoding="utf-8")
+    if size and (not out.exists() or out.stat().st_size < size):
+        raise DataError(f"{out} is shorter than its progress file records ({size} bytes): it was changed or "
+                        "removed; pass resume=False to start over", source=str(out))
     with out.open("a+b") as f:
         f.truncate(size)  # drop rows of an interrupted chunk
     n_chunks = (len(items) + chunk_size - 1) // chunk_size

@@ -149,6 +149,9 @@ def test_pair_building_appends_and_resumes_without_duplicates(arith_policy, tmp_
         build_step_pairs_to_file(prompts[:5], sampler(), rm, out, **kw)
     again = build_step_pairs_to_file(prompts, sampler(), FlakyOnce(rm, prompts), out, **kw)  # all done: no calls
     assert again.pairs == full.pairs
+    out.write_text("")
+    with pytest.raises(DataError, match="shorter than its progress file"):
+        build_step_pairs_to_file(prompts, sampler(), rm, out, **kw)
 
 
 def test_mc_labeling_appends_and_resumes_to_the_same_labels(arith_policy, tmp_path):
