@@ -24,6 +24,7 @@ at once, and the built-in Hugging Face rollout makes one ``generate`` call per b
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -241,6 +242,39 @@ def monte_carlo_labels(samples: Sequence[Any], policy_rollout: Rollout | tuple[A
     return out
 
 
+def monte_carlo_labels_to_file(samples: Sequence[Any], policy_rollout, checker: Checker,
+                               output_path: str | os.PathLike, *, chunk_size: int = 32, resume: bool = True,
+                               **kwargs) -> list[StepSample]:
+    """:func:`monte_carlo_labels` over chunks of ``chunk_size`` solutions, appending each
+    chunk's labeled samples to ``output_path`` (JSONL of ``StepSample.to_dict()``) as soon as
+    it is done; ``resume=True`` skips finished chunks without duplicates (see
+    :mod:`reward_models.incremental`). An :class:`HFRollout` is seeded per chunk, so a resumed
+    run gives the same labels as an uninterrupted one.
+    """
+    from reward_models.incremental import run_in_chunks
+
+    items = [s.to_dict() for s in _read_inputs(samples)]
+    if isinstance(policy_rollout, tuple) and len(policy_rollout) == 2:
+        policy_rollout = HFRollout(*policy_rollout, **{k: kwargs.pop(k) for k in list(kwargs)
+                                                       if k in ("max_new_tokens", "temperature", "top_p", "seed")})
+
+    def process(c, chunk):
+        if isinstance(policy_rollout, HFRollout):
+            policy_rollout.calls = 1000 * c
+        out = monte_carlo_labels([StepSample.from_dict(d) for d in chunk], policy_rollout, checker, **kwargs)
+        return [s.to_dict() for s in out], {"samples": len(out)}
+
+    settings = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    rows, _ = run_in_chunks(items, process, output_path, chunk_size=chunk_size, resume=resume, settings=settings)
+    out = []
+    for n, row in enumerate(rows, start=1):
+        try:
+            out.append(StepSample.from_dict(row))
+        except DataError as e:
+            raise e.at(source=str(output_path), row=n) from None
+    return out
+
+
 def _check_completions(completions: Any, n_contexts: int, n: int) -> None:
     if not isinstance(completions, (list, tuple)) or len(completions) != n_contexts:
         got = len(completions) if isinstance(completions, (list, tuple)) else type(completions).__name__
@@ -275,4 +309,5 @@ def to_trl_stepwise(samples: Sequence[StepSample], *, hard: bool = False):
     return Dataset.from_list(rows)
 
 
-__all__ = ["HFRollout", "MODES", "aggregate_rollouts", "monte_carlo_labels", "to_trl_stepwise"]
+__all__ = ["HFRollout", "MODES", "aggregate_rollouts", "monte_carlo_labels", "monte_carlo_labels_to_file",
+           "to_trl_stepwise"]

@@ -36,8 +36,10 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 from trl import RewardConfig, RewardTrainer
 
+from reward_models import truncation as _trunc
+from reward_models._reliability import ReliableTrainerMixin
 from reward_models.base import write_reward_config
-from reward_models.steps import StepFormat
+from reward_models.steps import StepFormat, TokenizedSteps
 from reward_models.types import DataError, StepSample
 
 logger = logging.getLogger(__name__)
@@ -112,6 +114,7 @@ def token_pair_logits(lm_logits: torch.Tensor, positive_id: int, negative_id: in
 # Label conversion
 # =============================================================================================
 LABEL_SCHEMES = ("auto", "binary", "rating")
+TRUNCATION_MODES = ("steps", "error")
 
 
 def _is_int_like(value: Any) -> bool:
@@ -392,14 +395,28 @@ class _StepFormatArgs:
                                                                  "(e.g. ' ки'); scores are read at it."})
     final_separator: bool = field(default=True, metadata={"help": "Whether the last step is followed by the "
                                                                   "separator too."})
-    max_length: int = field(default=1024, metadata={"help": "Longest tokenized example allowed; a longer one is an "
-                                                            "error naming its row (never silently cut)."})
+    max_length: int = field(default=1024, metadata={"help": "Longest tokenized example; a longer one follows "
+                                                            "`truncation` (never cut inside a step)."})
+    truncation: str = field(default="steps", metadata={"help": "Over-long examples: 'steps' (drop whole trailing "
+                                                               "steps, then cut the prompt's end keeping its head; "
+                                                               "drop the example, counted, when its scored step "
+                                                               "cannot fit; see reward_models.truncation) or "
+                                                               "'error' (refuse, naming the row)."})
+    min_prompt_tokens: int = field(default=32, metadata={"help": "The prompt is never cut below this many tokens."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model directory "
                                                                      "(off unless you trust it)."})
 
     @property
     def step_format(self) -> StepFormat:
         return StepFormat(separator=self.step_separator, tag=self.step_tag, final_separator=self.final_separator)
+
+    def _check_truncation_args(self) -> None:
+        if self.max_length <= 0:
+            raise ValueError("max_length must be positive")
+        if self.truncation not in TRUNCATION_MODES:
+            raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {self.truncation!r}")
+        if self.min_prompt_tokens < 0:
+            raise ValueError("min_prompt_tokens must be >= 0")
 
 
 @dataclass
@@ -440,8 +457,7 @@ class PRMConfig(_StepFormatArgs, _AdapterArgs, TrainingArguments):
         if self.backend == "token" and (not self.positive_token or not self.negative_token
                                         or self.positive_token == self.negative_token):
             raise ValueError("positive_token and negative_token must be two different non-empty strings")
-        if self.max_length <= 0:
-            raise ValueError("max_length must be positive")
+        self._check_truncation_args()
         self.step_format  # noqa: B018 - validates separator/tag
         self._check_adapter_args()
         super().__post_init__()
@@ -465,8 +481,7 @@ class ORMConfig(_StepFormatArgs, _AdapterArgs, TrainingArguments):
             self.reduce = "last" if self.last_token_only else "mean"
         if self.reduce not in ("last", "mean"):
             raise ValueError(f"reduce must be 'last' or 'mean', got {self.reduce!r}")
-        if self.max_length <= 0:
-            raise ValueError("max_length must be positive")
+        self._check_truncation_args()
         self.step_format  # noqa: B018
         self._check_adapter_args()
         super().__post_init__()
@@ -567,6 +582,17 @@ def _replace_pickled_args(output_dir: str, args) -> None:
     (Path(output_dir) / "training_args.json").write_text(args.to_json_string())
 
 
+def _checked_features(feats: list, stats, split: str, max_length: int, into: dict) -> list:
+    """Record/log the truncation counts of one split; refuse a split left empty."""
+    into[split] = dict(stats)
+    _log_truncation(stats, f"{split}_dataset", max_length)
+    if not feats:
+        raise DataError(f"no usable example: {stats['examples_dropped']} of {stats['examples']} cannot fit "
+                        f"max_length={max_length}" if stats["examples"] else "the dataset is empty",
+                        source=f"{split}_dataset")
+    return feats
+
+
 class _RewardConfigOnSave:
     """Mixin: ``save_model`` (also used for every checkpoint) writes ``reward_config.json``."""
 
@@ -584,7 +610,7 @@ class _RewardConfigOnSave:
 # =============================================================================================
 # PRM
 # =============================================================================================
-class PRMTrainer(_RewardConfigOnSave, Trainer):
+class PRMTrainer(ReliableTrainerMixin, _RewardConfigOnSave, Trainer):
     """Train a process reward model: loss only at each step's score position.
 
     Args:
@@ -628,20 +654,24 @@ class PRMTrainer(_RewardConfigOnSave, Trainer):
             model = _apply_peft(model, args, "CAUSAL_LM", None)
         rows = read_step_rows(_rows_of(train_dataset))
         self.label_scheme = resolve_label_scheme(rows, args.label_scheme, args.num_labels)
-        train = _ListDataset(self._features(rows, tokenizer, args))
+        self.truncation_stats: dict[str, dict[str, int]] = {}
+        train = _ListDataset(self._features(rows, tokenizer, args, "train"))
         evals = None
         if eval_dataset is not None:
-            evals = _ListDataset(self._features(read_step_rows(_rows_of(eval_dataset)), tokenizer, args))
+            evals = _ListDataset(self._features(read_step_rows(_rows_of(eval_dataset)), tokenizer, args, "eval"))
         super().__init__(model=model, args=args, train_dataset=train, eval_dataset=evals,
                          processing_class=tokenizer,
                          data_collator=data_collator or RewardDataCollator(_pad_id(tokenizer)), **kwargs)
         self.can_return_loss = True
         self.label_names = ["labels"]
 
-    def _features(self, rows: list[StepRow], tokenizer, args: PRMConfig) -> list[dict[str, Any]]:
-        return build_prm_features(rows, tokenizer, self.step_format, num_labels=args.num_labels,
-                                  scheme=self.label_scheme, neutral=args.neutral,
-                                  last_step_only=args.last_step_only, max_length=args.max_length)
+    def _features(self, rows: list[StepRow], tokenizer, args: PRMConfig, split: str) -> list[dict[str, Any]]:
+        stats = _trunc.empty_stats()
+        feats = build_prm_features(rows, tokenizer, self.step_format, num_labels=args.num_labels,
+                                   scheme=self.label_scheme, neutral=args.neutral,
+                                   last_step_only=args.last_step_only, max_length=args.max_length,
+                                   truncation=args.truncation, min_prompt_tokens=args.min_prompt_tokens, stats=stats)
+        return _checked_features(feats, stats, split, args.max_length, self.truncation_stats)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
@@ -662,10 +692,54 @@ class PRMTrainer(_RewardConfigOnSave, Trainer):
         return s
 
 
+def _too_long(n_tokens: int, max_length: int, row: int) -> DataError:
+    return DataError(f"tokenizes to {n_tokens} tokens, more than max_length={max_length}; raise max_length, shorten "
+                     "the example or use truncation='steps' (nothing is cut silently)", row=row)
+
+
+def _truncate_tokenized(tok, max_length: int | None, scored: list[int], truncation: str, min_prompt_tokens: int,
+                        stats, row: int):
+    """Apply the truncation policy to one piecewise-tokenized example.
+
+    Returns ``(ids, prompt_len, kept score positions, steps kept)`` or None when the example is dropped."""
+    if max_length is None or len(tok.input_ids) <= max_length:
+        if stats is not None:
+            stats["examples"] += 1
+        return list(tok.input_ids), tok.prompt_len, list(tok.score_positions), len(tok.spans)
+    if truncation == "error":
+        raise _too_long(len(tok.input_ids), max_length, row)
+    res = _trunc.truncate_steps(tok.prompt_len, [e - s for s, e in tok.spans], max_length, scored=scored,
+                                min_prompt_tokens=min_prompt_tokens)
+    if stats is not None:
+        _trunc.count(stats, res)
+    if res.dropped:
+        logger.warning("row %d: %d tokens and its scored step cannot fit max_length=%d: example dropped (counted)",
+                       row, len(tok.input_ids), max_length)
+        return None
+    cut = tok.prompt_len - res.prompt_keep
+    end = tok.spans[res.steps_keep - 1][1] if res.steps_keep else tok.prompt_len
+    ids = list(tok.input_ids[: res.prompt_keep]) + list(tok.input_ids[tok.prompt_len:end])
+    positions = [p - cut for p in tok.score_positions[: res.steps_keep]]
+    return ids, res.prompt_keep, positions, res.steps_keep
+
+
+def _log_truncation(stats, what: str, max_length: int) -> None:
+    if stats is not None and (stats["examples_truncated"] or stats["examples_dropped"]):
+        logger.warning("%s: %d of %d examples longer than max_length=%d: %d truncated (%d whole steps, %d labeled, "
+                       "and %d prompt tokens cut), %d dropped", what, stats["examples_truncated"]
+                       + stats["examples_dropped"], stats["examples"], max_length, stats["examples_truncated"],
+                       stats["steps_dropped"], stats["labeled_steps_dropped"], stats["prompt_tokens_cut"],
+                       stats["examples_dropped"])
+
+
 def build_prm_features(rows: Sequence[StepRow], tokenizer, step_format: StepFormat, *, num_labels: int = 2,
                        scheme: str = "binary", neutral: str = "positive", last_step_only: bool = False,
-                       max_length: int | None = None) -> list[dict[str, Any]]:
+                       max_length: int | None = None, truncation: str = "error", min_prompt_tokens: int = 32,
+                       stats=None) -> list[dict[str, Any]]:
     """Tokenize rows piecewise; labels sit at score positions only (elsewhere -100).
+
+    Rows longer than ``max_length`` raise (``truncation="error"``) or follow the policy of
+    :mod:`reward_models.truncation` (``"steps"``); ``stats`` (a ``Counter``) receives the counts.
 
     >>> from reward_models.testing import tiny_tokenizer
     >>> f = build_prm_features([StepRow("Q: 1+2\\n", ["1+2=3", "Answer: 3"], [True, True])], tiny_tokenizer(),
@@ -681,13 +755,15 @@ def build_prm_features(rows: Sequence[StepRow], tokenizer, step_format: StepForm
             tok = step_format.tokenize(tokenizer, row.prompt, row.steps)
         except DataError as e:
             raise e.at(row=i) from None
-        if max_length is not None and len(tok.input_ids) > max_length:
-            raise DataError(f"tokenizes to {len(tok.input_ids)} tokens, more than max_length={max_length}; "
-                            "raise max_length or shorten the example (nothing is cut silently)", row=i)
-        labels = [float(IGNORE_INDEX)] * len(tok.input_ids)
-        for pos, t in zip(tok.score_positions, targets):
+        scored = [j for j, t in enumerate(targets) if t != IGNORE_INDEX]
+        kept = _truncate_tokenized(tok, max_length, scored, truncation, min_prompt_tokens, stats, i)
+        if kept is None:
+            continue
+        ids, _, positions, _ = kept
+        labels = [float(IGNORE_INDEX)] * len(ids)
+        for pos, t in zip(positions, targets):
             labels[pos] = t
-        feats.append({"input_ids": list(tok.input_ids), "labels": labels})
+        feats.append({"input_ids": ids, "labels": labels})
     return feats
 
 
@@ -787,8 +863,13 @@ def read_outcome_rows(data: Iterable[Any]) -> list[OutcomeRow]:
 
 
 def build_orm_features(rows: Sequence[OutcomeRow], tokenizer, step_format: StepFormat, *,
-                       last_token_only: bool = False, max_length: int | None = None) -> list[dict[str, Any]]:
+                       last_token_only: bool = False, max_length: int | None = None, truncation: str = "error",
+                       min_prompt_tokens: int = 32, stats=None) -> list[dict[str, Any]]:
     """Prompt tokens get -100; completion tokens get the outcome label (or only the last one).
+
+    The outcome label belongs to the whole completion: an over-long row may lose the end of
+    its prompt (its head is kept, ``truncation="steps"``) but never part of its completion;
+    when that cannot fit it is dropped and counted in ``stats`` (or raises with ``"error"``).
 
     >>> from reward_models.testing import tiny_tokenizer
     >>> f = build_orm_features([OutcomeRow("Q: 1\\n", "Answer: 1", 1.0)], tiny_tokenizer(), StepFormat(),
@@ -802,17 +883,19 @@ def build_orm_features(rows: Sequence[OutcomeRow], tokenizer, step_format: StepF
             if isinstance(row.completion, str):
                 p_ids = list(tokenizer(row.prompt, add_special_tokens=True)["input_ids"]) if row.prompt else []
                 c_ids = list(tokenizer(row.completion, add_special_tokens=False)["input_ids"])
-                ids, prompt_len = p_ids + c_ids, len(p_ids)
+                n = len(p_ids) + len(c_ids)
+                tok = TokenizedSteps(input_ids=p_ids + c_ids, prompt_len=len(p_ids), spans=[(len(p_ids), n)],
+                                     score_positions=[n - 1])
             else:
                 tok = step_format.tokenize(tokenizer, row.prompt, row.completion)
-                ids, prompt_len = list(tok.input_ids), tok.prompt_len
         except DataError as e:
             raise e.at(row=i) from None
-        if len(ids) == prompt_len:
+        if len(tok.input_ids) == tok.prompt_len:
             raise DataError("the completion tokenizes to no tokens", row=i, field="completion")
-        if max_length is not None and len(ids) > max_length:
-            raise DataError(f"tokenizes to {len(ids)} tokens, more than max_length={max_length}; raise max_length "
-                            "or shorten the example (nothing is cut silently)", row=i)
+        kept = _truncate_tokenized(tok, max_length, [len(tok.spans) - 1], truncation, min_prompt_tokens, stats, i)
+        if kept is None:
+            continue
+        ids, prompt_len, _, _ = kept
         labels = [float(IGNORE_INDEX)] * len(ids)
         for j in ([len(ids) - 1] if last_token_only else range(prompt_len, len(ids))):
             labels[j] = row.label
@@ -820,7 +903,7 @@ def build_orm_features(rows: Sequence[OutcomeRow], tokenizer, step_format: StepF
     return feats
 
 
-class ORMTrainer(_RewardConfigOnSave, Trainer):
+class ORMTrainer(ReliableTrainerMixin, _RewardConfigOnSave, Trainer):
     """Train an outcome reward model: a 1-logit token head, BCE on completion tokens (prompt masked)."""
 
     reward_type = "outcome"
@@ -845,12 +928,17 @@ class ORMTrainer(_RewardConfigOnSave, Trainer):
                              f"{model.config.num_labels}")
         model = _apply_peft(model, args, "TOKEN_CLS", [h] if (h := find_head_name(model)) else None)
 
-        def feats(data):
-            return _ListDataset(build_orm_features(read_outcome_rows(_rows_of(data)), tokenizer, self.step_format,
-                                                   last_token_only=args.last_token_only, max_length=args.max_length))
+        self.truncation_stats: dict[str, dict[str, int]] = {}
 
-        super().__init__(model=model, args=args, train_dataset=feats(train_dataset),
-                         eval_dataset=feats(eval_dataset) if eval_dataset is not None else None,
+        def feats(data, split):
+            stats = _trunc.empty_stats()
+            out = build_orm_features(read_outcome_rows(_rows_of(data)), tokenizer, self.step_format,
+                                     last_token_only=args.last_token_only, max_length=args.max_length,
+                                     truncation=args.truncation, min_prompt_tokens=args.min_prompt_tokens, stats=stats)
+            return _ListDataset(_checked_features(out, stats, split, args.max_length, self.truncation_stats))
+
+        super().__init__(model=model, args=args, train_dataset=feats(train_dataset, "train"),
+                         eval_dataset=feats(eval_dataset, "eval") if eval_dataset is not None else None,
                          processing_class=tokenizer,
                          data_collator=data_collator or RewardDataCollator(_pad_id(tokenizer)), **kwargs)
         self.can_return_loss = True
@@ -912,7 +1000,7 @@ def read_preference_rows(data: Iterable[Any]) -> list[dict[str, Any]]:
     return rows
 
 
-class BTRewardTrainer(_RewardConfigOnSave, RewardTrainer):
+class BTRewardTrainer(ReliableTrainerMixin, _RewardConfigOnSave, RewardTrainer):
     """``trl.RewardTrainer`` (Bradley-Terry, optional ``margin`` column) that saves a loadable reward model.
 
     Accepts TRL preference datasets (``chosen``/``rejected``, optional ``prompt`` and
@@ -940,6 +1028,9 @@ class BTRewardTrainer(_RewardConfigOnSave, RewardTrainer):
             args.model_init_kwargs = {**(args.model_init_kwargs or {}), "use_safetensors": True}
         train_dataset = self._as_dataset(train_dataset)
         eval_dataset = self._as_dataset(eval_dataset) if eval_dataset is not None else None
+        for name, ds in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            if ds is not None and hasattr(ds, "__len__") and len(ds) == 0:
+                raise DataError("the dataset is empty", source=name)
         sizes = [len(d) if hasattr(d, "__len__") else None for d in (train_dataset, eval_dataset)]
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, peft_config=peft_config, **kwargs)

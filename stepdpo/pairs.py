@@ -176,6 +176,43 @@ def build_step_pairs(prompts: Sequence[str], sampler, reward_model, strategy: st
     return PairBuildResult(pairs=pairs, stats=dict(stats))
 
 
+def build_step_pairs_to_file(prompts: Sequence[str], sampler, reward_model, output_path: str | os.PathLike, *,
+                             chunk_size: int = 8, resume: bool = True, answers: Sequence[Any] | None = None,
+                             **kwargs) -> PairBuildResult:
+    """:func:`build_step_pairs` over chunks of ``chunk_size`` prompts, appending each chunk's
+    pairs to ``output_path`` (JSONL) as soon as they are built; a rerun with ``resume=True``
+    skips finished chunks and drops a half-written one (see :mod:`reward_models.incremental`),
+    so an interrupted run leaves no duplicates and loses at most one chunk of work.
+
+    With a seeded :class:`~stepdpo.sampling.StepSampler`, chunk ``c`` samples with the seeds
+    ``seed + 1000 * c + call``, so a resumed run builds the same pairs as an uninterrupted one.
+    """
+    from reward_models.incremental import run_in_chunks
+
+    prompts = list(prompts)
+    if answers is not None and len(answers) != len(prompts):
+        raise ValueError(f"got {len(answers)} answers for {len(prompts)} prompts")
+    items = [{"prompt": p, "answer": None if answers is None else answers[i]} for i, p in enumerate(prompts)]
+
+    def process(c, chunk):
+        if getattr(sampler, "seed", None) is not None and hasattr(sampler, "_calls"):
+            sampler._calls = 1000 * c  # per-chunk seeds: the same whether or not the run was resumed
+        res = build_step_pairs([it["prompt"] for it in chunk], sampler, reward_model,
+                               answers=None if answers is None else [it["answer"] for it in chunk], **kwargs)
+        return [p.to_dict() for p in res.pairs], res.stats
+
+    settings = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    rows, stats = run_in_chunks(items, process, output_path, chunk_size=chunk_size, resume=resume, settings=settings)
+    pairs = []
+    for n, row in enumerate(rows, start=1):
+        try:
+            pairs.append(StepPair.from_dict(row))
+        except DataError as e:
+            raise e.at(source=str(output_path), row=n) from None
+    stats["pairs"] = len(pairs)
+    return PairBuildResult(pairs=pairs, stats=stats)
+
+
 def _nan_count(row: Sequence[float]) -> int:
     return sum(1 for v in row if math.isnan(v))
 
@@ -357,26 +394,50 @@ def save_pairs(path: str | os.PathLike, pairs: Sequence[StepPair], format: str =
     return path
 
 
-def load_pairs(path: str | os.PathLike, step_format: StepFormat | None = None) -> list[StepPair]:
-    """Read pairs from JSONL in either format (detected per row); errors name file, line, field."""
+def load_pairs(path: str | os.PathLike, step_format: StepFormat | None = None, *, skip_invalid: bool = False,
+               rejects_path: str | os.PathLike | None = None) -> list[StepPair]:
+    """Read pairs from JSONL in either format (detected per row); errors name file, line, field.
+
+    Lines that are not UTF-8 or not JSON, rows with missing/mistyped fields or NaN scores raise
+    a :class:`DataError`; with ``skip_invalid=True`` they are skipped instead, counted in a
+    warning and written to ``rejects_path`` (JSONL: source, row, field, error). An empty file
+    (or one with no valid row) raises.
+    """
+    from reward_models.data import _jsonl_rows
+
     path = Path(path)
-    pairs = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON ({e.msg})", source=str(path), row=n) from None
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError("file is empty (no pairs)", source=str(path))
+    pairs, rejected = [], []
+    for n, row in _jsonl_rows(data, str(path)):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            if not isinstance(row, dict):
+                raise DataError(f"expected an object per row, got a {type(row).__name__}")
             try:
                 pairs.append(pair_from_row(row, step_format))
-            except DataError as e:
-                raise e.at(source=str(path), row=n) from None
             except TypeError as e:
-                raise DataError(str(e), source=str(path), row=n) from None
+                raise DataError(str(e)) from None
+        except DataError as e:
+            err = e.at(source=str(path), row=n)
+            if not skip_invalid:
+                raise err from None
+            rejected.append({"source": err.source, "row": err.row, "field": err.field, "error": str(err),
+                             "data": None if isinstance(row, DataError) else row})
+    if rejected:
+        logger.warning("%s: skipped %d invalid pair rows%s", path, len(rejected),
+                       f" (written to {rejects_path})" if rejects_path else "")
+        if rejects_path is not None:
+            Path(rejects_path).parent.mkdir(parents=True, exist_ok=True)
+            with open(rejects_path, "w", encoding="utf-8") as f:
+                for r in rejected:
+                    f.write(json.dumps(r, default=str, ensure_ascii=False) + "\n")
+    if not pairs:
+        raise DataError(f"no valid pairs ({len(rejected)} rows rejected)", source=str(path))
     return pairs
 
 
-__all__ = ["STAT_KEYS", "STRATEGIES", "PairBuildResult", "build_step_pairs", "load_pairs", "pair_from_row",
+__all__ = ["STAT_KEYS", "STRATEGIES", "PairBuildResult", "build_step_pairs", "build_step_pairs_to_file", "load_pairs", "pair_from_row",
            "pair_to_step_dpo", "save_pairs", "select_pair"]

@@ -47,6 +47,7 @@ from datasets import Dataset, Features, List, Value
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from reward_models._reliability import ReliableTrainerMixin
 from reward_models.base import as_reward_model
 from reward_models.steps import StepFormat
 from reward_models.types import DataError, StepPair
@@ -184,7 +185,7 @@ def default_judge(model, tokenizer, step_format: StepFormat, verification_prompt
     return ProcessRewardModel.from_model(model, tokenizer, **kwargs)
 
 
-class StepwiseDPOTrainer(DPOTrainer):
+class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
     """Stepwise DPO on TRL (see the module docstring).
 
     Args:
@@ -370,12 +371,37 @@ class StepwiseDPOTrainer(DPOTrainer):
                                           example["rejected"], bool(example["is_final"]))
 
             dataset = dataset.map(tokenize, desc=f"Tokenizing {dataset_name} step pairs piecewise")
-        if args.max_length is not None and args.truncation_mode == "keep_start":
-            n = len(dataset)
-            dataset = dataset.filter(lambda ex: len(ex["prompt_ids"]) < args.max_length)
-            if len(dataset) < n:
-                logger.warning("%s: dropped %d pairs whose context fills max_length=%d", dataset_name,
-                               n - len(dataset), args.max_length)
+        return self._apply_length_policy(dataset, args, dataset_name)
+
+    def _apply_length_policy(self, dataset, args, dataset_name):
+        """Never train on a cut step: with ``keep_start`` (the default) a pair whose context plus
+        longer step exceeds ``max_length`` is dropped; with ``keep_end`` TRL cuts the context
+        from the left (the user's explicit choice). Both are counted in ``truncation_stats``
+        (see :mod:`reward_models.truncation`)."""
+        stats = {"pairs": len(dataset), "pairs_dropped_too_long": 0, "pairs_context_cut": 0}
+        if args.max_length is not None and len(dataset):
+            def longest(ex):
+                return len(ex["prompt_ids"]) + max(len(ex["chosen_ids"]), len(ex["rejected_ids"]))
+
+            if args.truncation_mode == "keep_start":
+                n = len(dataset)
+                dataset = dataset.filter(lambda ex: longest(ex) <= args.max_length)
+                stats["pairs_dropped_too_long"] = n - len(dataset)
+                if len(dataset) < n:
+                    logger.warning("%s: dropped %d of %d pairs longer than max_length=%d (context + step; a step or "
+                                   "its context is never cut)", dataset_name, n - len(dataset), n, args.max_length)
+                if not len(dataset):
+                    raise DataError(f"all {n} pairs are longer than max_length={args.max_length}; raise max_length",
+                                    source=f"{dataset_name}_dataset")
+            else:
+                stats["pairs_context_cut"] = sum(longest(ex) > args.max_length for ex in dataset)
+                if stats["pairs_context_cut"]:
+                    logger.warning("%s: %d pairs longer than max_length=%d get their context cut from the left "
+                                   "(truncation_mode='keep_end')", dataset_name, stats["pairs_context_cut"],
+                                   args.max_length)
+        if not hasattr(self, "truncation_stats"):
+            self.truncation_stats = {}
+        self.truncation_stats[dataset_name] = stats
         return dataset
 
     def _set_signature_columns_if_needed(self):

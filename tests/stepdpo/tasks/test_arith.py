@@ -148,3 +148,24 @@ def test_expression_of_inverts_prompt():
     assert cfg.expression_of(cfg.prompt("1+2")) == "1+2"
     with pytest.raises(ValueError):
         cfg.expression_of("Q: 1+2\n")
+
+
+HOSTILE_ATOMS = ["__import__('os').system('echo pwned')", "9**9**9**9", "(" * 60, ")" * 60, "1" * 400, "\x00",
+                 "\ud7ff", "1e308", "Answer: ", "=", "--1", "\n", "ки", "0x1f", "lambda: 0"]
+
+
+@settings(max_examples=200, deadline=500)
+@given(st.lists(st.one_of(st.sampled_from(HOSTILE_ATOMS), st.text(max_size=40),
+                          st.from_regex(r"[-+*()0-9 ]{0,30}", fullmatch=True)), max_size=6),
+       st.lists(st.text(max_size=60), max_size=4))
+def test_checker_reward_model_on_hostile_prompts_and_steps(parts, steps):
+    """Model or user text in the *prompt* (the problem side) is parsed, never executed: the
+    checker answers one score in {0, 1} per step, and fast."""
+    from stepdpo.tasks.arith import STEP_FORMAT, checker_reward_model
+
+    prompt = "Q: " + "".join(parts) + "\n"
+    steps = [s for s in steps if s.strip() and STEP_FORMAT.separator not in s] or ["1+1=2"]
+    t0 = time.perf_counter()
+    (scores,) = checker_reward_model().score_steps([prompt], [steps])
+    assert len(scores) == len(steps) and set(scores) <= {0.0, 1.0}
+    assert time.perf_counter() - t0 < 0.5
