@@ -64,7 +64,7 @@ def sizes(mode: str, device: torch.device) -> list[ScoringSize]:
         return [ScoringSize("tiny", 64, 8, 64, 64, 3)] + (
             [ScoringSize("gpt2-100m", 64, 8, 64, 64, 3)] if gpu else [])
     return [ScoringSize("tiny", 256, 8, 256, 256, 3),
-            ScoringSize("gpt2-100m", 256, 8, 256 if gpu else 16, 256 if gpu else 16, 3 if gpu else 2)]
+            ScoringSize("gpt2-100m", 256, 8, 256 if gpu else 8, 256 if gpu else 8, 3 if gpu else 2)]
 
 
 def make_solutions(n: int, n_steps: int = 8, seed: int = 0) -> tuple[list[str], list[list[str]]]:
