@@ -70,16 +70,19 @@ def sizes(mode: str, device: torch.device) -> list[ScoringSize]:
 def make_solutions(n: int, n_steps: int = 8, seed: int = 0) -> tuple[list[str], list[list[str]]]:
     """``n`` arithmetic prompts and solutions of exactly ``n_steps`` steps (at most 8).
 
-    >>> p, s = make_solutions(2, 8)
-    >>> len(p), [len(x) for x in s], s[0][-1].startswith("Answer:")
-    (2, [8, 8], True)
+    >>> p, s = make_solutions(64, 8)
+    >>> len(p), {len(x) for x in s}, s[0][-1].startswith("Answer:")
+    (64, {8}, True)
     """
     from stepdpo.tasks.arith import ArithConfig, make_samples
 
     if not 1 <= n_steps <= 8:
         raise ValueError(f"n_steps must be in 1..8, got {n_steps}")
     cfg = ArithConfig(min_steps=6, max_steps=6, ops="+-*", max_value=100_000)
-    samples = make_samples(n, seed, cfg, error_rate=0.3)
+    # a "dropped term" error removes an operation step: keep solutions with all 7 steps
+    samples = [s for s in make_samples(2 * n + 16, seed, cfg, error_rate=0.3) if len(s.steps) == 7][:n]
+    if len(samples) < n:  # pragma: no cover - the error kinds are drawn evenly
+        raise RuntimeError(f"only {len(samples)} full-length solutions for {n}")
     prompts, steps = [], []
     for s in samples:
         ops, answer = s.steps[:-1], s.steps[-1]
