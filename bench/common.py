@@ -2,7 +2,9 @@
 
 Timing rule: every contender of a comparison runs once as a warm-up (not counted), then the
 contenders run in alternating order ``repeats`` times and the median is reported, so that CPU
-contention from other processes on a shared machine falls on both sides alike.
+contention from other processes on a shared machine falls on both sides alike. On CPU the
+clock is the CPU time of this process (:func:`clock_for`): with one torch thread it is what
+the wall time would be on an idle machine; wall times are recorded too.
 
 >>> row = comparison("x", ours=("batched", 50.0, "steps/s"), baseline=("loop", 2.0, "steps/s"), target=20.0)
 >>> row["ratio"], row["met"]
@@ -68,18 +70,26 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def time_call(fn: Callable[[], Any], device: torch.device) -> float:
-    """Wall seconds of one call (CUDA work is waited for)."""
+def clock_for(device: torch.device) -> str:
+    """Which clock ratios use: CPU time of this process on CPU (with one torch thread it equals
+    wall time on an idle machine, and load from other processes on a shared machine does not
+    inflate it); wall time on CUDA (the GPU works while the CPU waits)."""
+    return "wall" if device.type == "cuda" else "cpu"
+
+
+def time_call(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
+    """``(wall seconds, CPU seconds of this process)`` of one call (CUDA work is waited for)."""
     sync(device)
-    t0 = time.perf_counter()
+    w0, c0 = time.perf_counter(), time.process_time()
     fn()
     sync(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - w0, time.process_time() - c0
 
 
 def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int, device: torch.device,
-                warmups: dict[str, Callable[[], Any]] | None = None) -> dict[str, list[float]]:
-    """Seconds per repeat for each contender, run in rotating order after one warm-up each.
+                warmups: dict[str, Callable[[], Any]] | None = None) -> dict[str, dict[str, list[float]]]:
+    """``{name: {"wall": [...], "cpu": [...]}}`` seconds per repeat for each contender, run in
+    rotating order after one warm-up each.
 
     ``warmups`` (optional, same keys) are smaller calls used for the warm-up; by default the
     contender itself warms up.
@@ -87,12 +97,20 @@ def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int, device: 
     names = list(contenders)
     for name in names:
         (warmups or {}).get(name, contenders[name])()
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, dict[str, list[float]]] = {n: {"wall": [], "cpu": []} for n in names}
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
-            times[name].append(time_call(contenders[name], device))
+            wall, cpu = time_call(contenders[name], device)
+            times[name]["wall"].append(wall)
+            times[name]["cpu"].append(cpu)
     return times
+
+
+def medians(times: dict[str, dict[str, list[float]]], device: torch.device) -> dict[str, float]:
+    """Median seconds per contender on the clock :func:`clock_for` picks."""
+    clock = clock_for(device)
+    return {k: med(v[clock]) for k, v in times.items()}
 
 
 def med(xs: list[float]) -> float:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from bench.common import comparison, interleaved, med
+from bench.common import clock_for, comparison, interleaved, medians
 from bench.scoring import BACKBONES, subset
 
 logger = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ def sizes(mode: str, device: torch.device) -> list[PairSize]:
     if mode == "smoke":
         return [PairSize("tiny", 4, 2, 4, 4, 1)]
     if mode == "quick":
-        return [PairSize("tiny", 32, 4, 16, 32, 3)]
-    return [PairSize("tiny", 64, 4, 24, 64, 3),
+        return [PairSize("tiny", 32, 4, 16, 32, 5)]
+    return [PairSize("tiny", 64, 4, 24, 64, 5),
             PairSize("gpt2-100m", 64, 4, 24, 64 if gpu else 8, 3 if gpu else 2)]
 
 
@@ -99,7 +99,7 @@ def run_size(sz: PairSize, device: torch.device) -> tuple[list[dict[str, Any]], 
     n_ours, n_loop = len(prompts) * sz.k, len(bp) * sz.k
     tok_ours = sum(len(s.token_ids) for row in out["ours"] for s in row)
     tok_loop = sum(len(s.token_ids) for row in out["loop"] for s in row)
-    t = {k: med(v) for k, v in times.items()}
+    t = medians(times, device)
     thr = {"batched": n_ours / t["batched"], "one_by_one": n_loop / t["one_by_one"]}
     rows = [comparison(
         f"candidate sampling, {label}", ours=("batched", thr["batched"], "candidates/s"),
@@ -109,7 +109,7 @@ def run_size(sz: PairSize, device: torch.device) -> tuple[list[dict[str, Any]], 
                f"tokens per candidate: {tok_ours / n_ours:.1f} vs {tok_loop / n_loop:.1f}"))]
     details = {"backbone": sz.backbone, "params": n_params, "n_contexts": len(prompts), "k": sz.k,
                "max_new_tokens": sz.max_new_tokens, "baseline_contexts": len(bp), "batch_size": sz.batch_size,
-               "repeats": sz.repeats, "times_s": times, "candidates_per_s": thr, "generate_calls": calls,
+               "repeats": sz.repeats, "clock": clock_for(device), "times_s": times, "candidates_per_s": thr, "generate_calls": calls,
                "tokens_per_candidate": {"batched": tok_ours / n_ours, "one_by_one": tok_loop / n_loop}}
     return rows, details
 

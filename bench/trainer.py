@@ -13,7 +13,8 @@ alternate and the median over repeats is reported.
 * same model init (seed 0), same arguments (batch 8, lr 1e-5, no gradient checkpointing,
   ``max_steps``), both with an in-memory reference copy;
 * time per step: median of the trainer's own step times (``on_step_begin`` to ``on_step_end``
-  callbacks), skipping the first steps (warm-up); trainer construction is excluded.
+  callbacks; CPU time of the process on CPU, wall time on CUDA), skipping the first steps
+  (warm-up); trainer construction is excluded.
 
 LoRA mode (``peft_config``, reference = adapter disabled) vs full fine-tuning with a separate
 reference model: peak memory of the same stepwise run.
@@ -105,16 +106,21 @@ def worker(cfg: TrainerRun) -> dict[str, Any]:
     pairs = make_pairs(cfg.max_steps * cfg.batch_size)
     step_times: list[float] = []
 
+    # CPU time of this process on CPU (immune to load from other processes), wall time on CUDA
+    now = time.perf_counter if device.type == "cuda" else time.process_time
+    wall_times: list[float] = []
+
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            self.t0 = time.perf_counter()
+            self.t0, self.w0 = now(), time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            step_times.append(time.perf_counter() - self.t0)
+            step_times.append(now() - self.t0)
+            wall_times.append(time.perf_counter() - self.w0)
 
     peft_config = None
     if cfg.lora:
@@ -156,7 +162,8 @@ def worker(cfg: TrainerRun) -> dict[str, Any]:
         peak = _peak_bytes(device)
     counted = step_times[cfg.skip_steps:] if len(step_times) > cfg.skip_steps else step_times
     n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    return {"config": asdict(cfg), "device": str(device), "step_times_s": step_times,
+    return {"config": asdict(cfg), "device": str(device), "clock": "wall" if device.type == "cuda" else "cpu",
+            "step_times_s": step_times, "step_wall_times_s": wall_times,
             "median_step_s": med(counted), "train_runtime_s": result.metrics.get("train_runtime", train_s),
             "init_s": init_s, "peak_bytes": peak, "before_trainer_bytes": before,
             "trainer_peak_increase_bytes": max(peak - before, 0), "trainable_params": n_trainable,
@@ -193,7 +200,7 @@ def sizes(mode: str) -> dict[str, Any]:
     if mode == "smoke":
         return {"time": ("tiny", 3, 1, 1), "memory": ("tiny", 3)}
     if mode == "quick":
-        return {"time": ("tiny", 20, 2, 2), "memory": ("tiny", 4)}
+        return {"time": ("tiny", 20, 3, 2), "memory": ("tiny", 4)}
     return {"time": ("tiny", 20, 3, 2), "memory": ("gpt2-100m", 4)}
 
 
