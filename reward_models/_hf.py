@@ -122,6 +122,18 @@ def check_tokenizer(model, tokenizer, where: str = "") -> None:
                          "model was trained with")
 
 
+def supports_logits_to_keep(model) -> bool:
+    """Whether ``model.forward`` (the base model's, under a peft wrapper) takes ``logits_to_keep``,
+    so that only the last position's vocabulary logits are computed."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def pad_id(tokenizer) -> int:
     """The id used for padding: the tokenizer's pad token, else EOS, else 0 (the tokenizer is not mutated)."""
     for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):

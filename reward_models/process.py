@@ -351,9 +351,11 @@ class ProcessRewardModel(RewardModel):
                 raise e.at(row=rows[i]) from None
         _hf.check_lengths([len(ids) for ids, _ in laid], self.max_length, index=rows)
         weights = s.good_weight if s.backend == "head" else [1.0, 0.0]
-        out: list[list[float]] = []
+        out: list[list[float]] = [[] for _ in laid]
+        order = sorted(range(len(laid)), key=lambda i: len(laid[i][0]))  # similar lengths share a chunk
         with _hf.scoring_mode(self.model):
-            for idx in _hf.batches(len(laid), s.batch_size):
+            for chunk in _hf.batches(len(order), s.batch_size):
+                idx = [order[c] for c in chunk]
                 ids, mask = _hf.pad_right([laid[i][0] for i in idx], self.pad_token_id)
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 rows = [b for b, i in enumerate(idx) for _ in laid[i][1]]
@@ -365,7 +367,7 @@ class ProcessRewardModel(RewardModel):
                 k = 0
                 for i in idx:
                     n = len(laid[i][1])
-                    out.append(vals[k:k + n])
+                    out[i] = vals[k:k + n]
                     k += n
         return out
 
@@ -423,13 +425,14 @@ def yes_no_logodds(model, tokenizer, queries: list[str], candidate_ids: list[int
             raise ValueError(f"query {k} tokenizes to no tokens")
     out = torch.zeros(len(ids), dtype=torch.float64)
     order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # similar lengths share a chunk: less padding
+    keep = {"logits_to_keep": 1} if _hf.supports_logits_to_keep(model) else {}  # no vocab logits elsewhere
     with _hf.scoring_mode(model):
         dev = _hf.model_device(model)
         for idx in _hf.batches(len(order), batch_size):
             rows = [order[k] for k in idx]
             x, mask = _hf.pad_left([ids[i] for i in rows], pad_token_id)
             logits = model(input_ids=x.to(dev), attention_mask=mask.to(dev),
-                           position_ids=_hf.position_ids(mask).to(dev)).logits[:, -1, candidate_ids]
+                           position_ids=_hf.position_ids(mask).to(dev), **keep).logits[:, -1, candidate_ids]
             out[rows] = _hf.class_logodds(logits.float(), [1.0, 0.0]).cpu()
     return out
 

@@ -69,6 +69,31 @@ def test_head_batch_equals_alone_and_prefixes_one_forward(tokenizer, num_labels)
     assert model.training  # scoring restored the training flag of a live model
 
 
+def test_head_length_sorted_chunks_keep_input_order(tokenizer):
+    """Solutions are chunked by length (less padding); scores still come back in input order."""
+    model = tiny_token_classifier(tokenizer, seed=2)
+    prm = ProcessRewardModel.from_model(model, tokenizer, backend="head", batch_size=2)
+    prompts, steps = PROMPTS + PROMPTS[::-1], STEPS + STEPS[::-1]
+    counter = ForwardCounter(model.transformer)
+    batch = prm.score_steps(prompts, steps)
+    assert counter.calls == 4  # 8 solutions in chunks of 2
+    counter.close()
+    for p, st, row in zip(prompts, steps, batch):
+        assert len(row) == len(st)
+        assert prm.score_steps([p], [st])[0] == pytest.approx(row, abs=1e-5)
+
+
+def test_verification_computes_only_last_position_logits(tokenizer):
+    lm = tiny_causal_lm(tokenizer, seed=5)
+    seen = []
+    handle = lm.register_forward_hook(lambda m, a, kw, out: seen.append((kw.get("logits_to_keep"), out.logits.shape)),
+                                      with_kwargs=True)
+    prm = ProcessRewardModel.from_model(lm, tokenizer, backend="verification")
+    prm.score_steps(PROMPTS[:2], STEPS[:2])
+    handle.remove()
+    assert seen and all(keep == 1 and shape[1] == 1 for keep, shape in seen)
+
+
 def test_head_probabilities_and_neutral_rules(tokenizer):
     model = tiny_token_classifier(tokenizer, num_labels=3, seed=2)
     p, st = PROMPTS[0], STEPS[0]
