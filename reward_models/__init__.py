@@ -7,7 +7,13 @@ and metrics import on first use, so ``import reward_models`` stays fast.
 
 from importlib import import_module
 
-from reward_models.base import RewardModel, aggregate, as_reward_model, load_reward_model, register_reward_model
+from reward_models.base import (
+    RewardModel,
+    aggregate,
+    as_reward_model,
+    load_reward_model,
+    register_reward_model,
+)
 from reward_models.steps import (
     DEFAULT_STEP_FORMAT,
     MATH_SHEPHERD_FORMAT,

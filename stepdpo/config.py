@@ -16,7 +16,6 @@ from reward_models.steps import StepFormat
 PAIR_STRATEGIES = ("first_error", "per_depth")
 MARGIN_WEIGHTINGS = ("none", "margin", "sigmoid")
 JUDGES = ("reward_model", "self_verification")
-DEFAULT_VERIFICATION_PROMPT = "Is this step correct? Yes or No: "
 
 
 @dataclass
@@ -54,8 +53,10 @@ class StepwiseDPOConfig(DPOConfig):
     judge: str = field(default="reward_model", metadata={
         "help": "Who scores steps when building pairs: 'reward_model' (the reward_model passed to the trainer; the "
                 "policy's own verification prompt when none is given) or 'self_verification' (always the policy)."})
-    verification_prompt: str = field(default=DEFAULT_VERIFICATION_PROMPT, metadata={
-        "help": "Prompt of the self-verification judge (P(Yes) vs P(No) after it)."})
+    verification_prompt: str | None = field(default=None, metadata={
+        "help": "Prompt of the self-verification judge: a template with {problem}, {previous_steps} and {step}, or a "
+                "question the step is appended to (seed 004: 'Is this step correct? Yes or No: '). Default: the "
+                "problem, the steps so far and the new step, then 'Is the new step correct? Yes or No:'."})
     save_pairs_to: str | None = field(default=None, metadata={
         "help": "If set, built pairs are written there as JSONL (round r goes to <stem>.round<r>.jsonl)."})
 
@@ -100,4 +101,4 @@ class StepwiseDPOConfig(DPOConfig):
         return StepFormat(separator=self.step_separator, tag=self.step_tag)
 
 
-__all__ = ["DEFAULT_VERIFICATION_PROMPT", "JUDGES", "MARGIN_WEIGHTINGS", "PAIR_STRATEGIES", "StepwiseDPOConfig"]
+__all__ = ["JUDGES", "MARGIN_WEIGHTINGS", "PAIR_STRATEGIES", "StepwiseDPOConfig"]

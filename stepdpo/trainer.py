@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -168,20 +167,23 @@ def _dataset_kind(dataset) -> str:
 
 def default_judge(model, tokenizer, step_format: StepFormat, verification_prompt: str | None = None):
     """The policy's own Yes/No verification prompt as a process reward model (seed 004's
-    "default log probability approach")."""
+    "default log probability approach"), scoring P(Yes) against P(No) as a probability so
+    ``score_threshold`` keeps its meaning.
+
+    ``verification_prompt`` is a template with ``{problem}``, ``{previous_steps}`` and
+    ``{step}`` fields, or a plain question that the step is appended to (seed 004); None uses
+    :data:`reward_models.process.DEFAULT_STEP_TEMPLATE`.
+    """
     try:
-        from reward_models.process import ProcessRewardModel
+        from reward_models.process import TEMPLATE_FIELDS, ProcessRewardModel
     except ImportError as e:
         raise ImportError("no reward_model was given and the default judge (the policy's verification prompt) needs "
                           "reward_models.process.ProcessRewardModel, which could not be imported; pass "
                           "reward_model=... explicitly") from e
-    kwargs = {"backend": "verification", "step_format": step_format}
-    try:
-        params = inspect.signature(ProcessRewardModel.from_model).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if verification_prompt is not None and "verification_prompt" in params:
-        kwargs["verification_prompt"] = verification_prompt
+    kwargs: dict[str, Any] = {"backend": "verification", "step_format": step_format, "output": "prob"}
+    if verification_prompt:
+        has_fields = any("{" + f + "}" in verification_prompt for f in TEMPLATE_FIELDS)
+        kwargs["prompt_template"] = verification_prompt if has_fields else verification_prompt + "{step}"
     return ProcessRewardModel.from_model(model, tokenizer, **kwargs)
 
 

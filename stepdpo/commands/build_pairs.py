@@ -12,6 +12,7 @@ The pairs train a policy later with ``stepdpo train --dataset_name outputs/pairs
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -152,4 +153,4 @@ def main(script_args: ScriptArguments, model_args) -> dict:
 
 
 if __name__ == "__main__":
-    C.run(__import__(__name__), command=COMMAND)
+    C.run(sys.modules[__name__], command=COMMAND)

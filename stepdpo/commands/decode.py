@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,4 +161,4 @@ def main(script_args: ScriptArguments, model_args) -> dict:
 
 
 if __name__ == "__main__":
-    C.run(__import__(__name__), command=COMMAND)
+    C.run(sys.modules[__name__], command=COMMAND)

@@ -12,6 +12,7 @@ with a policy, ``accuracy.png`` into ``--output_dir``.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,4 +191,4 @@ def main(script_args: ScriptArguments, model_args) -> dict:
 
 
 if __name__ == "__main__":
-    C.run(__import__(__name__), command=COMMAND)
+    C.run(sys.modules[__name__], command=COMMAND)

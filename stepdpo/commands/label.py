@@ -11,6 +11,7 @@ The output JSONL trains a PRM: ``stepdpo train-prm --dataset_name outputs/mc.jso
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 
 from stepdpo.commands import _common as C
@@ -142,4 +143,4 @@ def main(script_args: ScriptArguments, model_args) -> dict:
 
 
 if __name__ == "__main__":
-    C.run(__import__(__name__), command=COMMAND)
+    C.run(sys.modules[__name__], command=COMMAND)

@@ -9,6 +9,7 @@ Launch::
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 
 from stepdpo.commands import _common as C
@@ -117,4 +118,4 @@ def main(script_args: ScriptArguments, training_args) -> dict:
 
 
 if __name__ == "__main__":
-    C.run(__import__(__name__), command=COMMAND)
+    C.run(sys.modules[__name__], command=COMMAND)

@@ -12,6 +12,7 @@ The saved folder loads with ``reward_models.base.load_reward_model`` and plugs i
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 
 from stepdpo.commands import _common as C
@@ -95,4 +96,4 @@ def main(script_args: ScriptArguments, training_args) -> dict:
 
 
 if __name__ == "__main__":
-    C.run(__import__(__name__), command=COMMAND)
+    C.run(sys.modules[__name__], command=COMMAND)

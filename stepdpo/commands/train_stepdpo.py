@@ -14,6 +14,7 @@ and ``trl.ModelConfig`` (policy, LoRA, 4/8-bit loading).
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 
 from stepdpo.commands import _common as C
@@ -245,4 +246,4 @@ def _unique_prompts(prompts, answers):
 
 
 if __name__ == "__main__":
-    C.run(__import__(__name__), command=COMMAND)
+    C.run(sys.modules[__name__], command=COMMAND)
