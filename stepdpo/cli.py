@@ -33,9 +33,15 @@ overrides; `stepdpo <command> --help` lists all options. Multi-GPU / DeepSpeed /
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from stepdpo.demo import run_demo
+    from stepdpo.demo import DemoConfig, run_demo
 
-    run_demo(output_dir=args.output_dir, quick=args.quick, seed=args.seed)
+    cfg = DemoConfig.quick(args.seed) if args.quick else DemoConfig(seed=args.seed)
+    if args.judge:
+        cfg.judge = args.judge
+    if args.policy_path:
+        cfg.policy_path = args.policy_path
+    cfg.threads = args.threads
+    run_demo(output_dir=args.output_dir, cfg=cfg)
     return 0
 
 
@@ -54,6 +60,12 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a smoke run of a couple of minutes at most")
     demo.add_argument("--output-dir", default="outputs/demo", help="where metrics and reports go")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the whole run")
+    demo.add_argument("--judge", choices=["prm", "checker"], default=None,
+                      help="who scores steps when building pairs: the trained PRM or the task's checker "
+                           "(default: the demo's setting, see stepdpo/demo.py)")
+    demo.add_argument("--policy-path", default=None,
+                      help="start from a saved SFT policy (e.g. outputs/demo/policy_sft) instead of training one")
+    demo.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny models: 1 is fastest)")
     demo.set_defaults(func=_demo)
     for name, (_, summary) in COMMANDS.items():
         # listed for --help only: main() hands these commands' arguments to their own TrlParser
