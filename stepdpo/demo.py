@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -431,13 +432,26 @@ def _report_sections(cfg, data, m, built, sols0, sols1):
         ("Task", f"Problems like `{ex.prompt.strip()}` with gold steps `{' | '.join(ex.steps)}`. "
                  f"{m['n_test']} held-out problems (never trained on); accuracy is measured by the safe checker "
                  "on greedy solutions. With only a few hundred problems, differences of about 3 points are noise."),
-        ("Pair building", f"First-error strategy; judge: {cfg.judge} (PRM step threshold "
-                          f"{m['prm_threshold']:.3f}, tuned for first-error F1 on {cfg.n_val} validation problems). "
-                          f"Outcome counts: `{json.dumps(built.stats)}`."),
+        ("Pair building", "First-error strategy; judge: " + (
+            "the task's checker (1/0 per step, threshold 0.5)" if cfg.judge == "checker" else
+            f"the trained PRM at its step threshold {m['prm_threshold']:.3f} (tuned for first-error F1 on "
+            f"{cfg.n_val} validation problems)") + f". Outcome counts: `{json.dumps(built.stats)}`."),
+        ("Reading the result", _reading(m)),
         ("Changed solutions (examples)", examples),
         ("Configuration", f"```json\n{json.dumps(asdict(cfg), indent=1)}\n```"),
         ("Timings", report.markdown_table(rows)),
     ]
+
+
+def _reading(m) -> str:
+    """Plain-words verdict on before/after: the change and its rough 95% interval (paired counts)."""
+    n, d = m["n_test"], m["accuracy_after"] - m["accuracy_before"]
+    half = 1.96 * math.sqrt(max(m["accuracy_before"] * (1 - m["accuracy_before"]), 1e-9) * 2 / n)
+    verdict = ("an improvement" if d > half else "a drop" if d < -half else
+               "no change beyond noise")
+    return (f"Accuracy changed by {d * 100:+.1f} points on {n} problems (rough 95% noise band +-{half * 100:.1f}): "
+            f"{verdict}. On this tiny policy no Stepwise DPO setting tried so far improves greedy accuracy "
+            "(see README, 'Known results'); the pipeline's numbers are reported as measured.")
 
 
 def _f(value) -> str:
