@@ -159,6 +159,22 @@ class RewardModel:
         return model
 
 
+class PretrainedRewardModel(RewardModel):
+    """A reward model built from a model directory by ``cls(path, device, **settings)``."""
+
+    @classmethod
+    def _load_dir(cls, path, cfg, **kwargs):
+        return cls(path, **kwargs)
+
+    @classmethod
+    def load(cls, path, device: str | None = None, **kwargs):
+        """Seed-004 signature. A saved reward-model directory loads through the registry; a plain
+        model directory (no ``reward_config.json``) is built by this class, as seed 004 does."""
+        if Path(path).is_dir() and not (Path(path) / CONFIG_NAME).exists():
+            return cls(path, device, **kwargs)
+        return super().load(path, device=device, **kwargs)
+
+
 def write_reward_config(path: str | os.PathLike, reward_type: str, **settings: Any) -> Path:
     """Write ``reward_config.json`` (``type``, ``format_version`` and the model's settings)."""
     path = Path(path)
@@ -334,6 +350,6 @@ def as_reward_model(obj: Any, **kwargs) -> RewardModel:
                     "get_rewards_for_steps or get_reward_for_text, or must be a callable f(prompt, steps)")
 
 
-__all__ = ["AGGREGATIONS", "CONFIG_NAME", "FORMAT_VERSION", "AdaptedRewardModel", "RewardModel", "aggregate",
+__all__ = ["AGGREGATIONS", "CONFIG_NAME", "FORMAT_VERSION", "AdaptedRewardModel", "PretrainedRewardModel", "RewardModel", "aggregate",
            "as_reward_model", "check_scores", "load_reward_model", "read_reward_config", "refuse_pickles",
            "register_reward_model", "registered_types", "write_reward_config"]

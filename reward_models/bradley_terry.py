@@ -22,7 +22,7 @@ import torch
 from reward_models import _hf
 from reward_models.base import (
     CONFIG_NAME,
-    RewardModel,
+    PretrainedRewardModel,
     read_reward_config,
     register_reward_model,
     write_reward_config,
@@ -46,7 +46,7 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: tor
 
 
 @register_reward_model("bradley_terry")
-class BradleyTerryRewardModel(RewardModel):
+class BradleyTerryRewardModel(PretrainedRewardModel):
     """A scalar (pairwise-trained) reward model.
 
     Args:
@@ -93,18 +93,6 @@ class BradleyTerryRewardModel(RewardModel):
         obj._setup(model, tokenizer, where=type(model).__name__, **settings)
         obj.name_or_path = getattr(model, "name_or_path", None)
         return obj
-
-    @classmethod
-    def _load_dir(cls, path, cfg, **kwargs):
-        return cls(path, **kwargs)
-
-    @classmethod
-    def load(cls, path, device: str | None = None, **kwargs):
-        """Seed-004 signature. A saved reward-model directory loads through the registry; a plain
-        model directory (no ``reward_config.json``) is built by this class, as seed 004 does."""
-        if Path(path).is_dir() and not (Path(path) / CONFIG_NAME).exists():
-            return cls(path, device, **kwargs)
-        return super().load(path, device=device, **kwargs)
 
     def _setup(self, model, tokenizer, *, where: str, append_eos: bool = True, step_format=None,
                max_length: int | None = None, batch_size: int = 16, aggregation: str = "last") -> None:

@@ -24,7 +24,12 @@ from typing import Any
 import torch
 
 from reward_models import _hf
-from reward_models.base import CONFIG_NAME, RewardModel, register_reward_model, write_reward_config
+from reward_models.base import (
+    CONFIG_NAME,
+    PretrainedRewardModel,
+    register_reward_model,
+    write_reward_config,
+)
 from reward_models.process import build_settings, fill_template, settings_from_dir, yes_no_logodds
 from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat, _adds_bos
 from reward_models.types import DataError
@@ -101,7 +106,7 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
 
 
 @register_reward_model("outcome")
-class OutcomeRewardModel(RewardModel):
+class OutcomeRewardModel(PretrainedRewardModel):
     """An outcome reward model (ORM) over a transformers model; see the module docstring.
 
     Args:
@@ -140,18 +145,6 @@ class OutcomeRewardModel(RewardModel):
         obj._setup(model, tokenizer, s, where=type(model).__name__)
         obj.name_or_path = getattr(model, "name_or_path", None)
         return obj
-
-    @classmethod
-    def _load_dir(cls, path, cfg, **kwargs):
-        return cls(path, **kwargs)
-
-    @classmethod
-    def load(cls, path, device: str | None = None, **kwargs):
-        """Seed-004 signature. A saved reward-model directory loads through the registry; a plain
-        model directory (no ``reward_config.json``) is built by this class, as seed 004 does."""
-        if Path(path).is_dir() and not (Path(path) / CONFIG_NAME).exists():
-            return cls(path, device, **kwargs)
-        return super().load(path, device=device, **kwargs)
 
     def _setup(self, model, tokenizer, settings: OutcomeSettings, where: str) -> None:
         _hf.check_tokenizer(model, tokenizer, where)

@@ -31,7 +31,7 @@ from reward_models import _hf
 from reward_models.base import (
     AGGREGATIONS,
     CONFIG_NAME,
-    RewardModel,
+    PretrainedRewardModel,
     read_reward_config,
     register_reward_model,
     write_reward_config,
@@ -201,7 +201,7 @@ def backend_for_architectures(path: Path) -> str:
 
 
 @register_reward_model("process")
-class ProcessRewardModel(RewardModel):
+class ProcessRewardModel(PretrainedRewardModel):
     """A process reward model (PRM) over a transformers model; see the module docstring.
 
     Args:
@@ -261,18 +261,6 @@ class ProcessRewardModel(RewardModel):
         """A plain causal-LM directory as a verification-prompt PRM (seed 004)."""
         kwargs.setdefault("backend", "verification")
         return cls(path, **kwargs)
-
-    @classmethod
-    def _load_dir(cls, path, cfg, **kwargs):
-        return cls(path, **kwargs)
-
-    @classmethod
-    def load(cls, path, device: str | None = None, **kwargs):
-        """Seed-004 signature. A saved reward-model directory loads through the registry; a plain
-        model directory (no ``reward_config.json``) is built by this class, as seed 004 does."""
-        if Path(path).is_dir() and not (Path(path) / CONFIG_NAME).exists():
-            return cls(path, device, **kwargs)
-        return super().load(path, device=device, **kwargs)
 
     def _setup(self, model, tokenizer, settings: ProcessSettings, where: str) -> None:
         _hf.check_tokenizer(model, tokenizer, where)
