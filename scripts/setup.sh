@@ -26,7 +26,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "[setup] installing $TORCH_SPEC"
   # shellcheck disable=SC2086
   .venv/bin/python -m pip install -q $TORCH_SPEC 2>&1 | grep -v "is neither a file nor a directory" || true
-  .venv/bin/python -c "import torch" # fail loudly if the install did not work
+  .venv/bin/python -W ignore -c "import torch" # fail loudly if the install did not work
 fi
 stamp=$(cat pyproject.toml | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$stamp" ] || ! .venv/bin/python -c "import stepdpo, reward_models" 2>/dev/null; then
