@@ -128,4 +128,25 @@ def run_in_chunks(items: Sequence[Any], process: Callable[[int, list[Any]], tupl
     return rows_all, dict(total)
 
 
-__all__ = ["fingerprint", "run_in_chunks"]
+def plain_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-plain keyword arguments of a run (they go into its fingerprint; objects do not).
+
+    >>> plain_settings({"k": 4, "threshold": None, "sampler": object()})
+    {'k': 4, 'threshold': None}
+    """
+    return {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+def rows_as(from_dict: Callable[[dict[str, Any]], Any], rows: Sequence[dict[str, Any]],
+            output_path: str | os.PathLike) -> list[Any]:
+    """Rebuild records from output rows; a bad row's DataError names the output file and row (1-based)."""
+    out = []
+    for n, row in enumerate(rows, start=1):
+        try:
+            out.append(from_dict(row))
+        except DataError as e:
+            raise e.at(source=str(output_path), row=n) from None
+    return out
+
+
+__all__ = ["fingerprint", "plain_settings", "rows_as", "run_in_chunks"]

@@ -251,7 +251,7 @@ def monte_carlo_labels_to_file(samples: Sequence[Any], policy_rollout, checker: 
     :mod:`reward_models.incremental`). An :class:`HFRollout` is seeded per chunk, so a resumed
     run gives the same labels as an uninterrupted one.
     """
-    from reward_models.incremental import run_in_chunks
+    from reward_models.incremental import plain_settings, rows_as, run_in_chunks
 
     items = [s.to_dict() for s in _read_inputs(samples)]
     if isinstance(policy_rollout, tuple) and len(policy_rollout) == 2:
@@ -264,15 +264,9 @@ def monte_carlo_labels_to_file(samples: Sequence[Any], policy_rollout, checker: 
         out = monte_carlo_labels([StepSample.from_dict(d) for d in chunk], policy_rollout, checker, **kwargs)
         return [s.to_dict() for s in out], {"samples": len(out)}
 
-    settings = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool, type(None)))}
-    rows, _ = run_in_chunks(items, process, output_path, chunk_size=chunk_size, resume=resume, settings=settings)
-    out = []
-    for n, row in enumerate(rows, start=1):
-        try:
-            out.append(StepSample.from_dict(row))
-        except DataError as e:
-            raise e.at(source=str(output_path), row=n) from None
-    return out
+    rows, _ = run_in_chunks(items, process, output_path, chunk_size=chunk_size, resume=resume,
+                            settings=plain_settings(kwargs))
+    return rows_as(StepSample.from_dict, rows, output_path)
 
 
 def _check_completions(completions: Any, n_contexts: int, n: int) -> None:

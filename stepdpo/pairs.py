@@ -187,7 +187,7 @@ def build_step_pairs_to_file(prompts: Sequence[str], sampler, reward_model, outp
     With a seeded :class:`~stepdpo.sampling.StepSampler`, chunk ``c`` samples with the seeds
     ``seed + 1000 * c + call``, so a resumed run builds the same pairs as an uninterrupted one.
     """
-    from reward_models.incremental import run_in_chunks
+    from reward_models.incremental import plain_settings, rows_as, run_in_chunks
 
     prompts = list(prompts)
     if answers is not None and len(answers) != len(prompts):
@@ -201,14 +201,9 @@ def build_step_pairs_to_file(prompts: Sequence[str], sampler, reward_model, outp
                                answers=None if answers is None else [it["answer"] for it in chunk], **kwargs)
         return [p.to_dict() for p in res.pairs], res.stats
 
-    settings = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool, type(None)))}
-    rows, stats = run_in_chunks(items, process, output_path, chunk_size=chunk_size, resume=resume, settings=settings)
-    pairs = []
-    for n, row in enumerate(rows, start=1):
-        try:
-            pairs.append(StepPair.from_dict(row))
-        except DataError as e:
-            raise e.at(source=str(output_path), row=n) from None
+    rows, stats = run_in_chunks(items, process, output_path, chunk_size=chunk_size, resume=resume,
+                                settings=plain_settings(kwargs))
+    pairs = rows_as(StepPair.from_dict, rows, output_path)
     stats["pairs"] = len(pairs)
     return PairBuildResult(pairs=pairs, stats=stats)
 
