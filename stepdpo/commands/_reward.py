@@ -76,6 +76,14 @@ def model_and_tokenizer(script_args, build_tiny, trust_remote_code: bool, seed: 
     return name, C.load_tokenizer(name, trust_remote_code)
 
 
+def train_and_save(trainer, training_args, command: str, **counts: int) -> dict[str, Any]:
+    """Train (resuming when asked), save to ``output_dir``, and return the run summary."""
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    return {"command": command, **counts, "output_dir": training_args.output_dir,
+            "train_loss": float(result.training_loss), "global_step": int(trainer.state.global_step)}
+
+
 def evaluate_saved(output_dir: str, samples, title: str) -> dict[str, Any]:
     """Step-level metrics of the saved model on labeled samples; writes eval_metrics.json and
     calibration.png next to the model."""

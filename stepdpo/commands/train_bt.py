@@ -98,10 +98,7 @@ def main(script_args: ScriptArguments, training_args) -> dict:
     model, tokenizer = R.model_and_tokenizer(script_args, build_tiny, training_args.trust_remote_code,
                                              training_args.seed, training_args.output_dir)
     trainer = BTRewardTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    summary = {"command": COMMAND, "train_pairs": len(train), "output_dir": training_args.output_dir,
-               "train_loss": float(result.training_loss), "global_step": int(trainer.state.global_step)}
+    summary = R.train_and_save(trainer, training_args, COMMAND, train_pairs=len(train))
     if trainer.accelerator.is_main_process:
         if eval_pairs:
             rm = load_reward_model(training_args.output_dir)

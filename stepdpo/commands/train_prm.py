@@ -80,10 +80,7 @@ def main(script_args: ScriptArguments, training_args) -> dict:
                                              training_args.seed, training_args.output_dir)
     logger.info("train-prm: %d labeled solutions from %s", len(train), script_args.dataset_name)
     trainer = PRMTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    summary = {"command": COMMAND, "train_examples": len(train), "output_dir": training_args.output_dir,
-               "train_loss": float(result.training_loss), "global_step": int(trainer.state.global_step)}
+    summary = R.train_and_save(trainer, training_args, COMMAND, train_examples=len(train))
     if trainer.accelerator.is_main_process:
         if eval_samples:
             m = R.evaluate_saved(training_args.output_dir, eval_samples, "PRM")
