@@ -113,6 +113,17 @@ def medians(times: dict[str, dict[str, list[float]]], device: torch.device) -> d
     return {k: med(v[clock]) for k, v in times.items()}
 
 
+def run_sizes(sizes: list[Any], run_size: Callable[[Any, torch.device], tuple[list, dict]],
+              device: torch.device) -> dict[str, Any]:
+    """Run a benchmark at each size: ``{"rows": all table rows, "details": one dict per size}``."""
+    rows, details = [], []
+    for sz in sizes:
+        r, d = run_size(sz, device)
+        rows += r
+        details.append(d)
+    return {"rows": rows, "details": details}
+
+
 def med(xs: list[float]) -> float:
     return float(statistics.median(xs))
 

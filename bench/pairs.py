@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from bench.common import clock_for, comparison, interleaved, medians
+from bench.common import clock_for, comparison, interleaved, medians, run_sizes
 from bench.scoring import BACKBONES, subset
 
 logger = logging.getLogger(__name__)
@@ -115,9 +115,4 @@ def run_size(sz: PairSize, device: torch.device) -> tuple[list[dict[str, Any]], 
 
 
 def run(mode: str, device: torch.device) -> dict[str, Any]:
-    rows, details = [], []
-    for sz in sizes(mode, device):
-        r, d = run_size(sz, device)
-        rows += r
-        details.append(d)
-    return {"rows": rows, "details": details}
+    return run_sizes(sizes(mode, device), run_size, device)

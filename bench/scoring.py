@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from bench.common import clock_for, comparison, interleaved, med, medians
+from bench.common import clock_for, comparison, interleaved, med, medians, run_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -279,9 +279,4 @@ def run_size(sz: ScoringSize, device: torch.device) -> tuple[list[dict[str, Any]
 
 
 def run(mode: str, device: torch.device) -> dict[str, Any]:
-    rows, details = [], []
-    for sz in sizes(mode, device):
-        r, d = run_size(sz, device)
-        rows += r
-        details.append(d)
-    return {"rows": rows, "details": details}
+    return run_sizes(sizes(mode, device), run_size, device)
