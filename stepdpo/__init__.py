@@ -12,9 +12,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "StepSampler": "sampling", "VLLMStepSampler": "sampling", "SampledStep": "sampling",
     "SampledSolution": "sampling",
-    "build_step_pairs": "pairs", "PairBuildResult": "pairs", "save_pairs": "pairs", "load_pairs": "pairs",
+    "build_step_pairs": "pairs", "build_outcome_pairs": "pairs", "OutcomePair": "pairs", "PairBuildResult": "pairs", "save_pairs": "pairs", "load_pairs": "pairs",
     "StepwiseDPOConfig": "config",
-    "StepwiseDPOTrainer": "trainer", "tokenize_step_pair": "trainer", "margin_weights": "trainer",
+    "StepwiseDPOTrainer": "trainer", "tokenize_step_pair": "trainer", "tokenize_solution_pair": "trainer", "margin_weights": "trainer",
     "best_of_n": "decode", "step_beam_search": "decode", "vote_answers": "decode",
     "train_sft": "sft", "run_demo": "demo",
 }

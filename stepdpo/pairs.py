@@ -50,9 +50,10 @@ STAT_KEYS = ("n_prompts", "n_solutions", "n_groups", "pairs", "skipped_all_good"
 
 @dataclass
 class PairBuildResult:
-    """Output of :func:`build_step_pairs`: the pairs and the count of every outcome."""
+    """Output of :func:`build_step_pairs` (step pairs) or :func:`build_outcome_pairs` (outcome
+    pairs): the pairs and the count of every outcome."""
 
-    pairs: list[StepPair]
+    pairs: list[Any]
     stats: dict[str, int] = field(default_factory=dict)
 
 
@@ -130,7 +131,8 @@ def build_step_pairs(prompts: Sequence[str], sampler, reward_model, strategy: st
                      threshold: float | None = 0.5, *, min_margin: float = 0.0, max_steps: int = 8,
                      answers: Sequence[Any] | None = None,
                      answer_checker: Callable[[str, list[str], Any], bool] | None = None,
-                     max_uncertainty: float | None = None, step_format: StepFormat | None = None) -> PairBuildResult:
+                     max_uncertainty: float | None = None, step_format: StepFormat | None = None,
+                     solutions: Sequence[Sequence[Any]] | None = None) -> PairBuildResult:
     """Sample from ``sampler``'s policy, judge with ``reward_model``, return step pairs + stats.
 
     Args:
@@ -150,6 +152,10 @@ def build_step_pairs(prompts: Sequence[str], sampler, reward_model, strategy: st
         max_uncertainty: drop pairs where the ensemble's disagreement (std) on the chosen or
             the rejected step exceeds this.
         step_format: defaults to the sampler's.
+        solutions: first-error strategy only: solutions already sampled from the policy, one
+            list per prompt (:class:`~stepdpo.sampling.SampledSolution` objects or step lists,
+            which count as finished). They replace the first round of sampling, so outcome pairs
+            (:func:`build_outcome_pairs`) and step pairs can come from the same samples.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
@@ -164,11 +170,15 @@ def build_step_pairs(prompts: Sequence[str], sampler, reward_model, strategy: st
     rm = as_reward_model(reward_model)
     fmt = step_format or getattr(sampler, "step_format", None) or DEFAULT_STEP_FORMAT
     prompts = list(prompts)
+    if solutions is not None:
+        if strategy != "first_error":
+            raise ValueError("solutions= is used by the first_error strategy only")
+        solutions = as_solutions(solutions, len(prompts))
     stats: Counter = Counter({key: 0 for key in STAT_KEYS})
     stats["n_prompts"] = len(prompts)
     if strategy == "first_error":
         pairs = _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, answers,
-                             answer_checker, max_uncertainty, stats)
+                             answer_checker, max_uncertainty, stats, solutions)
     else:
         pairs = _per_depth(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, max_uncertainty, stats)
     stats["pairs"] = len(pairs)
@@ -213,8 +223,8 @@ def _nan_count(row: Sequence[float]) -> int:
 
 
 def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, answers, checker,
-                 max_uncertainty, stats) -> list[StepPair]:
-    sols = sampler.sample_solution_details(prompts, k=k, max_steps=max_steps)
+                 max_uncertainty, stats, solutions=None) -> list[StepPair]:
+    sols = solutions if solutions is not None else sampler.sample_solution_details(prompts, k=k, max_steps=max_steps)
     flat = [(i, s) for i, row in enumerate(sols) for s in row if s.steps]
     stats["n_solutions"] = sum(len(row) for row in sols)
     scores, unc = _score(rm, [prompts[i] for i, _ in flat], [s.steps for _, s in flat], max_uncertainty is not None)
@@ -332,6 +342,139 @@ def _per_depth(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, m
 
 
 # -- saving and loading ----------------------------------------------------------------------------
+def as_solutions(solutions: Sequence[Sequence[Any]], n_prompts: int) -> list[list[Any]]:
+    """Per-prompt solution lists as :class:`~stepdpo.sampling.SampledSolution` objects (a plain
+    step list counts as a finished solution); raises when the count does not match the prompts."""
+    from stepdpo.sampling import SampledSolution
+
+    if isinstance(solutions, (str, bytes)) or len(solutions) != n_prompts:
+        got = "a string" if isinstance(solutions, (str, bytes)) else f"{len(solutions)} lists"
+        raise ValueError(f"solutions must hold one list of solutions per prompt: got {got} for {n_prompts} prompts")
+    out = []
+    for i, row in enumerate(solutions):
+        conv = []
+        for j, sol in enumerate(row):
+            if isinstance(sol, SampledSolution):
+                conv.append(sol)
+            elif isinstance(sol, (list, tuple)) and all(isinstance(x, str) for x in sol):
+                conv.append(SampledSolution(steps=list(sol), finished=True))
+            else:
+                raise DataError(f"expected a SampledSolution or a list of step strings, got {type(sol).__name__}",
+                                row=i, field=f"solutions[{i}][{j}]")
+        out.append(conv)
+    return out
+
+
+@dataclass
+class OutcomePair:
+    """A whole-solution preference (outcome-level DPO): for ``prompt``, the solution
+    ``chosen_steps`` beats ``rejected_steps``. ``*_finished`` say whether the policy ended the
+    solution (the trainer then appends EOS after its last step)."""
+
+    prompt: str
+    chosen_steps: list[str]
+    rejected_steps: list[str]
+    chosen_score: float
+    rejected_score: float
+    chosen_finished: bool = True
+    rejected_finished: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "chosen_steps": list(self.chosen_steps),
+                "rejected_steps": list(self.rejected_steps), "chosen_score": float(self.chosen_score),
+                "rejected_score": float(self.rejected_score), "chosen_finished": bool(self.chosen_finished),
+                "rejected_finished": bool(self.rejected_finished), "meta": dict(self.meta)}
+
+
+OUTCOME_AGGREGATES = ("min", "last", "mean", "prod")
+
+
+def _aggregate(scores: Sequence[float], how: str) -> float:
+    if not scores or any(math.isnan(v) for v in scores):
+        return float("nan")
+    if how == "min":
+        return min(scores)
+    if how == "last":
+        return scores[-1]
+    if how == "mean":
+        return sum(scores) / len(scores)
+    return math.prod(scores)
+
+
+def build_outcome_pairs(prompts: Sequence[str], solutions: Sequence[Sequence[Any]], reward_model=None, *,
+                        aggregate: str = "min", answers: Sequence[Any] | None = None,
+                        answer_checker: Callable[[str, list[str], Any], bool] | None = None,
+                        min_margin: float = 0.0) -> PairBuildResult:
+    """Whole-solution pairs from already sampled solutions: per prompt, the best-scored solution
+    (chosen) against the worst (rejected), one pair per prompt.
+
+    A solution's score is either its outcome by ``answer_checker(prompt, steps, answer)`` (1.0 or
+    0.0; pass ``answers`` too) or its step scores from ``reward_model`` aggregated by
+    ``aggregate`` (``"min"``, the usual PRM rule, ``"last"``, ``"mean"`` or ``"prod"``). Empty
+    solutions are skipped; unfinished ones compete like the others (no EOS is trained after
+    them). Groups with fewer than two solutions, or whose best and worst differ by no more than
+    ``min_margin``, give no pair (``skipped_tie``).
+
+    >>> from stepdpo.tasks.arith import is_correct
+    >>> res = build_outcome_pairs(["Q: 1+2\\n"], [[["1+2=4", "Answer: 4"], ["1+2=3", "Answer: 3"]]],
+    ...                           answers=["1+2"], answer_checker=lambda p, s, a: is_correct(a, s))
+    >>> res.pairs[0].chosen_steps, res.stats["pairs"]
+    (['1+2=3', 'Answer: 3'], 1)
+    """
+    if aggregate not in OUTCOME_AGGREGATES:
+        raise ValueError(f"unknown aggregate {aggregate!r}; expected one of {OUTCOME_AGGREGATES}")
+    if (answers is None) != (answer_checker is None):
+        raise ValueError("pass both answers and answer_checker, or neither")
+    if reward_model is None and answer_checker is None:
+        raise ValueError("pass a reward_model (step scores) or answers + answer_checker (outcomes)")
+    prompts = list(prompts)
+    if answers is not None and len(answers) != len(prompts):
+        raise ValueError(f"got {len(answers)} answers for {len(prompts)} prompts")
+    sols = as_solutions(solutions, len(prompts))
+    stats: Counter = Counter({key: 0 for key in ("n_prompts", "n_solutions", "empty_solutions", "pairs",
+                                                 "skipped_tie", "skipped_single", "rejected_nan")})
+    stats["n_prompts"] = len(prompts)
+    flat = []
+    for i, row in enumerate(sols):
+        stats["n_solutions"] += len(row)
+        for sol in row:
+            if sol.steps:
+                flat.append((i, sol))
+            else:
+                stats["empty_solutions"] += 1
+    if answer_checker is not None:
+        values = [1.0 if answer_checker(prompts[i], sol.steps, answers[i]) else 0.0 for i, sol in flat]
+    else:
+        rm = as_reward_model(reward_model)
+        scores, _ = _score(rm, [prompts[i] for i, _ in flat], [sol.steps for _, sol in flat], False)
+        values = [_aggregate(row, aggregate) for row in scores]
+    groups: dict[int, list[tuple[float, Any]]] = {}
+    for (i, sol), v in zip(flat, values):
+        if math.isnan(v):
+            stats["rejected_nan"] += 1
+            continue
+        groups.setdefault(i, []).append((v, sol))
+    pairs = []
+    for i in range(len(prompts)):
+        group = groups.get(i, [])
+        if len(group) < 2:
+            stats["skipped_single"] += 1
+            continue
+        best = max(range(len(group)), key=lambda j: group[j][0])
+        worst = min(range(len(group)), key=lambda j: group[j][0])
+        (bv, bs), (wv, ws) = group[best], group[worst]
+        if bv - wv <= min_margin or bv - wv <= 0:
+            stats["skipped_tie"] += 1
+            continue
+        pairs.append(OutcomePair(prompt=prompts[i], chosen_steps=list(bs.steps), rejected_steps=list(ws.steps),
+                                 chosen_score=bv, rejected_score=wv, chosen_finished=bool(bs.finished),
+                                 rejected_finished=bool(ws.finished), meta={"strategy": "outcome"}))
+    stats["pairs"] = len(pairs)
+    logger.info("built %d outcome pairs: %s", len(pairs), dict(stats))
+    return PairBuildResult(pairs=pairs, stats=dict(stats))
+
+
 def pair_to_step_dpo(pair: StepPair, step_format: StepFormat | None = None) -> dict[str, str]:
     """The Step-DPO row of a pair (``initial_reason_steps`` = the prefix laid out as text).
 
@@ -434,5 +577,6 @@ def load_pairs(path: str | os.PathLike, step_format: StepFormat | None = None, *
     return pairs
 
 
-__all__ = ["STAT_KEYS", "STRATEGIES", "PairBuildResult", "build_step_pairs", "build_step_pairs_to_file", "load_pairs", "pair_from_row",
+__all__ = ["OUTCOME_AGGREGATES", "STAT_KEYS", "STRATEGIES", "OutcomePair", "PairBuildResult", "as_solutions",
+           "build_outcome_pairs", "build_step_pairs", "build_step_pairs_to_file", "load_pairs", "pair_from_row",
            "pair_to_step_dpo", "save_pairs", "select_pair"]

@@ -15,6 +15,10 @@ checkpoints - is TRL's own code path):
   pairs itself (:func:`~stepdpo.pairs.build_step_pairs`), optionally for several rounds with
   the current policy. Without a reward model the judge is the policy's own Yes/No verification
   prompt.
+* **Outcome-level pairs too.** Whole-solution pairs (:class:`~stepdpo.pairs.OutcomePair`, or
+  rows with ``chosen_steps``/``rejected_steps``) are tokenized the same piecewise way with EOS
+  after finished solutions, so outcome-level DPO runs through the same trainer and arguments
+  as a baseline.
 * **Per-pair weights** from the reward margin (``margin_weighting``): each pair's loss is
   multiplied by its weight before the batch mean.
 * ``tokenizer=`` is accepted as an alias of ``processing_class=``; a model built in memory
@@ -51,7 +55,7 @@ from reward_models.base import as_reward_model
 from reward_models.steps import StepFormat
 from reward_models.types import DataError, StepPair
 from stepdpo.config import StepwiseDPOConfig
-from stepdpo.pairs import build_step_pairs, pair_from_row, save_pairs
+from stepdpo.pairs import OutcomePair, build_step_pairs, pair_from_row, save_pairs
 from stepdpo.sampling import StepSampler
 
 logger = logging.getLogger(__name__)
@@ -115,6 +119,37 @@ def tokenize_step_pair(tokenizer, step_format: StepFormat, prompt: str, prefix_s
     return out
 
 
+def tokenize_solution_pair(tokenizer, step_format: StepFormat, prompt: str, chosen_steps: Sequence[str],
+                           rejected_steps: Sequence[str], chosen_finished: bool = True,
+                           rejected_finished: bool = True) -> dict[str, list[int]]:
+    """Ids of one whole-solution (outcome-level) pair, built piecewise like :func:`tokenize_step_pair`.
+
+    ``prompt_ids`` = the prompt's ids; ``chosen_ids``/``rejected_ids`` = every step's piece of
+    the solution (the complete layout of the step format), plus EOS when the policy ended that
+    solution (``*_finished``), exactly the ids the sampler generated.
+
+    >>> from reward_models.testing import tiny_tokenizer
+    >>> tok = tiny_tokenizer()
+    >>> ids = tokenize_solution_pair(tok, StepFormat(), "Q: 1+2\\n", ["1+2=3", "Answer: 3"], ["1+2=4"], True, False)
+    >>> ids["chosen_ids"][-1] == tok.eos_token_id, ids["rejected_ids"][-1] == tok.eos_token_id
+    (True, False)
+    """
+    out = {"prompt_ids": step_format.tokenize(tokenizer, prompt, [], complete=False).input_ids}
+    for name, steps, finished in (("chosen_ids", chosen_steps, chosen_finished),
+                                  ("rejected_ids", rejected_steps, rejected_finished)):
+        if not steps:
+            raise DataError("a solution of an outcome pair has no steps", field=name.replace("_ids", "_steps"))
+        enc = step_format.tokenize(tokenizer, prompt, list(steps), complete=bool(finished))
+        assert enc.input_ids[: enc.prompt_len] == out["prompt_ids"], "piecewise tokenization must keep the prompt"
+        ids = enc.input_ids[enc.prompt_len:]
+        if finished:
+            if tokenizer.eos_token_id is None:
+                raise ValueError("the tokenizer has no EOS token to end a finished solution with")
+            ids = ids + [tokenizer.eos_token_id]
+        out[name] = ids
+    return out
+
+
 def _scale_grad(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Same value as ``x``; the gradient flowing into ``x`` is multiplied by ``scale``."""
     return x * scale + (x * (1 - scale)).detach()
@@ -158,6 +193,8 @@ def _dataset_kind(dataset) -> str:
     cols = set(getattr(dataset, "column_names", None) or next(iter(dataset)).keys())
     if set(TOKENIZED_COLUMNS) <= cols:
         return "tokenized"
+    if "chosen_steps" in cols:
+        return "solutions"
     if "prefix_steps" in cols or "initial_reason_steps" in cols:
         return "pairs"
     if "prompt" in cols and "chosen" not in cols:
@@ -247,6 +284,8 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
             items = list(train_dataset)
             if all(isinstance(p, str) for p in items):
                 train_dataset = Dataset.from_dict({"prompt": items})
+            elif all(isinstance(p, OutcomePair) for p in items):
+                train_dataset = Dataset.from_list([p.to_dict() for p in items])
             elif all(isinstance(p, dict) for p in items) and _dataset_kind(items) != "pairs":
                 train_dataset = Dataset.from_list(items)
             else:
@@ -373,6 +412,20 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
                                           example["rejected"], bool(example["is_final"]))
 
             dataset = dataset.map(tokenize, desc=f"Tokenizing {dataset_name} step pairs piecewise")
+        if kind == "solutions":
+            tok = getattr(processing_class, "tokenizer", processing_class)
+            fmt = args.step_format
+
+            def tokenize_solutions(example, idx):
+                try:
+                    return tokenize_solution_pair(tok, fmt, example["prompt"], example["chosen_steps"],
+                                                  example["rejected_steps"], bool(example.get("chosen_finished", True)),
+                                                  bool(example.get("rejected_finished", True)))
+                except DataError as e:
+                    raise e.at(source=dataset_name, row=idx) from None
+
+            dataset = dataset.map(tokenize_solutions, with_indices=True,
+                                  desc=f"Tokenizing {dataset_name} outcome pairs piecewise")
         return self._apply_length_policy(dataset, args, dataset_name)
 
     def _apply_length_policy(self, dataset, args, dataset_name):
@@ -500,4 +553,4 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
 
 
 __all__ = ["PAIR_FEATURES", "StepPreferenceCollator", "StepwiseDPOTrainer", "default_judge", "margin_weights",
-           "pairs_to_rows", "tokenize_step_pair"]
+           "pairs_to_rows", "tokenize_solution_pair", "tokenize_step_pair"]

@@ -155,3 +155,62 @@ def test_save_load_both_formats(tmp_path):
 def test_margin_is_finite():
     with pytest.raises(DataError):
         StepPair(prompt="Q", prefix_steps=[], chosen="a", rejected="b", chosen_score=math.nan)
+
+
+def test_first_error_on_given_solutions_samples_no_solutions():
+    """solutions= replaces the first round of sampling: the same pairs, without calling the sampler for it."""
+    p = "Q: 5-1-1\n"
+    sols = {p: [["s1", "s2x", "s3"], ["s1", "s2", "Answer: 3"]]}
+    sampler = ScriptedSampler(solutions=sols, next_steps={(p, 1): ["s2", "s2y"]})
+    rm = TableRM({"s1": 1, "s2": 1, "s3": 1, "s2x": 0, "Answer: 3": 1, "s2y": 0.2})
+    expected = build_step_pairs([p], sampler, rm, k=2)
+
+    class NoSolutions(ScriptedSampler):
+        def sample_solution_details(self, *a, **kw):
+            raise AssertionError("solutions were given: the sampler must not sample them again")
+
+    given = build_step_pairs([p], NoSolutions(sols, sampler.next_steps), rm, k=2, solutions=[sols[p]])
+    assert [x.to_dict() for x in given.pairs] == [x.to_dict() for x in expected.pairs] and len(given.pairs) == 1
+    assert given.stats == expected.stats
+    with pytest.raises(ValueError, match="one list of solutions per prompt"):
+        build_step_pairs([p, p], sampler, rm, k=2, solutions=[sols[p]])
+    with pytest.raises(DataError, match=r"solutions\[0\]\[0\]"):
+        build_step_pairs([p], sampler, rm, k=2, solutions=[[42]])
+    with pytest.raises(ValueError, match="first_error"):
+        build_step_pairs([p], sampler, rm, strategy="per_depth", k=2, solutions=[sols[p]])
+
+
+def test_outcome_pairs_by_answer_and_by_aggregated_step_scores():
+    from stepdpo.pairs import build_outcome_pairs
+    from stepdpo.tasks.arith import is_correct
+
+    probs = make_samples(3, seed=5)
+    good = [s.steps for s in probs]
+    wrong = [s.steps[:-1] + ["Answer: 99999"] for s in probs]
+    prompts = [s.prompt for s in probs]
+    exprs = [s.meta["expression"] for s in probs]
+    sols = [[wrong[0], good[0], wrong[0]],  # one right, two wrong: a pair
+            [good[1], good[1]],  # all right: a tie
+            [wrong[2]]]  # a single solution
+    res = build_outcome_pairs(prompts, sols, answers=exprs, answer_checker=lambda p, s, a: is_correct(a, s))
+    assert res.stats["pairs"] == 1 and res.stats["skipped_tie"] == 1 and res.stats["skipped_single"] == 1
+    pair = res.pairs[0]
+    assert (pair.chosen_steps, pair.rejected_steps, pair.chosen_score, pair.rejected_score) == \
+        (good[0], wrong[0], 1.0, 0.0)
+    # aggregated step scores: min (one bad step sinks a solution) differs from mean
+    table = {"a": 0.9, "b": 0.9, "c": 0.1, "d": 0.6}
+    rm = TableRM(table)
+    sols = [[["a", "c"], ["d", "d"]]]  # min: 0.1 vs 0.6 -> ["d","d"] chosen; mean: 0.5 vs 0.6 -> same
+    by_min = build_outcome_pairs(["Q: 1\n"], sols, rm, aggregate="min").pairs[0]
+    assert by_min.chosen_steps == ["d", "d"] and by_min.chosen_score == pytest.approx(0.6)
+    assert by_min.rejected_score == pytest.approx(0.1)
+    sols = [[["a", "b", "c"], ["d", "d", "d"]]]  # mean 0.633 vs 0.6: the other way round
+    by_mean = build_outcome_pairs(["Q: 1\n"], sols, rm, aggregate="mean").pairs[0]
+    assert by_mean.chosen_steps == ["a", "b", "c"]
+    # last: 0.1 vs 0.6
+    assert build_outcome_pairs(["Q: 1\n"], sols, rm, aggregate="last").pairs[0].chosen_steps == ["d", "d", "d"]
+    assert build_outcome_pairs(["Q: 1\n"], sols, rm, min_margin=0.6).stats["skipped_tie"] == 1
+    with pytest.raises(ValueError, match="aggregate"):
+        build_outcome_pairs(["Q: 1\n"], sols, rm, aggregate="max")
+    with pytest.raises(ValueError, match="reward_model"):
+        build_outcome_pairs(["Q: 1\n"], sols)

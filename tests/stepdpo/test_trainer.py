@@ -307,3 +307,41 @@ def test_step_dpo_dataset_with_its_own_separator_and_row_errors(tmp_path):
     with pytest.raises(DataError, match="train_dataset, row 1, field 'rejected'"):
         StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=make_args(tmp_path), tokenizer=tok,
                            train_dataset=[p.to_dict() if isinstance(p, StepPair) else p for p in bad])
+
+
+def test_outcome_pairs_train_through_the_same_trainer(arith_policy, tmp_path):
+    """Whole-solution pairs: the SFT layout (prompt, every step piece, EOS after a finished solution
+    only), and training on them moves the policy towards the chosen solutions."""
+    from stepdpo.pairs import OutcomePair
+    from stepdpo.sft import tokenize_sft_example
+    from stepdpo.trainer import tokenize_solution_pair
+
+    model, tok, cfg = arith_policy
+    probs = make_samples(8, seed=31, cfg=cfg)
+    pairs = [OutcomePair(prompt=s.prompt, chosen_steps=s.steps, rejected_steps=s.steps[:-1] + ["Answer: 999"],
+                         chosen_score=1.0, rejected_score=0.0, rejected_finished=bool(i % 2)) for i, s in enumerate(probs)]
+    ids = tokenize_solution_pair(tok, STEP_FORMAT, probs[0].prompt, probs[0].steps, ["1+1=2"], True, False)
+    sft = tokenize_sft_example(tok, probs[0], STEP_FORMAT)
+    assert ids["prompt_ids"] + ids["chosen_ids"] == sft["input_ids"]
+    assert ids["rejected_ids"] == tok("1+1=2\n", add_special_tokens=False)["input_ids"]
+    trainer = StepwiseDPOTrainer(model=copy.deepcopy(model), args=make_args(tmp_path, max_steps=6, learning_rate=1e-3),
+                                 tokenizer=tok, train_dataset=pairs)
+    eos = tok.eos_token_id
+    for row, p in zip(trainer.train_dataset, pairs):
+        assert row["chosen_ids"][-1] == eos and row["chosen_ids"].count(eos) == 1
+        assert (row["rejected_ids"][-1] == eos) == p.rejected_finished
+
+    def margin(m):
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
+        with torch.no_grad():
+            logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        lp = torch.log_softmax(logits, -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+        lp = (lp * batch["completion_mask"][:, 1:]).sum(-1)
+        return (lp[: len(pairs)] - lp[len(pairs):]).mean().item()
+
+    before = margin(trainer.model)
+    trainer.train()
+    assert margin(trainer.model) > before + 0.5
+    with pytest.raises(Exception, match="no steps"):
+        StepwiseDPOTrainer(model=copy.deepcopy(model), args=make_args(tmp_path), tokenizer=tok,
+                           train_dataset=[{"prompt": "Q: 1+1\n", "chosen_steps": ["1+1=2"], "rejected_steps": []}])
