@@ -54,6 +54,10 @@ def train_sft(model, tokenizer, samples, *, output_dir: str, step_format: StepFo
 
     # TRL turns gradient checkpointing on by default; for small policies it only costs time
     sft_kwargs.setdefault("gradient_checkpointing", False)
+    # TRL also defaults to bf16, which on a CPU means bf16 autocast: slower there, and the autocast wrapper
+    # stays on the returned model's forward, so it would score differently from the same model reloaded
+    if not sft_kwargs.get("fp16"):
+        sft_kwargs.setdefault("bf16", _bf16_supported())
     args = SFTConfig(
         output_dir=output_dir, max_steps=max_steps, learning_rate=learning_rate,
         per_device_train_batch_size=batch_size, lr_scheduler_type="cosine", warmup_steps=min(50, max_steps // 10),
@@ -64,6 +68,9 @@ def train_sft(model, tokenizer, samples, *, output_dir: str, step_format: StepFo
     trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(tokenizer, samples, step_format),
                          processing_class=tokenizer)
     trainer.train()
+    # drop the mixed-precision wrapper Accelerate put on model.forward: in memory the model then computes
+    # exactly what it computes when reloaded from disk (fp32 unless it was loaded in another dtype)
+    trainer.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     return trainer
 
 
@@ -71,6 +78,12 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 __all__ = ["sft_dataset", "tokenize_sft_example", "train_sft"]

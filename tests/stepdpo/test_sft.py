@@ -28,3 +28,26 @@ def test_sft_learns(tokenizer, tmp_path):
     train_sft(model, tokenizer, samples, output_dir=str(tmp_path), step_format=STEP_FORMAT, max_steps=30,
               learning_rate=3e-3, batch_size=6)
     assert nll() < before * 0.6
+
+
+def test_trained_policy_scores_like_its_reloaded_copy(tmp_path):
+    """After train_sft the in-memory policy computes what the saved one computes when reloaded: no
+    mixed-precision wrapper left on its forward (TRL's bf16 default would leave bf16 autocast on a CPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from reward_models.testing import tiny_causal_lm, tiny_tokenizer
+    from stepdpo.sft import train_sft
+    from stepdpo.tasks.arith import STEP_FORMAT, make_samples
+
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    train_sft(model, tok, make_samples(32, seed=0), output_dir=str(tmp_path / "run"), step_format=STEP_FORMAT,
+              max_steps=3, batch_size=8)
+    model.save_pretrained(tmp_path / "saved", safe_serialization=True)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", use_safetensors=True)
+    model.eval()
+    reloaded.eval()
+    ids = torch.tensor([tok("Q: 12+7-3\n12+7=19\n")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, reloaded(input_ids=ids).logits, atol=1e-6, rtol=0)
