@@ -185,6 +185,10 @@ def render_table(results: list[dict[str, Any]]) -> str:
         out.append(f"- date: {m['date_utc']}; wall time {res['wall_s']:.0f} s; load average (1/5/15 min) at "
                    f"start {m.get('load_avg_start')}, at end {res.get('load_avg_end')}")
         out.append("")
+        if res.get("markdown"):  # a benchmark with its own table (accuracy, not ratios)
+            out.append(res["markdown"])
+            out.append("")
+            continue
         out.append("| benchmark | ours | baseline | ratio | target | met? |")
         out.append("|---|---|---|---|---|---|")
         for row in res["rows"]:
@@ -200,7 +204,7 @@ def render_table(results: list[dict[str, Any]]) -> str:
 
 
 def load_results(results_dir: Path) -> list[dict[str, Any]]:
-    order = {"scoring": 0, "pairs": 1, "trainer": 2}
+    order = {"scoring": 0, "pairs": 1, "trainer": 2, "helps": 3}
     res = []
     for p in sorted(results_dir.glob("*.json")):
         try:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("scoring", "pairs", "trainer")
+BENCHMARKS = ("scoring", "pairs", "trainer", "helps")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -36,6 +36,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--out-dir", default=None, help="where result JSON files go (default bench/results)")
     p.add_argument("--no-markdown", action="store_true", help="do not regenerate BENCHMARKS.md")
+    p.add_argument("--markdown-only", action="store_true",
+                   help="run nothing: regenerate BENCHMARKS.md from the result files")
     p.add_argument("--markdown", default=None, help="markdown file to regenerate (default BENCHMARKS.md)")
     return p
 
@@ -48,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown benchmark(s) {bad}; valid: {', '.join(BENCHMARKS)}")
     if args.threads < 1:
         raise SystemExit("--threads must be >= 1")
+    if args.markdown_only:
+        from bench import common
+
+        md = Path(args.markdown) if args.markdown else common.BENCHMARKS_MD
+        common.update_benchmarks_md(Path(args.out_dir) if args.out_dir else common.RESULTS_DIR, md)
+        print(f"wrote {md}")
+        return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -73,12 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         logging.getLogger("bench").info("running %s (%s mode, device %s, %d thread(s))", name, args.mode, device,
                                         torch.get_num_threads())
-        res = module.run(args.mode, device) if name != "trainer" else module.run(args.mode, device, args.threads)
+        res = module.run(args.mode, device) if name not in ("trainer", "helps") else \
+            module.run(args.mode, device, args.threads)
         payload = {"name": f"{name}-{suffix}", "benchmark": name, "mode": args.mode, "command": command,
                    "machine": machine, "wall_s": round(time.perf_counter() - t0, 1),
                    "load_avg_end": common.load_avg(), **res}
         path = common.write_result(f"{name}-{suffix}", payload, out_dir)
         written.append(path)
+        if res.get("markdown"):
+            print(res["markdown"], flush=True)
         for row in res["rows"]:
             print(f"{row['benchmark']}: ratio {row['ratio']:.2f}x (target {row['target']}) met={row['met']}",
                   flush=True)

@@ -38,3 +38,25 @@ def test_bench_smoke_writes_results_and_table(tmp_path):
     assert "python -m bench.run --smoke" in text
     for name in expected_rows:
         assert f"### {name}-{suffix}" in text
+    # the "does it help" benchmark: its own accuracy table, every arm trained or marked as having no pairs
+    helps = json.loads((tmp_path / "results" / f"helps-{suffix}.json").read_text())
+    arms = helps["per_seed"][0]["arms"]
+    assert set(arms) == {"sft", "outcome/checker", "outcome/prm", "step_same_pairs/checker", "step_same_pairs/prm",
+                         "step_same_samples/checker", "step_same_samples/prm", "nll_only/checker"}
+    for key, arm in arms.items():
+        assert arm["n"] == helps["per_seed"][0]["config"]["n_test"]
+        assert (arm["accuracy"] is None) == (key != "sft" and arm["pairs"] == 0)
+    assert any(arm["pairs"] > 0 for key, arm in arms.items() if key != "sft")
+    assert arms["step_same_pairs/prm"]["pairs"] <= arms["outcome/prm"]["pairs"]
+    assert f"### helps-{suffix}" in text and "| arm | judge | pairs |" in text
+    # re-rendering from the stored per-seed numbers gives the same table; --markdown-only rebuilds the file
+    from bench.helps import rerender
+
+    rerender(str(tmp_path / "results" / f"helps-{suffix}.json"))
+    again = json.loads((tmp_path / "results" / f"helps-{suffix}.json").read_text())
+    assert again["markdown"] == helps["markdown"]
+    md.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--markdown-only", "--out-dir", str(tmp_path / "results"),
+                           "--markdown", str(md)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert md.read_text().count("### ") == text.count("### ")
