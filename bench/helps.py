@@ -268,8 +268,8 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
                      "accuracy": _mean_sd(acc), "delta": _mean_sd(delta), "per_seed": acc,
                      "pairs": _mean_sd([r["pairs"] for r in rows]),
                      "pair_quality": _mean_sd(quality) if quality else None}
-    prm = {k: _mean_sd([r["prm"]["first_error"]["f1"] if k == "first_error_f1" else r["prm"]["steps"]["auroc"]
-                        for r in per_seed]) for k in ("first_error_f1", "step_auroc")}
+    prm = {"first_error_f1": _mean_sd([r["prm"]["first_error"]["f1"] for r in per_seed]),
+           "step_auroc": _mean_sd([r["prm"]["steps"]["auroc"] for r in per_seed])}
     bon = {k: _mean_sd([r["best_of_n"][k] for r in per_seed])
            for k in ("best_of_n_prm", "majority_vote", "prm_weighted_vote", "pass_at_n")}
     return {"arms": arms, "prm": prm, "best_of_n": bon, "seeds": [r["seed"] for r in per_seed],

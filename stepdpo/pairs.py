@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reward_models.base import aggregate as aggregate_scores
 from reward_models.base import as_reward_model
 from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat
 from reward_models.types import DataError, StepPair
@@ -387,19 +388,7 @@ class OutcomePair:
                 "rejected_finished": bool(self.rejected_finished), "meta": dict(self.meta)}
 
 
-OUTCOME_AGGREGATES = ("min", "last", "mean", "prod")
-
-
-def _aggregate(scores: Sequence[float], how: str) -> float:
-    if not scores or any(math.isnan(v) for v in scores):
-        return float("nan")
-    if how == "min":
-        return min(scores)
-    if how == "last":
-        return scores[-1]
-    if how == "mean":
-        return sum(scores) / len(scores)
-    return math.prod(scores)
+OUTCOME_AGGREGATES = ("min", "last", "mean", "prod")  # the subset of reward_models.base.AGGREGATIONS that ranks solutions
 
 
 def build_outcome_pairs(prompts: Sequence[str], solutions: Sequence[Sequence[Any]], reward_model=None, *,
@@ -448,7 +437,8 @@ def build_outcome_pairs(prompts: Sequence[str], solutions: Sequence[Sequence[Any
     else:
         rm = as_reward_model(reward_model)
         scores, _ = _score(rm, [prompts[i] for i, _ in flat], [sol.steps for _, sol in flat], False)
-        values = [_aggregate(row, aggregate) for row in scores]
+        values = [float("nan") if any(math.isnan(v) for v in row) else aggregate_scores(row, aggregate)
+                  for row in scores]
     groups: dict[int, list[tuple[float, Any]]] = {}
     for (i, sol), v in zip(flat, values):
         if math.isnan(v):

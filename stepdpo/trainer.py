@@ -111,12 +111,14 @@ def tokenize_step_pair(tokenizer, step_format: StepFormat, prompt: str, prefix_s
         start, end = enc.spans[-1]
         assert enc.input_ids[:start] == ctx, "piecewise tokenization must keep the context ids"
         ids = enc.input_ids[start:end]
-        if is_final:
-            if tokenizer.eos_token_id is None:
-                raise ValueError("the tokenizer has no EOS token to end a final step with")
-            ids = ids + [tokenizer.eos_token_id]
-        out[name] = ids
+        out[name] = _end_with_eos(tokenizer, ids, "a final step") if is_final else ids
     return out
+
+
+def _end_with_eos(tokenizer, ids: list[int], what: str) -> list[int]:
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"the tokenizer has no EOS token to end {what} with")
+    return ids + [tokenizer.eos_token_id]
 
 
 def tokenize_solution_pair(tokenizer, step_format: StepFormat, prompt: str, chosen_steps: Sequence[str],
@@ -142,11 +144,7 @@ def tokenize_solution_pair(tokenizer, step_format: StepFormat, prompt: str, chos
         enc = step_format.tokenize(tokenizer, prompt, list(steps), complete=bool(finished))
         assert enc.input_ids[: enc.prompt_len] == out["prompt_ids"], "piecewise tokenization must keep the prompt"
         ids = enc.input_ids[enc.prompt_len:]
-        if finished:
-            if tokenizer.eos_token_id is None:
-                raise ValueError("the tokenizer has no EOS token to end a finished solution with")
-            ids = ids + [tokenizer.eos_token_id]
-        out[name] = ids
+        out[name] = _end_with_eos(tokenizer, ids, "a finished solution") if finished else ids
     return out
 
 
