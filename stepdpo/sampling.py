@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat
+from reward_models.types import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,46 @@ def cut_step(text: str, step_format: StepFormat, ended_with_eos: bool, hit_limit
     return step, is_final, truncated
 
 
+def step_piece_ids(tokenizer, step_format: StepFormat, prompt: str, prefix: Sequence[str], step: str,
+                   is_final: bool = False) -> tuple[list[int], list[int]]:
+    """``(context_ids, step_ids)`` of one step after ``prompt + prefix``, built piecewise: the
+    context is what the sampler generates from; the step's ids are its piece (``step + tag +
+    separator``, or the final-step layout) plus EOS when ``is_final``. The trainer tokenizes pairs
+    with this, so scores computed from these ids are the log-probs it trains.
+
+    >>> from reward_models.testing import tiny_tokenizer
+    >>> tok = tiny_tokenizer()
+    >>> ctx, ids = step_piece_ids(tok, DEFAULT_STEP_FORMAT, "Q: 1+2\\n", [], "1+2=3")
+    >>> ctx == tok("Q: 1+2\\n")["input_ids"], tok.decode(ids)
+    (True, '1+2=3\\n')
+    """
+    prefix = list(prefix)
+    ctx = step_format.tokenize(tokenizer, prompt, prefix, complete=False).input_ids
+    enc = step_format.tokenize(tokenizer, prompt, prefix + [step], complete=bool(is_final))
+    start, end = enc.spans[-1]
+    assert enc.input_ids[:start] == ctx, "piecewise tokenization must keep the context ids"
+    ids = enc.input_ids[start:end]
+    if is_final:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token to end a final step with")
+        ids = ids + [tokenizer.eos_token_id]
+    return ctx, ids
+
+
+def _apply_step(sol: SampledSolution, text: str, is_final: bool, truncated: bool) -> bool:
+    """Add one sampled step to a solution; returns whether the solution goes on."""
+    if text.strip():
+        sol.steps.append(text)
+    if is_final:
+        sol.finished = True
+        return False
+    if truncated or not text.strip():
+        sol.truncated = truncated
+        sol.meta["stopped"] = "truncated" if truncated else "empty_step"
+        return False
+    return True
+
+
 class _BaseSampler:
     """Shared logic: contexts, solution rounds. Subclasses implement :meth:`_generate`."""
 
@@ -140,30 +181,29 @@ class _BaseSampler:
     def sample_solution_details(self, prompts: Sequence[str], k: int = 4, max_steps: int = 8,
                                 prefixes: Sequence[Sequence[str]] | None = None) -> list[list[SampledSolution]]:
         """``k`` solutions per prompt, continued from ``prefixes`` when given (the prefix is
-        included in the returned steps). One batched generate call per round of steps."""
+        included in the returned steps), at most ``max_steps`` rounds of steps each.
+
+        Step by step: one batched generate call per round, each context tokenized piecewise.
+        Samplers that can (see :meth:`StepSampler._whole_solution_rounds`) first generate whole
+        solutions in one call and keep every step whose ids are exactly the piecewise ids, then
+        continue step by step only where they are not."""
         prefixes = [[] for _ in prompts] if prefixes is None else [list(p) for p in prefixes]
         if len(prefixes) != len(prompts):
             raise ValueError(f"got {len(prefixes)} prefixes for {len(prompts)} prompts")
         sols = [[SampledSolution(steps=list(pre), finished=False) for _ in range(k)] for pre in prefixes]
-        active = [(i, j) for i in range(len(prompts)) for j in range(k)]
-        for _ in range(max_steps):
-            if not active:
-                break
-            outs = self.sample_next_steps([prompts[i] for i, _ in active], [sols[i][j].steps for i, j in active], k=1)
-            still = []
-            for (i, j), (step,) in zip(active, outs):
-                sol = sols[i][j]
-                if step.text.strip():
-                    sol.steps.append(step.text)
-                if step.is_final:
-                    sol.finished = True
-                elif step.truncated or not step.text.strip():
-                    sol.truncated = step.truncated
-                    sol.meta["stopped"] = "truncated" if step.truncated else "empty_step"
-                else:
-                    still.append((i, j))
-            active = still
+        active = [(i, j, max_steps) for i in range(len(prompts)) for j in range(k)] if max_steps > 0 else []
+        active = self._whole_solution_rounds(prompts, sols, active)
+        while active:
+            outs = self.sample_next_steps([prompts[i] for i, _, _ in active],
+                                          [sols[i][j].steps for i, j, _ in active], k=1)
+            active = [(i, j, left - 1) for (i, j, left), (step,) in zip(active, outs)
+                      if _apply_step(sols[i][j], step.text, step.is_final, step.truncated) and left > 1]
         return sols
+
+    def _whole_solution_rounds(self, prompts, sols, active):
+        """Hook: advance solutions by generating many steps at once; returns what is left to do
+        step by step as ``(prompt index, sample index, rounds left)``. Default: nothing."""
+        return active
 
     def sample_solutions(self, prompts: Sequence[str], k: int = 4, max_steps: int = 8) -> list[list[list[str]]]:
         """``k`` full solutions per prompt, each a list of steps."""
@@ -182,10 +222,17 @@ class StepSampler(_BaseSampler):
         batch_size: sequences per ``generate`` call.
         seed: makes every call deterministic (call ``n`` uses ``seed + n``) without touching
             the global RNG state.
+        whole_solutions: generate whole solutions in one call (one prefill instead of one per
+            step: several times faster) and keep each step whose ids equal its piecewise ids,
+            which is what step-by-step sampling would have generated from the same context;
+            where they differ (a token spanning a step boundary), the solution goes on step by
+            step from its last exact step. Used when the separator is a single token and there is
+            no scoring tag; greedy decoding gives the same solutions either way.
     """
 
     def __init__(self, model, tokenizer, step_format: StepFormat | None = None, *, max_new_tokens: int = 64,
-                 temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, seed: int | None = None):
+                 temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, seed: int | None = None,
+                 whole_solutions: bool = True):
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         if temperature < 0 or not 0 < top_p <= 1:
@@ -202,6 +249,109 @@ class StepSampler(_BaseSampler):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
         self.num_generate_calls = 0  # for tests and benchmarks: batched, not one call per candidate
+        self.whole_solutions = whole_solutions
+        self.num_steps_whole = self.num_steps_stepwise_fallback = 0  # steps kept from whole-solution generation
+        self._sep = _separator_tokens(tokenizer, self.step_format) if whole_solutions else None
+
+    @torch.no_grad()
+    def _whole_solution_rounds(self, prompts, sols, active):
+        if self._sep is None or self.eos_id is None or not active:
+            return active
+        ending, odd = self._sep
+        contexts = [self.context_ids(prompts[i], sols[i][j].steps) for i, j, _ in active]
+        device = pick_device(self.model)
+        was_training = self.model.training
+        self.model.eval()
+        seed = None if self.seed is None else self.seed + self._calls
+        self._calls += 1
+        rest = []
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                for start in range(0, len(active), self.batch_size):
+                    chunk = active[start:start + self.batch_size]
+                    gens = self._generate_whole(contexts[start:start + self.batch_size], [c[2] for c in chunk],
+                                                ending, odd, device)
+                    for (i, j, left), gen in zip(chunk, gens):
+                        left = self._parse_whole(prompts[i], sols[i][j], gen, left, ending, odd)
+                        if left:
+                            rest.append((i, j, left))
+        finally:
+            self.model.train(was_training)
+        return rest
+
+    def _generate_whole(self, batch, rounds, ending, odd, device) -> list[list[int]]:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        ids, mask = left_pad(batch, self.pad_id)
+        width = ids.shape[1]
+        limit = torch.tensor(rounds, device=device)
+        end_ids = torch.tensor(sorted(ending), device=device)
+        odd_ids = torch.tensor(sorted(odd), device=device, dtype=torch.long)
+        per_step = self.max_new_tokens
+
+        class Rounds(StoppingCriteria):
+            """Stop a row after its last allowed step, a too-long step, or a token spanning a boundary."""
+
+            def __call__(self, input_ids, scores, **kw):
+                gen = input_ids[:, width:]
+                is_end = torch.isin(gen, end_ids)
+                pos = torch.arange(gen.shape[1], device=gen.device).expand_as(gen)
+                last = torch.where(is_end, pos, torch.full_like(pos, -1)).max(dim=1).values
+                since = gen.shape[1] - 1 - last
+                return (is_end.sum(dim=1) >= limit) | torch.isin(gen, odd_ids).any(dim=1) | (since >= per_step)
+
+        greedy = self.temperature == 0
+        kwargs = dict(do_sample=not greedy, max_new_tokens=per_step * max(rounds), pad_token_id=self.pad_id,
+                      eos_token_id=self.eos_id, stopping_criteria=StoppingCriteriaList([Rounds()]))
+        if not greedy:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        self.num_generate_calls += 1
+        return out[:, width:].tolist()
+
+    def _parse_whole(self, prompt, sol, gen, left, ending, odd) -> int:
+        """Replay step-by-step sampling on ``gen``: apply each step that step-by-step generation
+        would have produced from the same piecewise context; returns the rounds left to sample
+        step by step (0 when the solution is done)."""
+        sep, pos = self.step_format.separator, 0
+        while left:
+            seg, end = [], None
+            while pos < len(gen):
+                t = gen[pos]
+                pos += 1
+                if t == self.eos_id:
+                    end = "eos"
+                    break
+                if t in odd:
+                    break  # a token with text on both sides of a step boundary
+                seg.append(t)
+                if t in ending:
+                    end = "sep"
+                    break
+                if len(seg) >= self.max_new_tokens:
+                    end = "limit"
+                    break
+            if end is None:  # generation stopped early, or a token spans a step boundary
+                self.num_steps_stepwise_fallback += 1
+                return left
+            text = self.tokenizer.decode(seg, skip_special_tokens=False)
+            if end == "sep":
+                text = text[: -len(sep)]
+                if text.strip():
+                    try:
+                        exact = step_piece_ids(self.tokenizer, self.step_format, prompt, sol.steps, text)[1] == seg
+                    except (DataError, AssertionError):
+                        exact = False
+                    if not exact:  # step-by-step generation would have gone on from other ids
+                        self.num_steps_stepwise_fallback += 1
+                        return left
+            self.num_steps_whole += 1
+            left -= 1
+            if not _apply_step(sol, text, end == "eos", end == "limit"):
+                return 0
+        return 0
 
     @torch.no_grad()
     def _generate(self, contexts: list[list[int]], k: int) -> list[list[SampledStep]]:
@@ -221,6 +371,39 @@ class StepSampler(_BaseSampler):
         finally:
             self.model.train(was_training)
         return [results[i * k:(i + 1) * k] for i in range(len(contexts))]
+
+    @torch.no_grad()
+    def step_logprobs(self, prompts: Sequence[str], prefixes: Sequence[Sequence[str]], steps: Sequence[str],
+                      finals: Sequence[bool] | None = None) -> list[float]:
+        """The policy's log-probability of each ``step`` after ``prompt + prefix`` (summed over the
+        step's tokens as the trainer tokenizes them, EOS included when ``finals[i]``), batched."""
+        finals = [False] * len(steps) if finals is None else list(finals)
+        if not len(prompts) == len(prefixes) == len(steps) == len(finals):
+            raise ValueError("prompts, prefixes, steps and finals must have the same length")
+        rows = [step_piece_ids(self.tokenizer, self.step_format, p, pre, st, fin)
+                for p, pre, st, fin in zip(prompts, prefixes, steps, finals)]
+        device = pick_device(self.model)
+        was_training = self.model.training
+        self.model.eval()
+        out: list[float] = []
+        try:
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start:start + self.batch_size]
+                seqs = [ctx + ids for ctx, ids in chunk]
+                width = max(map(len, seqs))
+                ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(seqs), width), dtype=torch.long)
+                target = torch.zeros((len(seqs), width), dtype=torch.bool)
+                for r, ((ctx, _piece), seq) in enumerate(zip(chunk, seqs)):  # right padding: positions unchanged
+                    ids[r, : len(seq)] = torch.tensor(seq)
+                    mask[r, : len(seq)] = 1
+                    target[r, len(ctx): len(seq)] = True
+                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
+                lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None].to(device))[..., 0]
+                out.extend((lp * target[:, 1:].to(device)).sum(dim=1).tolist())
+        finally:
+            self.model.train(was_training)
+        return out
 
     def _generate_chunk(self, batch: list[list[int]], device) -> list[SampledStep]:
         ids, mask = left_pad(batch, self.pad_id)
@@ -251,6 +434,31 @@ class StepSampler(_BaseSampler):
             steps.append(SampledStep(text=step, is_final=is_final, truncated=truncated, context_ids=list(ctx),
                                      token_ids=gen))
         return steps
+
+
+_SEPARATOR_CACHE: dict[tuple[int, int, str], tuple[set[int], set[int]] | None] = {}
+
+
+def _separator_tokens(tokenizer, step_format: StepFormat) -> tuple[set[int], set[int]] | None:
+    """``(ending ids, odd ids)``: the tokens whose text ends with the separator (which occurs in
+    it once: the separator itself, or e.g. ``".\\n"``), and the other tokens that contain it.
+    Whole-solution generation finds step boundaries by these ids. None when there is a scoring
+    tag (boundaries are then not a matter of single tokens)."""
+    if step_format.tag is not None:
+        return None
+    key = (id(tokenizer), len(tokenizer), step_format.separator)
+    if key not in _SEPARATOR_CACHE:
+        sep = step_format.separator
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        ending, odd = set(), set()
+        for i in range(len(tokenizer)):
+            if i in special:
+                continue
+            text = tokenizer.decode([i], skip_special_tokens=False)
+            if sep in text:
+                (ending if text.endswith(sep) and text.count(sep) == 1 else odd).add(i)
+        _SEPARATOR_CACHE[key] = (ending, odd) if ending else None
+    return _SEPARATOR_CACHE[key]
 
 
 class VLLMStepSampler(_BaseSampler):
@@ -307,4 +515,4 @@ class VLLMStepSampler(_BaseSampler):
 
 
 __all__ = ["SampledSolution", "SampledStep", "StepSampler", "VLLMStepSampler", "cut_step", "left_pad",
-           "pick_device"]
+           "pick_device", "step_piece_ids"]

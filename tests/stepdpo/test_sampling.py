@@ -102,3 +102,79 @@ def test_pad_equal_to_eos_is_not_taken_for_the_end_of_the_solution(arith_policy)
         if s.text and not s.truncated:
             assert not s.is_final  # first steps of these problems never end the solution
             assert tok2.eos_token_id not in s.token_ids
+
+
+def _stepwise_and_whole(model, tok, **kw):
+    return (StepSampler(model, tok, STEP_FORMAT, whole_solutions=False, **kw),
+            StepSampler(model, tok, STEP_FORMAT, whole_solutions=True, **kw))
+
+
+@pytest.mark.parametrize("pad_is_eos", [False, True])
+def test_whole_solutions_equal_step_by_step_when_greedy(arith_policy, pad_is_eos):
+    """One generate call for whole solutions gives, greedily, exactly the solutions of step-by-step
+    sampling (every step checked against its piecewise ids), also continued from prefixes, with
+    step limits, token limits and a pad token equal to EOS."""
+    model, tok, cfg = arith_policy
+    if pad_is_eos:
+        tok = tiny_tokenizer()
+        tok.pad_token = tok.eos_token
+    probs = make_samples(40, seed=9, cfg=cfg)
+    prompts = [p.prompt for p in probs]
+    for kw in (dict(max_steps=6), dict(max_steps=1), dict(max_steps=6, prefixes=[p.steps[:1] for p in probs])):
+        for max_new in (12, 3):  # 3 tokens: most steps are cut (truncated)
+            slow, fast = _stepwise_and_whole(model, tok, max_new_tokens=max_new, temperature=0.0)
+            a = slow.sample_solution_details(prompts, k=1, **kw)
+            b = fast.sample_solution_details(prompts, k=1, **kw)
+            assert [(s.steps, s.finished, s.truncated, s.meta) for r in a for s in r] == \
+                [(s.steps, s.finished, s.truncated, s.meta) for r in b for s in r], (kw, max_new)
+            assert fast.num_steps_whole > 0 and fast.num_generate_calls <= slow.num_generate_calls
+            if kw["max_steps"] > 1 and max_new > 3:
+                assert fast.num_generate_calls < slow.num_generate_calls
+                assert sum(s.finished for r in b for s in r) > 10
+            if max_new == 3:
+                assert sum(s.truncated for r in b for s in r) > 10
+
+
+def test_whole_solution_samples_are_exact_steps(arith_policy):
+    """Sampled whole solutions: every step re-tokenizes piecewise to ids the policy generated, and
+    answers are right about as often as step by step (same distribution)."""
+    from stepdpo.tasks.arith import is_correct
+
+    model, tok, cfg = arith_policy
+    probs = make_samples(60, seed=10, cfg=cfg)
+    prompts = [p.prompt for p in probs]
+    slow, fast = _stepwise_and_whole(model, tok, max_new_tokens=12, temperature=1.0, seed=2)
+    rates = []
+    for sampler in (slow, fast):
+        sols = sampler.sample_solution_details(prompts, k=8, max_steps=5)
+        rates.append(sum(is_correct(p.meta["expression"], s.steps) for p, r in zip(probs, sols) for s in r) / 480)
+        for r in sols:
+            for s in r:
+                assert all(st.strip() and "\n" not in st for st in s.steps)
+    assert abs(rates[0] - rates[1]) < 0.08, rates
+
+
+def test_whole_solution_parse_falls_back_at_a_token_spanning_a_step_boundary():
+    """A token whose text crosses a step boundary (here "\\n\\n"), or step ids that are not the
+    piecewise ids, end the whole-solution replay: the solution goes on step by step from its last
+    exact step."""
+    from stepdpo.sampling import SampledSolution
+
+    tok = tiny_tokenizer()
+    sampler = StepSampler(tiny_causal_lm(tok), tok, STEP_FORMAT, max_new_tokens=12)
+    ending, odd = sampler._sep
+    nl, nlnl = tok("\n")["input_ids"], tok("\n\n")["input_ids"]
+    assert nl[0] in ending and nlnl[0] in odd
+    step = tok("1+2=3", add_special_tokens=False)["input_ids"]
+    sol = SampledSolution(steps=[], finished=False)
+    left = sampler._parse_whole("Q: 1+2\n", sol, step + nl + step + nlnl + step, 5, ending, odd)
+    assert sol.steps == ["1+2=3"] and left == 4 and sampler.num_steps_stepwise_fallback == 1
+    chars = [tok(c, add_special_tokens=False)["input_ids"][0] for c in "Answer: 3"]
+    assert chars != tok("Answer: 3", add_special_tokens=False)["input_ids"]  # merged pieces exist
+    sol = SampledSolution(steps=["1+2=3"], finished=False)
+    assert sampler._parse_whole("Q: 1+2\n", sol, chars + nl + [tok.eos_token_id], 4, ending, odd) == 4
+    assert sol.steps == ["1+2=3"] and not sol.finished
+    done = SampledSolution(steps=["1+2=3"], finished=False)
+    answer = tok("Answer: 3", add_special_tokens=False)["input_ids"]
+    assert sampler._parse_whole("Q: 1+2\n", done, answer + nl + [tok.eos_token_id], 4, ending, odd) == 0
+    assert done.steps == ["1+2=3", "Answer: 3"] and done.finished
