@@ -3,12 +3,17 @@
 Two strategies, both batched (one ``generate`` per round of sampling, one ``score_steps``
 call per batch of candidates):
 
-* ``"first_error"`` (Step-DPO): sample ``k`` solutions per prompt, score their steps, find
-  the first step scoring below ``threshold``, resample ``k`` alternatives from the last good
-  prefix; chosen = the best alternative scoring at least ``threshold`` (optionally one whose
-  rollout reaches the right answer), rejected = the erroneous step.
+* ``"first_error"`` (Step-DPO's pipeline, arXiv 2406.18629): sample solutions per prompt (with
+  a greedy sampler: the one solution the policy actually gives), keep the wrong ones when answers
+  are known, score their steps and take the first step scoring below ``threshold`` as the
+  rejected step; sample continuations from the correct prefix before it (``rollout_sampler``,
+  e.g. temperature 0.8) and take as chosen the first step of a continuation that reaches the
+  right answer (``chosen_rule="prefer_verified"``: else the best step the judge scores good;
+  ``"verified"``: only those; ``"judge"``: the judge alone). Options in :class:`ErrorPairOptions`
+  (pairs per error, caps per problem, a log-prob-gap filter, a pass-rate window).
 * ``"per_depth"``: sample one solution per prompt; at each depth sample ``k`` candidate next
-  steps from its prefix; chosen = best candidate, rejected = worst.
+  steps from its prefix (with the ``rollout_sampler`` when given); chosen = best candidate,
+  rejected = worst.
 
 Groups where every candidate is good (``skipped_all_good``), every one is bad
 (``skipped_all_bad``), the best and worst differ by less than ``min_margin``
@@ -46,7 +51,9 @@ logger = logging.getLogger(__name__)
 
 STRATEGIES = ("first_error", "per_depth")
 STAT_KEYS = ("n_prompts", "n_solutions", "n_groups", "pairs", "skipped_all_good", "skipped_all_bad", "skipped_tie",
-             "skipped_uncertain", "rejected_nan", "empty_steps", "truncated_steps", "solutions_without_error")
+             "skipped_uncertain", "rejected_nan", "empty_steps", "truncated_steps", "solutions_without_error",
+             "correct_solutions", "duplicate_errors", "skipped_unverified", "skipped_pass_rate", "capped_per_prompt",
+             "chosen_verified", "chosen_judge_only", "dropped_logp_gap")
 
 
 @dataclass
@@ -56,6 +63,67 @@ class PairBuildResult:
 
     pairs: list[Any]
     stats: dict[str, int] = field(default_factory=dict)
+    samples: list[list[Any]] | None = None
+    """First-error strategy: every solution the policy sampled, per prompt
+    (:class:`~stepdpo.sampling.SampledSolution`; ``meta["source"]`` is ``"solution"`` or
+    ``"continuation"`` (a rollout from an error's correct prefix, prefix included) and
+    ``meta["correct"]`` the answer check, None without answers), so that baselines such as
+    rejection-sampling fine-tuning can train on exactly the same samples."""
+
+
+CHOSEN_RULES = ("verified", "prefer_verified", "judge")
+
+
+@dataclass
+class ErrorPairOptions:
+    """Knobs of the first-error strategy beyond the judge (see :func:`build_step_pairs`).
+
+    Attributes:
+        num_solutions: solutions sampled per prompt (``None``: ``k``; with a greedy sampler 1).
+        num_continuations: continuations sampled from each error's correct prefix (``None``: ``k``).
+        rollout_sampler: samples the continuations (e.g. the same policy at temperature 0.8);
+            ``None``: the solution sampler.
+        chosen_rule: ``"verified"`` - a chosen step must start a continuation that reaches the
+            right answer (needs answers; the judge's score of it does not matter: as in Step-DPO,
+            the judge only locates the error); ``"prefer_verified"`` - such a step when there is
+            one, else the best step the judge scores good; ``"judge"`` - the best steps by the
+            judge. Without answers every rule is ``"judge"``.
+        pairs_per_error: one pair per distinct chosen step, up to this many per error.
+        max_pairs_per_prompt: cap on the pairs of one problem (``None``: no cap).
+        skip_correct_solutions: with answers, look for errors only in solutions whose answer is
+            wrong (Step-DPO); a judge's "error" inside a right solution is then ignored.
+        max_logp_gap: drop pairs that the sampling policy already ranks right by more than this
+            many nats (``log pi(chosen) - log pi(rejected)``, summed over the step's tokens): they
+            teach little (the squeezing effect, arXiv 2407.10490). Needs a sampler with
+            ``step_logprobs``. The log-probs are stored in every pair's ``meta`` either way when
+            the sampler has them.
+        pass_rate_range: with answers, keep only problems whose sampled solutions are right at a
+            rate in ``[lo, hi]`` (PRIME keeps 0.2-0.8); ``None`` keeps all.
+    """
+
+    num_solutions: int | None = None
+    num_continuations: int | None = None
+    rollout_sampler: Any = None
+    chosen_rule: str = "prefer_verified"
+    pairs_per_error: int = 1
+    max_pairs_per_prompt: int | None = None
+    skip_correct_solutions: bool = True
+    max_logp_gap: float | None = None
+    pass_rate_range: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        if self.chosen_rule not in CHOSEN_RULES:
+            raise ValueError(f"chosen_rule must be one of {CHOSEN_RULES}, got {self.chosen_rule!r}")
+        for name in ("num_solutions", "num_continuations", "max_pairs_per_prompt"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if self.pairs_per_error < 1:
+            raise ValueError(f"pairs_per_error must be >= 1, got {self.pairs_per_error}")
+        if self.pass_rate_range is not None:
+            lo, hi = self.pass_rate_range
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise ValueError(f"pass_rate_range must satisfy 0 <= lo <= hi <= 1, got {self.pass_rate_range}")
 
 
 def select_pair(scores: Sequence[float], threshold: float | None = 0.5, min_margin: float = 0.0,
@@ -117,15 +185,7 @@ def _score(rm, prompts: list[str], steps: list[list[str]], want_uncertainty: boo
 def _usable(step, fmt: StepFormat, stats: Counter) -> bool:
     if step.truncated:
         stats["truncated_steps"] += 1
-    if not step.text.strip():
-        stats["empty_steps"] += 1
-        return False
-    try:
-        fmt.check_step(step.text)
-    except DataError:
-        stats["empty_steps"] += 1
-        return False
-    return True
+    return _valid_text(step.text, fmt, stats)
 
 
 def build_step_pairs(prompts: Sequence[str], sampler, reward_model, strategy: str = "first_error", k: int = 4,
@@ -133,7 +193,7 @@ def build_step_pairs(prompts: Sequence[str], sampler, reward_model, strategy: st
                      answers: Sequence[Any] | None = None,
                      answer_checker: Callable[[str, list[str], Any], bool] | None = None,
                      max_uncertainty: float | None = None, step_format: StepFormat | None = None,
-                     solutions: Sequence[Sequence[Any]] | None = None) -> PairBuildResult:
+                     solutions: Sequence[Sequence[Any]] | None = None, **error_options) -> PairBuildResult:
     """Sample from ``sampler``'s policy, judge with ``reward_model``, return step pairs + stats.
 
     Args:
@@ -157,6 +217,14 @@ def build_step_pairs(prompts: Sequence[str], sampler, reward_model, strategy: st
             list per prompt (:class:`~stepdpo.sampling.SampledSolution` objects or step lists,
             which count as finished). They replace the first round of sampling, so outcome pairs
             (:func:`build_outcome_pairs`) and step pairs can come from the same samples.
+        **error_options: first-error strategy only, the fields of :class:`ErrorPairOptions`:
+            ``num_solutions``, ``num_continuations``, ``rollout_sampler``, ``chosen_rule``,
+            ``pairs_per_error``, ``max_pairs_per_prompt``, ``skip_correct_solutions``,
+            ``max_logp_gap``, ``pass_rate_range``. On-policy error pairs as in Step-DPO's pipeline:
+            a greedy ``sampler`` (temperature 0) finds the policy's own errors, a
+            ``rollout_sampler`` at temperature 0.8 samples ``num_continuations`` rollouts from each
+            error's correct prefix, and ``chosen_rule="prefer_verified"`` takes the first steps of
+            rollouts that reach the answer.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
@@ -171,20 +239,25 @@ def build_step_pairs(prompts: Sequence[str], sampler, reward_model, strategy: st
     rm = as_reward_model(reward_model)
     fmt = step_format or getattr(sampler, "step_format", None) or DEFAULT_STEP_FORMAT
     prompts = list(prompts)
+    if strategy != "first_error" and set(error_options) - {"rollout_sampler"}:
+        raise ValueError(f"{sorted(set(error_options) - {'rollout_sampler'})} apply to the first_error strategy only")
+    opts = ErrorPairOptions(**error_options)
     if solutions is not None:
         if strategy != "first_error":
             raise ValueError("solutions= is used by the first_error strategy only")
         solutions = as_solutions(solutions, len(prompts))
     stats: Counter = Counter({key: 0 for key in STAT_KEYS})
     stats["n_prompts"] = len(prompts)
+    samples = None
     if strategy == "first_error":
-        pairs = _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, answers,
-                             answer_checker, max_uncertainty, stats, solutions)
+        pairs, samples = _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, answers,
+                                      answer_checker, max_uncertainty, stats, solutions, opts)
     else:
-        pairs = _per_depth(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, max_uncertainty, stats)
+        pairs = _per_depth(prompts, sampler, opts.rollout_sampler or sampler, rm, fmt, k, threshold, min_margin,
+                           max_steps, max_uncertainty, stats)
     stats["pairs"] = len(pairs)
     logger.info("built %d step pairs (%s): %s", len(pairs), strategy, dict(stats))
-    return PairBuildResult(pairs=pairs, stats=dict(stats))
+    return PairBuildResult(pairs=pairs, stats=dict(stats), samples=samples)
 
 
 def build_step_pairs_to_file(prompts: Sequence[str], sampler, reward_model, output_path: str | os.PathLike, *,
@@ -224,13 +297,31 @@ def _nan_count(row: Sequence[float]) -> int:
 
 
 def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, answers, checker,
-                 max_uncertainty, stats, solutions=None) -> list[StepPair]:
-    sols = solutions if solutions is not None else sampler.sample_solution_details(prompts, k=k, max_steps=max_steps)
-    flat = [(i, s) for i, row in enumerate(sols) for s in row if s.steps]
+                 max_uncertainty, stats, solutions=None, opts: ErrorPairOptions | None = None) -> list[StepPair]:
+    opts = opts or ErrorPairOptions()
+    n_sol, n_cont = opts.num_solutions or k, opts.num_continuations or k
+    roller = opts.rollout_sampler or sampler
+    verify = checker is not None
+    if solutions is None and getattr(sampler, "temperature", None) == 0 and n_sol > 1:
+        n_sol = 1  # greedy decoding gives the same solution every time
+    sols = solutions if solutions is not None else sampler.sample_solution_details(prompts, k=n_sol,
+                                                                                     max_steps=max_steps)
     stats["n_solutions"] = sum(len(row) for row in sols)
+    record: list[list[Any]] = [[] for _ in prompts]
+    flat = []  # (prompt index, solution) of the solutions searched for an error
+    for i, row in enumerate(sols):
+        right = [bool(checker(prompts[i], s.steps, answers[i])) for s in row] if verify else [False] * len(row)
+        record[i] += [_recorded(s, "solution", ok if verify else None) for s, ok in zip(row, right)]
+        stats["correct_solutions"] += sum(right)
+        if verify and opts.pass_rate_range is not None and row:
+            lo, hi = opts.pass_rate_range
+            if not lo <= sum(right) / len(row) <= hi:
+                stats["skipped_pass_rate"] += 1
+                continue
+        flat += [(i, s) for s, ok in zip(row, right) if s.steps and not (ok and opts.skip_correct_solutions)]
     scores, unc = _score(rm, [prompts[i] for i, _ in flat], [s.steps for _, s in flat], max_uncertainty is not None)
-    # locate the first error of each solution
-    errors = []  # (prompt index, solution, error index, rejected score, rejected std)
+    # locate the first error of each solution; the same error in several solutions is one group
+    errors, seen_errors = [], set()  # errors: (prompt index, solution, error index, rejected score, rejected std)
     for n, ((i, sol), row) in enumerate(zip(flat, scores)):
         first = next((d for d, v in enumerate(row) if math.isnan(v) or v < threshold), None)
         if first is None:
@@ -239,74 +330,178 @@ def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps,
         if math.isnan(row[first]):  # an unscorable step: neither a good prefix nor a known error
             stats["rejected_nan"] += 1
             continue
+        key = (i, tuple(sol.steps[: first + 1]))
+        if key in seen_errors:
+            stats["duplicate_errors"] += 1
+            continue
+        seen_errors.add(key)
         errors.append((i, sol, first, row[first], None if unc is None else unc[n][first]))
     if not errors:
-        return []
-    # resample alternatives from the last good prefix: one batched call for all errors
-    cands = sampler.sample_next_steps([prompts[i] for i, *_ in errors], [s.steps[:e] for _, s, e, *_ in errors], k=k)
-    items = []  # (error index, candidate step)
-    for n, ((_i, sol, e, *_), row) in enumerate(zip(errors, cands)):
-        seen = {sol.steps[e]}
-        for step in row:
-            if _usable(step, fmt, stats) and step.text not in seen:
-                seen.add(step.text)
-                items.append((n, step))
+        return [], record
+    cands = _continuations(prompts, errors, roller, fmt, n_cont, max_steps, answers, checker,
+                           verify and opts.chosen_rule != "judge", stats, record)
+    items = [(n, c) for n, row in enumerate(cands) for c in row]  # (error index, candidate)
     c_scores, c_unc = _score(rm, [prompts[errors[n][0]] for n, _ in items],
-                             [errors[n][1].steps[: errors[n][2]] + [st.text] for n, st in items],
+                             [errors[n][1].steps[: errors[n][2]] + [c.text] for n, c in items],
                              max_uncertainty is not None)
-    rollout_ok: dict[int, bool] = {}
-    ends_there: set[int] = set()  # candidates whose rollout stopped right after them (they end the solution)
-    if checker is not None and items:
-        # roll each candidate out to an answer (batched) and keep only those that reach it
-        good_items = [m for m, (_n, _st) in enumerate(items) if c_scores[m][-1] >= threshold]
-        outs = sampler.sample_solution_details(
-            [prompts[errors[items[m][0]][0]] for m in good_items], k=1, max_steps=max_steps,
-            prefixes=[errors[items[m][0]][1].steps[: errors[items[m][0]][2]] + [items[m][1].text] for m in good_items])
-        for m, (sol,) in zip(good_items, outs):
-            i = errors[items[m][0]][0]
-            rollout_ok[m] = bool(checker(prompts[i], sol.steps, answers[i]))
-            if sol.finished and len(sol.steps) == errors[items[m][0]][2] + 1:
-                ends_there.add(m)
     groups: dict[int, list[int]] = {}
-    for m, (n, _st) in enumerate(items):
+    for m, (n, _c) in enumerate(items):
         groups.setdefault(n, []).append(m)
-    pairs = []
+    rule = opts.chosen_rule if verify else "judge"
+    pairs, per_prompt = [], Counter()
     for n, (i, sol, e, r_score, r_std) in enumerate(errors):
         stats["n_groups"] += 1
-        members = groups.get(n, [])
-        cand_scores = []
-        for m in members:
-            v = c_scores[m][-1]
+        good, judged_good = [], 0
+        for m in groups.get(n, []):
+            v, verified = c_scores[m][-1], rule != "judge" and bool(items[m][1].verified)
             if math.isnan(v):
                 stats["rejected_nan"] += 1
-            if checker is not None and not rollout_ok.get(m, False):
-                v = float("nan") if math.isnan(v) else min(v, threshold - 1.0)  # never chosen
-            cand_scores.append(v)
-        outcome, best, _ = select_pair(cand_scores + [r_score], threshold, min_margin, rejected=len(cand_scores))
-        if outcome != "pair":
-            stats[f"skipped_{outcome}" if outcome != "nan" else "rejected_nan"] += 1
+                continue
+            if verified:  # a rollout through it reached the right answer: the judge is not needed (Step-DPO)
+                good.append(m)
+                continue
+            if v < threshold:
+                continue
+            judged_good += 1
+            if v - r_score <= 0 or v - r_score < min_margin or rule == "verified":
+                continue
+            good.append(m)
+        if not good:
+            outcome = "all_bad" if not judged_good else ("unverified" if rule == "verified" else "tie")
+            stats[f"skipped_{outcome}"] += 1
             continue
-        m = members[best]
-        if max_uncertainty is not None and max(c_unc[m][-1], r_std) > max_uncertainty:
-            stats["skipped_uncertain"] += 1
-            continue
-        chosen = items[m][1]
-        chosen_final = chosen.is_final or m in ends_there
-        rejected_final = sol.finished and e == len(sol.steps) - 1
-        pairs.append(StepPair(
-            prompt=prompts[i], prefix_steps=sol.steps[:e], chosen=chosen.text, rejected=sol.steps[e],
-            chosen_score=c_scores[m][-1], rejected_score=r_score, is_final=bool(chosen_final and rejected_final),
-            meta={"strategy": "first_error", "depth": e, "chosen_final": chosen_final,
-                  "rejected_final": rejected_final}))
-    return pairs
+        verified_first = rule != "judge"
+        good.sort(key=lambda m: (-(verified_first and bool(items[m][1].verified)), -c_scores[m][-1],
+                                 -items[m][1].count, items[m][1].text))
+        made = 0
+        for m in good[: opts.pairs_per_error]:
+            if max_uncertainty is not None and max(c_unc[m][-1], r_std) > max_uncertainty:
+                stats["skipped_uncertain"] += 1
+                continue
+            if opts.max_pairs_per_prompt is not None and per_prompt[i] >= opts.max_pairs_per_prompt:
+                stats["capped_per_prompt"] += 1
+                continue
+            cand = items[m][1]
+            rejected_final = sol.finished and e == len(sol.steps) - 1
+            stats["chosen_verified" if cand.verified else "chosen_judge_only"] += 1
+            per_prompt[i] += 1
+            made += 1
+            pairs.append(StepPair(
+                prompt=prompts[i], prefix_steps=sol.steps[:e], chosen=cand.text, rejected=sol.steps[e],
+                chosen_score=c_scores[m][-1], rejected_score=r_score, is_final=bool(cand.is_final and rejected_final),
+                meta={"strategy": "first_error", "depth": e, "chosen_final": cand.is_final,
+                      "rejected_final": rejected_final, "verified": cand.verified, "chosen_count": cand.count}))
+    return _with_policy_logps(pairs, sampler, opts.max_logp_gap, stats), record
 
 
-def _per_depth(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, max_uncertainty,
+def _recorded(sol, source: str, correct: bool | None, **extra):
+    from stepdpo.sampling import SampledSolution
+
+    return SampledSolution(steps=list(sol.steps), finished=sol.finished, truncated=sol.truncated,
+                           meta={**sol.meta, "source": source, "correct": correct, **extra})
+
+
+@dataclass
+class _Candidate:
+    """A distinct next step sampled at one error: how often it was drawn, whether any rollout
+    through it reached the right answer (None: not rolled out), whether it ended the solution."""
+
+    text: str
+    is_final: bool
+    verified: bool | None
+    count: int = 1
+
+
+def _continuations(prompts, errors, roller, fmt, n_cont, max_steps, answers, checker, roll_out, stats, record):
+    """Distinct candidate steps per error (never the rejected step): the first steps of ``n_cont``
+    rollouts from the error's correct prefix, each checked against the answer (``roll_out``), or
+    ``n_cont`` sampled next steps."""
+    contexts = [(prompts[i], sol.steps[:e]) for i, sol, e, *_ in errors]
+    out = []
+    if roll_out:
+        rolled = roller.sample_solution_details([p for p, _ in contexts], k=n_cont, max_steps=max_steps,
+                                                prefixes=[pre for _, pre in contexts])
+        for (i, sol, e, *_), row in zip(errors, rolled):
+            found: dict[str, _Candidate] = {}
+            for cont in row:
+                record[i].append(_recorded(cont, "continuation", bool(checker(prompts[i], cont.steps, answers[i])),
+                                           error_depth=e))
+                if len(cont.steps) <= e:
+                    stats["empty_steps"] += 1
+                    continue
+                text, is_final = cont.steps[e], cont.finished and len(cont.steps) == e + 1
+                if cont.truncated and len(cont.steps) == e + 1:
+                    stats["truncated_steps"] += 1
+                    continue
+                if not _valid_text(text, fmt, stats) or text == sol.steps[e]:
+                    continue
+                _add(found, text, is_final, record[i][-1].meta["correct"])
+            out.append(list(found.values()))
+        return out
+    sampled = roller.sample_next_steps([p for p, _ in contexts], [pre for _, pre in contexts], k=n_cont)
+    for (_i, sol, e, *_), row in zip(errors, sampled):
+        found = {}
+        for step in row:
+            if step.truncated:
+                stats["truncated_steps"] += 1
+                continue
+            if _valid_text(step.text, fmt, stats) and step.text != sol.steps[e]:
+                _add(found, step.text, step.is_final, None)
+        out.append(list(found.values()))
+    return out
+
+
+def _add(found: dict, text: str, is_final: bool, verified: bool | None) -> None:
+    if text in found:
+        c = found[text]
+        c.count += 1
+        c.is_final = c.is_final or is_final
+        c.verified = verified if c.verified is None else (c.verified or bool(verified))
+    else:
+        found[text] = _Candidate(text, is_final, verified)
+
+
+def _valid_text(text: str, fmt: StepFormat, stats: Counter) -> bool:
+    if not text.strip():
+        stats["empty_steps"] += 1
+        return False
+    try:
+        fmt.check_step(text)
+    except DataError:
+        stats["empty_steps"] += 1
+        return False
+    return True
+
+
+def _with_policy_logps(pairs: list[StepPair], sampler, max_logp_gap: float | None, stats: Counter) -> list[StepPair]:
+    """Store the sampling policy's log-probs of each pair's steps in ``meta`` (when the sampler can
+    score) and drop the pairs it already ranks right by more than ``max_logp_gap`` nats."""
+    scorer = getattr(sampler, "step_logprobs", None)
+    if scorer is None:
+        if max_logp_gap is not None:
+            raise ValueError("max_logp_gap needs a sampler with step_logprobs (e.g. StepSampler) to score the steps")
+        return pairs
+    if not pairs:
+        return pairs
+    rows = [(p.prompt, p.prefix_steps, s, p.is_final) for p in pairs for s in (p.chosen, p.rejected)]
+    lps = scorer([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows])
+    kept = []
+    for n, p in enumerate(pairs):
+        c, r = lps[2 * n], lps[2 * n + 1]
+        p.meta["policy_logp_chosen"], p.meta["policy_logp_rejected"] = round(c, 4), round(r, 4)
+        if max_logp_gap is not None and c - r > max_logp_gap:
+            stats["dropped_logp_gap"] += 1
+            continue
+        kept.append(p)
+    return kept
+
+
+def _per_depth(prompts, sampler, roller, rm, fmt, k, threshold, min_margin, max_steps, max_uncertainty,
                stats) -> list[StepPair]:
     sols = sampler.sample_solution_details(prompts, k=1, max_steps=max_steps)
     stats["n_solutions"] = len(sols)
     ctx = [(i, row[0].steps[:d]) for i, row in enumerate(sols) for d in range(max(len(row[0].steps), 1))]
-    cands = sampler.sample_next_steps([prompts[i] for i, _ in ctx], [pre for _, pre in ctx], k=k)
+    cands = roller.sample_next_steps([prompts[i] for i, _ in ctx], [pre for _, pre in ctx], k=k)
     items = []
     for n, row in enumerate(cands):
         seen = set()
@@ -567,6 +762,6 @@ def load_pairs(path: str | os.PathLike, step_format: StepFormat | None = None, *
     return pairs
 
 
-__all__ = ["OUTCOME_AGGREGATES", "STAT_KEYS", "STRATEGIES", "OutcomePair", "PairBuildResult", "as_solutions",
+__all__ = ["CHOSEN_RULES", "OUTCOME_AGGREGATES", "STAT_KEYS", "STRATEGIES", "ErrorPairOptions", "OutcomePair", "PairBuildResult", "as_solutions",
            "build_outcome_pairs", "build_step_pairs", "build_step_pairs_to_file", "load_pairs", "pair_from_row",
            "pair_to_step_dpo", "save_pairs", "select_pair"]

@@ -214,3 +214,150 @@ def test_outcome_pairs_by_answer_and_by_aggregated_step_scores():
         build_outcome_pairs(["Q: 1\n"], sols, rm, aggregate="max")
     with pytest.raises(ValueError, match="reward_model"):
         build_outcome_pairs(["Q: 1\n"], sols)
+
+
+# -- on-policy error pairs (ErrorPairOptions) -------------------------------------------------------
+class RolloutSampler:
+    """Greedy-like solutions per prompt, and scripted continuations per (prompt, prefix length);
+    records how it was called; optional step log-probs by text."""
+
+    step_format = STEP_FORMAT
+
+    def __init__(self, solutions, continuations=None, logps=None, temperature=0.0):
+        self.solutions, self.continuations, self.logps = solutions, continuations or {}, logps
+        self.temperature, self.calls = temperature, []
+
+    def sample_solution_details(self, prompts, k=4, max_steps=8, prefixes=None):
+        self.calls.append(("solutions", k, prefixes is not None))
+        if prefixes is None:
+            return [[SampledSolution(steps=list(s), finished=True) for s in self.solutions[p]][:k] for p in prompts]
+        return [[SampledSolution(steps=list(pre) + list(c), finished=True) for c in self.continuations[(p, len(pre))]]
+                for p, pre in zip(prompts, prefixes)]
+
+    def sample_next_steps(self, prompts, prefixes=None, k=4):
+        self.calls.append(("next_steps", k, True))
+        return [[SampledStep(text=c[0], is_final=False, truncated=False, context_ids=[], token_ids=[])
+                 for c in self.continuations.get((p, len(pre)), [])] for p, pre in zip(prompts, prefixes)]
+
+    def __getattr__(self, name):
+        if name == "step_logprobs" and self.__dict__.get("logps") is not None:
+            return lambda prompts, prefixes, steps, finals: [self.logps[s] for s in steps]
+        raise AttributeError(name)
+
+
+def _exact(prompt, steps, answer):
+    return check_solution(answer, steps).correct
+
+
+def test_on_policy_pairs_prefer_verified_then_judge_valid():
+    p1, p2, p3 = "Q: 5+3+2\n", "Q: 9-4+1\n", "Q: 2+2\n"
+    sols = {p1: [["5+3=9", "9+2=11", "Answer: 11"]],  # wrong at step 0
+            p2: [["9-4=5", "5+1=7", "Answer: 7"]],  # wrong at step 1
+            p3: [["2+2=4", "Answer: 4"]]}  # right: never searched for errors
+    conts = {(p1, 0): [["5+3=8", "8+2=10", "Answer: 10"], ["5+3=8", "8+2=11", "Answer: 11"],
+                       ["3+2=5", "5+5=10", "Answer: 10"]],  # 5+3=8 twice (one verified), 3+2=5 is not a valid step
+             (p2, 1): [["5+1=6", "Answer: 7"], ["5+1=6", "Answer: 5"]]}  # valid step, never verified
+    sampler = RolloutSampler(sols, conts)
+    answers = ["5+3+2", "9-4+1", "2+2"]
+    common = dict(k=3, answers=answers, answer_checker=_exact, num_continuations=3)
+    res = build_step_pairs([p1, p2, p3], sampler, checker_reward_model(), **common)
+    st = res.stats
+    assert st["correct_solutions"] == 1 and st["n_groups"] == 2 and st["pairs"] == 2
+    by_prompt = {p.prompt: p for p in res.pairs}
+    assert (by_prompt[p1].chosen, by_prompt[p1].rejected, by_prompt[p1].meta["verified"]) == ("5+3=8", "5+3=9", True)
+    assert by_prompt[p1].meta["chosen_count"] == 2
+    assert (by_prompt[p2].chosen, by_prompt[p2].prefix_steps, by_prompt[p2].meta["verified"]) == \
+        ("5+1=6", ["9-4=5"], False)
+    assert (st["chosen_verified"], st["chosen_judge_only"]) == (1, 1)
+    assert ("solutions", 3, True) in sampler.calls  # continuations are full rollouts from the prefix
+    # every sample is kept, labeled, for baselines trained on the same samples (e.g. RFT)
+    assert [len(row) for row in res.samples] == [4, 3, 1]
+    assert [(s.meta["source"], s.meta["correct"]) for s in res.samples[0]] == \
+        [("solution", False), ("continuation", True), ("continuation", False), ("continuation", False)]
+    assert res.samples[0][1].steps == ["5+3=8", "8+2=10", "Answer: 10"] and res.samples[2][0].meta["correct"]
+    strict = build_step_pairs([p1, p2, p3], RolloutSampler(sols, conts), checker_reward_model(),
+                              chosen_rule="verified", **common)
+    assert [p.prompt for p in strict.pairs] == [p1] and strict.stats["skipped_unverified"] == 1
+    # without answers every rule is the judge's: the right solution is searched too (no error there)
+    judged = build_step_pairs([p1, p2, p3], RolloutSampler(sols, {}), checker_reward_model(), k=3)
+    assert judged.stats["solutions_without_error"] == 1 and judged.stats["correct_solutions"] == 0
+
+
+def test_on_policy_pairs_per_error_caps_and_logp_gap():
+    p = "Q: 5+3+2\n"
+    sols = {p: [["5+3=9", "9+2=11", "Answer: 11"], ["5+3=9", "9+2=12", "Answer: 12"]]}
+    conts = {(p, 0): [["5+3=8", "8+2=10", "Answer: 10"], ["3+2=5", "5+5=10", "Answer: 10"],
+                      ["5+3=8", "8+2=10", "Answer: 10"]]}
+    common = dict(k=3, answers=["(5+3)+2"], answer_checker=_exact)
+    rm = checker_reward_model()
+    one = build_step_pairs([p], RolloutSampler(sols, conts, temperature=1.0), rm, **common)
+    assert one.stats["duplicate_errors"] == 1 and one.stats["pairs"] == 1  # the same error in two solutions
+    # (5+3)+2 accepts only 5+3 first; on 5+3+2 "3+2=5" is invalid, so one distinct valid chosen step exists
+    two = build_step_pairs([p], RolloutSampler(sols, conts, temperature=1.0), rm, pairs_per_error=3, **common)
+    assert two.stats["pairs"] == 1
+    capped = build_step_pairs(["Q: 2+3\n", p], RolloutSampler({**sols, "Q: 2+3\n": [["2+3=6", "Answer: 6"],
+                                                                                     ["2+3=4", "Answer: 4"]]},
+                                                              {**conts, ("Q: 2+3\n", 0): [["2+3=5", "Answer: 5"]]},
+                                                              temperature=1.0),
+                              rm, k=3, answers=["2+3", "(5+3)+2"], answer_checker=_exact, max_pairs_per_prompt=1)
+    assert capped.stats["capped_per_prompt"] == 1 and capped.stats["pairs"] == 2
+    logps = {"5+3=8": -1.0, "5+3=9": -9.0}
+    scored = build_step_pairs([p], RolloutSampler(sols, conts, logps), rm, **common)
+    assert scored.pairs[0].meta["policy_logp_chosen"] == -1.0 and scored.pairs[0].meta["policy_logp_rejected"] == -9.0
+    gap = build_step_pairs([p], RolloutSampler(sols, conts, logps), rm, max_logp_gap=5.0, **common)
+    assert gap.pairs == [] and gap.stats["dropped_logp_gap"] == 1
+    with pytest.raises(ValueError, match="step_logprobs"):
+        build_step_pairs([p], RolloutSampler(sols, conts), rm, max_logp_gap=5.0, **common)
+
+
+def test_pass_rate_range_and_option_checks():
+    p, q = "Q: 2+3\n", "Q: 4+4\n"
+    sols = {p: [["2+3=5", "Answer: 5"], ["2+3=6", "Answer: 6"]],  # pass rate 0.5
+            q: [["4+4=9", "Answer: 9"], ["4+4=7", "Answer: 7"]]}  # pass rate 0.0
+    conts = {(p, 0): [["2+3=5", "Answer: 5"]], (q, 0): [["4+4=8", "Answer: 8"]]}
+    res = build_step_pairs([p, q], RolloutSampler(sols, conts, temperature=1.0), checker_reward_model(), k=2,
+                           answers=["2+3", "4+4"],
+                           answer_checker=_exact, pass_rate_range=(0.2, 0.8))
+    assert res.stats["skipped_pass_rate"] == 1 and [x.prompt for x in res.pairs] == [p]
+    with pytest.raises(ValueError, match="chosen_rule"):
+        build_step_pairs([p], RolloutSampler(sols, conts), checker_reward_model(), chosen_rule="best")
+    with pytest.raises(ValueError, match="first_error"):
+        build_step_pairs([p], RolloutSampler(sols, conts), checker_reward_model(), strategy="per_depth",
+                         pairs_per_error=2)
+    with pytest.raises(TypeError):
+        build_step_pairs([p], RolloutSampler(sols, conts), checker_reward_model(), no_such_option=1)
+
+
+def test_greedy_errors_with_a_real_policy(arith_policy):
+    """Greedy solutions (one per problem), continuations at temperature 0.8: every pair's
+    rejected step is the greedy policy's own first error, and its stored log-prob is the one the
+    policy assigns."""
+    model, tok, cfg = arith_policy
+    probs = make_samples(40, seed=13, cfg=cfg)
+    greedy = StepSampler(model, tok, STEP_FORMAT, max_new_tokens=12, temperature=0.0)
+    roll = StepSampler(model, tok, STEP_FORMAT, max_new_tokens=12, temperature=0.8, seed=3)
+    res = build_step_pairs([s.prompt for s in probs], greedy, checker_reward_model(cfg), k=4, max_steps=4,
+                           answers=[s.meta["expression"] for s in probs], answer_checker=_exact,
+                           num_continuations=6, rollout_sampler=roll)
+    assert res.stats["n_solutions"] == 40 and res.pairs, res.stats
+    sols = greedy.sample_solution_details([p.prompt for p in res.pairs], k=1, max_steps=4)
+    for pair, (sol,) in zip(res.pairs, sols):
+        assert sol.steps[: len(pair.prefix_steps) + 1] == pair.prefix_steps + [pair.rejected]
+    p = res.pairs[0]
+    lp = greedy.step_logprobs([p.prompt], [p.prefix_steps], [p.rejected], [p.is_final])[0]
+    assert p.meta["policy_logp_rejected"] == pytest.approx(lp, abs=1e-3)
+
+
+def test_a_verified_chosen_step_needs_no_judge_approval():
+    """As in Step-DPO, the judge locates the error and the answer verifies the chosen step: a
+    rollout-verified step is chosen even when a (weak) judge scores it low; judge-only fallbacks
+    still need the threshold."""
+    p = "Q: 2+3\n"
+    sols = {p: [["2+3=6", "Answer: 6"]]}
+    conts = {(p, 0): [["2+3=5", "Answer: 5"], ["3+2=5", "Answer: 9"]]}
+    rm = TableRM({"2+3=6": 0.1, "2+3=5": 0.3, "3+2=5": 0.9, "Answer: 6": 0.5, "Answer: 5": 0.5, "Answer: 9": 0.5})
+    res = build_step_pairs([p], RolloutSampler(sols, conts), rm, k=2, answers=["2+3"], answer_checker=_exact)
+    assert [(x.chosen, x.meta["verified"]) for x in res.pairs] == [("2+3=5", True)]
+    judge = build_step_pairs([p], RolloutSampler(sols, conts), rm, k=2, answers=["2+3"], answer_checker=_exact,
+                             chosen_rule="judge")
+    assert [(x.chosen, x.chosen_score) for x in judge.pairs] == [("3+2=5", 0.9)]
