@@ -15,6 +15,8 @@ _LAZY = {
     "build_step_pairs": "pairs", "build_outcome_pairs": "pairs", "OutcomePair": "pairs", "PairBuildResult": "pairs", "save_pairs": "pairs", "load_pairs": "pairs",
     "StepwiseDPOConfig": "config",
     "StepwiseDPOTrainer": "trainer", "tokenize_step_pair": "trainer", "tokenize_solution_pair": "trainer", "margin_weights": "trainer",
+    "NoPairsError": "trainer", "ErrorPairOptions": "pairs", "register_loss": "losses", "dpop_loss": "losses",
+    "PairLogps": "losses",
     "best_of_n": "decode", "step_beam_search": "decode", "vote_answers": "decode",
     "train_sft": "sft", "run_demo": "demo",
 }

@@ -1,8 +1,8 @@
 """``StepwiseDPOConfig``: ``trl.DPOConfig`` plus only the stepwise fields.
 
 >>> cfg = StepwiseDPOConfig(output_dir="/tmp/sdpo", step_separator="\\n", pair_strategy="per_depth", report_to=[])
->>> cfg.step_format.separator, cfg.loss_type
-('\\n', ['sigmoid'])
+>>> cfg.step_format.separator, cfg.loss_type, cfg.sample_temperature
+('\\n', ['dpop'], 0.0)
 """
 
 from __future__ import annotations
@@ -12,16 +12,22 @@ from dataclasses import dataclass, field
 from trl import DPOConfig
 
 from reward_models.steps import StepFormat
+from stepdpo.pairs import CHOSEN_RULES
 
 PAIR_STRATEGIES = ("first_error", "per_depth")
 MARGIN_WEIGHTINGS = ("none", "margin", "sigmoid")
 JUDGES = ("reward_model", "self_verification")
+REF_UPDATES = ("previous_round", "initial")
 
 
 @dataclass
 class StepwiseDPOConfig(DPOConfig):
     """Configuration of :class:`~stepdpo.trainer.StepwiseDPOTrainer` (all ``DPOConfig`` fields too)."""
 
+    loss_type: list[str] = field(default_factory=lambda: ["dpop"], metadata={
+        "help": "Preference loss(es): 'dpop' (DPO-Positive, the default: the chosen step may not fall below the "
+                "reference), any TRL loss type ('sigmoid', 'sft', 'apo_zero', 'nca_pair', ...), or a name registered "
+                "with stepdpo.losses.register_loss; several are summed with loss_weights."})
     step_separator: str = field(default="\n", metadata={"help": "Text that ends every step (the generation stop "
                                                                 "string and the split point of solutions)."})
     step_tag: str | None = field(default=None, metadata={"help": "Optional scoring tag after each step, before the "
@@ -47,7 +53,9 @@ class StepwiseDPOConfig(DPOConfig):
     regenerate_every_steps: int | None = field(default=None, metadata={
         "help": "With rounds > 1: train this many optimizer steps per round before regenerating pairs."})
     sample_max_new_tokens: int = field(default=64, metadata={"help": "Token limit of one sampled step."})
-    sample_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for pair building."})
+    sample_temperature: float = field(default=0.0, metadata={
+        "help": "Temperature of the solutions searched for errors (0 = greedy: the errors the policy actually makes; "
+                "measured best, see BENCHMARKS.md). Candidate steps and rollouts use rollout_temperature."})
     sample_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling for pair building."})
     sample_batch_size: int = field(default=64, metadata={"help": "Sequences per generate call when sampling."})
     judge: str = field(default="reward_model", metadata={
@@ -57,6 +65,48 @@ class StepwiseDPOConfig(DPOConfig):
         "help": "Prompt of the self-verification judge: a template with {problem}, {previous_steps} and {step}, or a "
                 "question the step is appended to (seed 004: 'Is this step correct? Yes or No: '). Default: the "
                 "problem, the steps so far and the new step, then 'Is the new step correct? Yes or No:'."})
+    num_solutions: int | None = field(default=None, metadata={
+        "help": "First-error strategy: solutions sampled per prompt to find errors in (default: num_candidates; "
+                "1 when sample_temperature is 0, i.e. the greedy policy's own solution)."})
+    num_continuations: int | None = field(default=8, metadata={
+        "help": "First-error strategy: continuations sampled from each error's correct prefix; their first steps "
+                "are the chosen candidates (None: num_candidates; Step-DPO samples 20 at T=0.8)."})
+    rollout_temperature: float | None = field(default=0.8, metadata={
+        "help": "Temperature of those continuations and of per_depth candidates (None: sample_temperature, or 0.8 "
+                "when that is 0)."})
+    chosen_rule: str = field(default="prefer_verified", metadata={
+        "help": "Which candidate becomes the chosen step when answers are known: 'verified' (its rollout reaches "
+                "the right answer, whatever the judge scores it), 'prefer_verified' (such a step if any, else one "
+                "the judge scores good) or 'judge' (best judge score; no rollouts). Without answers it is always "
+                "'judge'."})
+    pairs_per_error: int = field(default=1, metadata={
+        "help": "Pairs per error: one per distinct chosen step, up to this many."})
+    max_pairs_per_prompt: int | None = field(default=None, metadata={"help": "Cap on the pairs of one problem."})
+    skip_correct_solutions: bool = field(default=True, metadata={
+        "help": "With answers, look for errors only in solutions whose final answer is wrong (Step-DPO)."})
+    max_logp_gap: float | None = field(default=None, metadata={
+        "help": "Drop pairs the policy already ranks right by more than this many nats (log-prob of the chosen "
+                "step minus the rejected one's)."})
+    min_pass_rate: float = field(default=0.0, metadata={
+        "help": "With answers: skip problems whose sampled solutions are right less often than this."})
+    max_pass_rate: float = field(default=1.0, metadata={
+        "help": "With answers: skip problems whose sampled solutions are right more often than this (PRIME keeps "
+                "0.2-0.8; needs num_solutions > 1)."})
+    ref_update: str = field(default="previous_round", metadata={
+        "help": "With rounds > 1: the reference of each round, 'previous_round' (the policy as the round starts, "
+                "as in Iterative RPO) or 'initial' (the policy before round 0)."})
+    dpop_lambda: float = field(default=50.0, metadata={
+        "help": "lambda of loss_type 'dpop' (DPO-Positive): margin lost per nat the chosen step falls below the "
+                "reference."})
+    replay_weight: float = field(default=0.0, metadata={
+        "help": "Weight of an NLL term on replay examples (the trainer's replay_dataset: solutions to keep "
+                "likely, e.g. the SFT data) added to every training batch; 0 turns it off."})
+    replay_batch_size: int | None = field(default=None, metadata={
+        "help": "Replay examples per training batch (default: per_device_train_batch_size)."})
+    probe_pairs: int = field(default=0, metadata={
+        "help": "Log the policy's log-probs of the chosen and rejected steps of this many fixed pairs (the first "
+                "ones of the training set, or the trainer's probe_dataset) at every logging step: 'probe/...' "
+                "metrics follow the same pairs through training, unlike the streaming batch averages."})
     save_pairs_to: str | None = field(default=None, metadata={
         "help": "If set, built pairs are written there as JSONL (round r goes to <stem>.round<r>.jsonl)."})
 
@@ -92,6 +142,31 @@ class StepwiseDPOConfig(DPOConfig):
         if self.margin_weighting != "none" and {"aot", "aot_unpaired"} & set(self.loss_type):
             raise ValueError("margin_weighting cannot be used with loss_type 'aot'/'aot_unpaired': those losses sort "
                              "the pairs of a batch, so per-pair weights would be misaligned")
+        if self.chosen_rule not in CHOSEN_RULES:
+            raise ValueError(f"chosen_rule must be one of {CHOSEN_RULES}, got {self.chosen_rule!r}")
+        if self.ref_update not in REF_UPDATES:
+            raise ValueError(f"ref_update must be one of {REF_UPDATES}, got {self.ref_update!r}")
+        for name in ("num_solutions", "num_continuations", "max_pairs_per_prompt"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pairs_per_error < 1:
+            raise ValueError(f"pairs_per_error must be >= 1, got {self.pairs_per_error}")
+        if not 0.0 <= self.min_pass_rate <= self.max_pass_rate <= 1.0:
+            raise ValueError("need 0 <= min_pass_rate <= max_pass_rate <= 1")
+        if self.sample_temperature < 0 or (self.rollout_temperature is not None and self.rollout_temperature < 0):
+            raise ValueError("temperatures must be >= 0 (0 = greedy)")
+        if self.replay_weight < 0 or (self.replay_batch_size is not None and self.replay_batch_size < 1):
+            raise ValueError("replay_weight must be >= 0 and replay_batch_size >= 1")
+        if self.probe_pairs < 0:
+            raise ValueError("probe_pairs must be >= 0")
+        if self.dpop_lambda < 0:
+            raise ValueError("dpop_lambda must be >= 0")
+        from stepdpo.losses import TRL_LOSS_TYPES, get_loss, registered_losses
+
+        unknown = [t for t in self.loss_type if t not in TRL_LOSS_TYPES and get_loss(t) is None]
+        if unknown:
+            raise ValueError(f"unknown loss_type {unknown}; TRL's: {list(TRL_LOSS_TYPES)}; registered in "
+                             f"stepdpo.losses: {registered_losses()}")
         if self.rounds > 1 and self.sync_ref_model:
             raise ValueError("rounds > 1 with sync_ref_model is not supported")
         self.step_format  # validates separator/tag  # noqa: B018
@@ -100,5 +175,22 @@ class StepwiseDPOConfig(DPOConfig):
     def step_format(self) -> StepFormat:
         return StepFormat(separator=self.step_separator, tag=self.step_tag)
 
+    @property
+    def effective_rollout_temperature(self) -> float:
+        """The continuations' temperature: ``rollout_temperature``, else ``sample_temperature``, else 0.8."""
+        if self.rollout_temperature is not None:
+            return self.rollout_temperature
+        return self.sample_temperature if self.sample_temperature > 0 else 0.8
 
-__all__ = ["JUDGES", "MARGIN_WEIGHTINGS", "PAIR_STRATEGIES", "StepwiseDPOConfig"]
+    def error_pair_options(self) -> dict:
+        """The first-error strategy's options (:class:`stepdpo.pairs.ErrorPairOptions` fields)."""
+        rate = None if (self.min_pass_rate, self.max_pass_rate) == (0.0, 1.0) else (self.min_pass_rate,
+                                                                                      self.max_pass_rate)
+        return {"num_solutions": self.num_solutions, "num_continuations": self.num_continuations,
+                "chosen_rule": self.chosen_rule, "pairs_per_error": self.pairs_per_error,
+                "max_pairs_per_prompt": self.max_pairs_per_prompt,
+                "skip_correct_solutions": self.skip_correct_solutions, "max_logp_gap": self.max_logp_gap,
+                "pass_rate_range": rate}
+
+
+__all__ = ["CHOSEN_RULES", "JUDGES", "MARGIN_WEIGHTINGS", "PAIR_STRATEGIES", "REF_UPDATES", "StepwiseDPOConfig"]

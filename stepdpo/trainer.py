@@ -55,8 +55,9 @@ from reward_models.base import as_reward_model
 from reward_models.steps import StepFormat
 from reward_models.types import DataError, StepPair
 from stepdpo.config import StepwiseDPOConfig
+from stepdpo.losses import PairLogps, dpop_penalty, get_loss, sequence_logps
 from stepdpo.pairs import OutcomePair, build_step_pairs, pair_from_row, save_pairs
-from stepdpo.sampling import StepSampler
+from stepdpo.sampling import StepSampler, step_piece_ids
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ PAIR_FEATURES = Features({
     "pair_weight": Value("float32"),
 })
 TOKENIZED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+class NoPairsError(ValueError):
+    """A round of pair building from prompts produced no pair (the stats in the message say why)."""
 
 
 # -- small pure functions -------------------------------------------------------------------------
@@ -103,15 +108,9 @@ def tokenize_step_pair(tokenizer, step_format: StepFormat, prompt: str, prefix_s
     piece (``step + tag + separator``, or the final-step layout when ``is_final``), plus EOS only
     when ``is_final``.
     """
-    prefix = list(prefix_steps)
-    ctx = step_format.tokenize(tokenizer, prompt, prefix, complete=False).input_ids
-    out = {"prompt_ids": ctx}
+    out: dict[str, list[int]] = {}
     for name, step in (("chosen_ids", chosen), ("rejected_ids", rejected)):
-        enc = step_format.tokenize(tokenizer, prompt, prefix + [step], complete=bool(is_final))
-        start, end = enc.spans[-1]
-        assert enc.input_ids[:start] == ctx, "piecewise tokenization must keep the context ids"
-        ids = enc.input_ids[start:end]
-        out[name] = _end_with_eos(tokenizer, ids, "a final step") if is_final else ids
+        out["prompt_ids"], out[name] = step_piece_ids(tokenizer, step_format, prompt, prefix_steps, step, is_final)
     return out
 
 
@@ -238,7 +237,12 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         reward_model: judge for building pairs from prompts (anything
             :func:`~reward_models.base.as_reward_model` accepts).
         prompts: prompts to build pairs from (instead of ``train_dataset``).
-        answers, answer_checker: optional; chosen steps must roll out to the right answer.
+        answers, answer_checker: optional; chosen steps should roll out to the right answer
+            (``chosen_rule``) and only wrong solutions are searched for errors.
+        probe_dataset: fixed step pairs whose log-probs are logged (``probe_pairs`` of them;
+            default: the first pairs of the training set).
+        replay_dataset: solutions (``StepSample`` objects or dicts with ``prompt`` and ``steps``)
+            whose NLL, weighted by ``replay_weight``, is added to every training batch.
         peft_config: a ``peft.LoraConfig`` etc. (reference = adapter disabled).
     """
 
@@ -249,7 +253,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
                  train_dataset=None, eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
                  optimizers=(None, None), quantization_config=None, peft_config=None, *, tokenizer=None,
                  reward_model=None, prompts: Sequence[str] | None = None, answers: Sequence[Any] | None = None,
-                 answer_checker=None):
+                 answer_checker=None, probe_dataset: Sequence[StepPair] | None = None, replay_dataset=None):
         if tokenizer is not None and processing_class is not None and tokenizer is not processing_class:
             raise ValueError("pass the tokenizer as processing_class= or tokenizer=, not two different objects")
         processing_class = processing_class if processing_class is not None else tokenizer
@@ -338,7 +342,16 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
                          compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers,
                          quantization_config=quantization_config, peft_config=peft_config)
         self._pair_weights: torch.Tensor | None = None
-        self._weight_hook = self.model.register_forward_hook(self._scale_pair_gradients)
+        self._captured: list[torch.Tensor] | None = None
+        self._probe = self._probe_set(probe_dataset, train_dataset, args)
+        self._replay = self._replay_batches(replay_dataset, processing_class, args)
+        self._forward_hook = self.model.register_forward_hook(self._on_policy_forward)
+        # loss types registered in stepdpo.losses (e.g. "dpop") are computed here, TRL's own ones by TRL
+        self._extension_losses = [(name, float(w)) for name, w in zip(self.loss_types, self.loss_weights)
+                                  if get_loss(name) is not None]
+        keep = [i for i, name in enumerate(self.loss_types) if get_loss(name) is None]
+        self.loss_types = [self.loss_types[i] for i in keep]
+        self.loss_weights = [self.loss_weights[i] for i in keep]
 
     # -- pair building ------------------------------------------------------------------------------
     def _judge(self, model, tokenizer, args):
@@ -348,18 +361,25 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
 
     def _build_pair_dataset(self, model, tokenizer, args: StepwiseDPOConfig, round_index: int) -> Dataset:
         tok = getattr(tokenizer, "tokenizer", tokenizer)
-        sampler = StepSampler(model, tok, args.step_format, max_new_tokens=args.sample_max_new_tokens,
-                              temperature=args.sample_temperature, top_p=args.sample_top_p,
-                              batch_size=args.sample_batch_size, seed=args.seed + 7919 * round_index)
+
+        def sampler_at(temperature, seed):
+            return StepSampler(model, tok, args.step_format, max_new_tokens=args.sample_max_new_tokens,
+                               temperature=temperature, top_p=args.sample_top_p, batch_size=args.sample_batch_size,
+                               seed=seed)
+
+        sampler = sampler_at(args.sample_temperature, args.seed + 7919 * round_index)
+        options = args.error_pair_options() if args.pair_strategy == "first_error" else {}
+        options["rollout_sampler"] = sampler_at(args.effective_rollout_temperature,
+                                                args.seed + 7919 * round_index + 104729)
         result = build_step_pairs(self._pair_prompts, sampler, self._judge(model, tok, args),
                                   strategy=args.pair_strategy, k=args.num_candidates, threshold=args.score_threshold,
                                   min_margin=args.min_pair_margin, max_steps=args.max_solution_steps,
                                   answers=self._answers, answer_checker=self._answer_checker,
-                                  max_uncertainty=args.max_uncertainty)
+                                  max_uncertainty=args.max_uncertainty, **options)
         self.pair_stats.append({"round": round_index, **result.stats})
         logger.info("round %d: %s", round_index, result.stats)
         if not result.pairs:
-            raise ValueError(f"round {round_index}: no step pairs could be built from {len(self._pair_prompts)} "
+            raise NoPairsError(f"round {round_index}: no step pairs could be built from {len(self._pair_prompts)} "
                              f"prompts (outcomes: {result.stats}); sample more candidates (num_candidates), change "
                              "score_threshold, or check the reward model")
         if args.save_pairs_to:
@@ -381,6 +401,126 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
                                             self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size)
         self.train_dataset = ds
         return ds
+
+    def update_reference(self) -> None:
+        """Make the reference a copy of the current policy (Iterative RPO: each round's reference
+        is the previous round's policy). A separate reference model gets the policy's weights
+        (gathered under ZeRO-3 by TRL's ``SyncRefModelCallback.sync_target_model``); with LoRA and
+        no reference model, the trained adapter is copied into a frozen adapter named ``"ref"``,
+        which TRL uses as the reference instead of the adapter-disabled base model."""
+        from peft import PeftModel
+        from trl.trainer.callbacks import SyncRefModelCallback
+
+        policy = self.accelerator.unwrap_model(self.model)
+        if self.ref_model is not None:
+            ref = self.accelerator.unwrap_model(self.ref_model)
+            SyncRefModelCallback.sync_target_model(policy, ref, 1.0)
+        elif isinstance(policy, PeftModel):
+            active = policy.active_adapter
+            if "ref" not in policy.peft_config:
+                policy.add_adapter("ref", copy.deepcopy(policy.peft_config[active]))
+            params = dict(policy.named_parameters())
+            with torch.no_grad():
+                for name, p in params.items():
+                    if f".{active}." in name:
+                        target = params.get(name.replace(f".{active}.", ".ref."))
+                        if target is not None:
+                            target.copy_(p)
+            for name, p in params.items():
+                if ".ref." in name:
+                    p.requires_grad_(False)
+            policy.set_adapter(active)
+        elif not self.precompute_ref_logps:
+            raise ValueError("ref_update='previous_round' needs a reference model, LoRA, or precompute_ref_log_probs")
+        logger.info("reference updated to the current policy")
+
+    # -- NLL replay ---------------------------------------------------------------------------------
+    @staticmethod
+    def _replay_batches(replay_dataset, processing_class, args):
+        """An endless, seeded stream of padded replay batches (None when replay is off)."""
+        if args.replay_weight == 0:
+            return None
+        if not replay_dataset:
+            raise ValueError("replay_weight > 0 needs a replay_dataset (solutions to keep likely)")
+        from reward_models.types import StepSample
+        from stepdpo.sft import tokenize_sft_example
+
+        tok = getattr(processing_class, "tokenizer", processing_class)
+        rows = []
+        for n, ex in enumerate(replay_dataset):
+            try:
+                sample = ex if isinstance(ex, StepSample) else StepSample(prompt=ex["prompt"], steps=list(ex["steps"]))
+            except (KeyError, TypeError) as e:
+                raise DataError(f"a replay example needs 'prompt' and 'steps' ({e})", source="replay_dataset",
+                                row=n) from None
+            rows.append(tokenize_sft_example(tok, sample, args.step_format))
+        size = args.replay_batch_size or args.per_device_train_batch_size
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        gen = torch.Generator().manual_seed(args.seed)
+
+        def stream():
+            while True:
+                order = torch.randperm(len(rows), generator=gen).tolist()  # a new shuffle every pass
+                for start in range(0, len(rows), size):
+                    batch = [rows[i] for i in order[start:start + size]]
+                    width = max(len(r["input_ids"]) for r in batch)
+                    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+                    mask = torch.zeros((len(batch), width), dtype=torch.long)
+                    for r, row in enumerate(batch):
+                        n_tok = len(row["input_ids"])
+                        ids[r, :n_tok] = torch.tensor(row["input_ids"])
+                        mask[r, :n_tok] = 1
+                        keep = torch.tensor(row["completion_mask"], dtype=torch.bool)
+                        labels[r, :n_tok] = torch.where(keep, torch.tensor(row["input_ids"]), -100)
+                    yield {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+        return stream()
+
+    def _replay_loss(self, model, mode: str):
+        batch = {k: v.to(self.accelerator.device) for k, v in next(self._replay).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+                                                ignore_index=-100)
+        self._metrics[mode]["replay/nll"].append(self.accelerator.gather(nll.detach()).mean().item())
+        return nll
+
+    # -- fixed probe pairs -------------------------------------------------------------------------
+    @staticmethod
+    def _probe_set(probe_dataset, train_dataset, args) -> list[StepPair]:
+        if not args.probe_pairs:
+            return []
+        if probe_dataset is not None:
+            rows = list(probe_dataset)
+        elif _dataset_kind(train_dataset) == "pairs":
+            rows = train_dataset.select(range(min(args.probe_pairs, len(train_dataset)))).to_list()
+        else:
+            raise ValueError("probe_pairs needs step pairs: train on step pairs or pass probe_dataset=")
+        pairs = [p if isinstance(p, StepPair) else pair_from_row({k: v for k, v in p.items()
+                                                                  if k in StepPair.__dataclass_fields__})
+                 for p in rows[: args.probe_pairs]]
+        return pairs
+
+    def probe_metrics(self) -> dict[str, float]:
+        """Mean log-probs (per pair, summed over the step's tokens) the current policy gives the
+        chosen and the rejected steps of the fixed probe pairs, and the share of pairs where it
+        now prefers the chosen step."""
+        if not self._probe:
+            return {}
+        model = self.accelerator.unwrap_model(self.model)
+        tok = getattr(self.processing_class, "tokenizer", self.processing_class)
+        sampler = StepSampler(model, tok, self.args.step_format, batch_size=self.args.per_device_eval_batch_size)
+        rows = [(p.prompt, p.prefix_steps, s, p.is_final) for p in self._probe for s in (p.chosen, p.rejected)]
+        lps = sampler.step_logprobs(*map(list, zip(*rows)))
+        chosen, rejected = lps[0::2], lps[1::2]
+        n = len(chosen)
+        return {"probe/logps_chosen": sum(chosen) / n, "probe/logps_rejected": sum(rejected) / n,
+                "probe/prefers_chosen": sum(c > r for c, r in zip(chosen, rejected)) / n}
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._probe and self.model.training and "loss" in logs:
+            logs = {**logs, **self.probe_metrics()}
+        super().log(logs, start_time)
 
     # -- TRL hooks ----------------------------------------------------------------------------------
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -463,33 +603,99 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         if "pair_weight" not in self._signature_columns:
             self._signature_columns = list(self._signature_columns) + ["pair_weight"]
 
-    def _scale_pair_gradients(self, module, args, output):
-        """Forward hook: scale the gradient of pair i's log-probs (chosen row i, rejected row
-        B+i) by its weight. Each pair's loss depends only on its own rows, so the gradient is
-        exactly that of ``mean_i(w_i * loss_i)``; values (and logged metrics) are unchanged."""
-        w = self._pair_weights
-        if w is None or not torch.is_grad_enabled():
-            return None
+    def _on_policy_forward(self, module, args, output):
+        """Forward hook on the policy.
+
+        * Pair weights: scale the gradient of pair i's log-probs (chosen row i, rejected row
+          B+i) by its weight. Each pair's loss depends only on its own rows, so the gradient is
+          exactly that of ``mean_i(w_i * loss_i)``; values (and logged metrics) are unchanged.
+        * Extension losses: keep the per-token log-probs (after the scaling) of the policy's
+          forward pass, which :meth:`compute_loss` turns into sequence log-probs.
+        """
         lp = getattr(output, "log_probs", None)
-        if lp is None or not lp.requires_grad:
+        if lp is None:
             return None
-        full = torch.cat([w, w]).to(device=lp.device, dtype=lp.dtype)
-        if full.shape[0] != lp.shape[0]:
-            raise RuntimeError(f"pair weights for {w.shape[0]} pairs do not match a batch of {lp.shape[0]} rows")
-        output.log_probs = _scale_grad(lp, full.view(-1, *([1] * (lp.dim() - 1))))
+        w = self._pair_weights
+        if w is not None and torch.is_grad_enabled() and lp.requires_grad:
+            full = torch.cat([w, w]).to(device=lp.device, dtype=lp.dtype)
+            if full.shape[0] != lp.shape[0]:
+                raise RuntimeError(f"pair weights for {w.shape[0]} pairs do not match a batch of {lp.shape[0]} rows")
+            output.log_probs = _scale_grad(lp, full.view(-1, *([1] * (lp.dim() - 1))))
+        if self._captured is not None:
+            self._captured.append(output.log_probs)
         return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         weights = inputs.pop("pair_weight", None)
+        mode = "train" if self.model.training else "eval"
         if weights is not None and not torch.all(weights == 1):
             self._pair_weights = weights
-            mode = "train" if self.model.training else "eval"
             self._metrics[mode]["pair_weight"].append(weights.float().mean().item())
         try:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            if not self._extension_losses:
+                out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                           num_items_in_batch=num_items_in_batch)
+            else:
+                out = self._compute_with_extension_losses(model, inputs, return_outputs, num_items_in_batch, mode)
+            if self._replay is not None and mode == "train":
+                self._pair_weights = self._captured = None  # the replay forward is not a pair batch
+                extra = self.args.replay_weight * self._replay_loss(model, mode)
+                out = (out[0] + extra, out[1]) if return_outputs else out + extra
+            return out
         finally:
             self._pair_weights = None
+            self._captured = None
+
+    def _compute_with_extension_losses(self, model, inputs, return_outputs, num_items_in_batch, mode):
+        """TRL's loss for its own loss types, plus the registered ones (:mod:`stepdpo.losses`).
+
+        The reference log-probs are computed first with TRL's ``compute_ref_log_probs`` (the
+        reference model, or the policy with its LoRA adapter disabled; ``ld_alpha`` applied) unless
+        they were precomputed, and handed to TRL as precomputed columns, so the reference runs once.
+        The policy's log-probs come from TRL's own forward pass (captured by the forward hook).
+        This is the one place that relies on TRL internals beyond its hooks; ``tests/stepdpo/
+        test_losses.py`` pins it (DPOP with lambda 0 equals TRL's sigmoid loss, value and gradient).
+        """
+        mask = inputs["completion_mask"][..., 1:]
+        if self.precompute_ref_logps:
+            ref_c, ref_r = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+            loss = self._trl_loss_capturing(model, inputs, return_outputs, num_items_in_batch)
+        else:
+            ref = self.ref_model if self.ref_model is not None else self.model
+            ref_c, ref_r = self.compute_ref_log_probs(ref, inputs)
+            self.precompute_ref_logps = True  # TRL reads the reference log-probs from the batch: no second pass
+            try:
+                loss = self._trl_loss_capturing(model, {**inputs, "ref_chosen_logps": ref_c,
+                                                        "ref_rejected_logps": ref_r},
+                                                return_outputs, num_items_in_batch)
+            finally:
+                self.precompute_ref_logps = False
+        outputs = None
+        if return_outputs:
+            loss, outputs = loss
+        if not self._captured:
+            raise RuntimeError("the policy's forward pass was not seen by the trainer's forward hook; extension "
+                               "losses cannot be computed (was the model replaced after the trainer was built?)")
+        per_token = self._captured[0][:, -mask.size(1):]
+        chosen, rejected = sequence_logps(per_token, mask, self.ld_alpha)
+        lp = PairLogps(chosen, rejected, ref_c.to(chosen.device, chosen.dtype).detach(),
+                       ref_r.to(chosen.device, chosen.dtype).detach())
+        total = loss
+        for name, weight in self._extension_losses:
+            per_pair = get_loss(name)(lp, self.args)
+            if per_pair.shape != chosen.shape:
+                raise ValueError(f"loss {name!r} returned shape {tuple(per_pair.shape)}; expected one value per pair "
+                                 f"{tuple(chosen.shape)}")
+            total = total + weight * per_pair.mean()
+            self._metrics[mode][f"{name}/loss"].append(self.accelerator.gather(per_pair.detach()).mean().item())
+        penalty = dpop_penalty(lp).detach()
+        self._metrics[mode]["logps/chosen_below_ref"].append(self.accelerator.gather(penalty).mean().item())
+        return (total, outputs) if return_outputs else total
+
+    def _trl_loss_capturing(self, model, inputs, return_outputs, num_items_in_batch):
+        self._captured = []
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         """TRL's precompute, plus a persistent cache in ``output_dir/ref_logps_cache/`` keyed by
@@ -540,6 +746,8 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         try:
             for r in range(self.args.rounds):
                 if r > 0:
+                    if self.args.ref_update == "previous_round":
+                        self.update_reference()
                     self.rebuild_pairs(r)
                     self.optimizer, self.lr_scheduler = None, None
                 if self.args.regenerate_every_steps:
@@ -550,5 +758,5 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         return out
 
 
-__all__ = ["PAIR_FEATURES", "StepPreferenceCollator", "StepwiseDPOTrainer", "default_judge", "margin_weights",
+__all__ = ["NoPairsError", "PAIR_FEATURES", "StepPreferenceCollator", "StepwiseDPOTrainer", "default_judge", "margin_weights",
            "pairs_to_rows", "tokenize_solution_pair", "tokenize_step_pair"]

@@ -12,7 +12,11 @@ def make(tmp_path, **kw):
 def test_defaults_and_step_format(tmp_path):
     cfg = make(tmp_path, step_separator="\n\n", step_tag=" ки")
     assert cfg.step_format == StepFormat(separator="\n\n", tag=" ки")
-    assert cfg.loss_type == ["sigmoid"] and cfg.pair_strategy == "first_error"
+    # the default recipe (measured best, BENCHMARKS.md): greedy errors, rollouts at 0.8, DPOP, previous-round reference
+    assert cfg.loss_type == ["dpop"] and cfg.pair_strategy == "first_error" and cfg.sample_temperature == 0.0
+    assert (cfg.num_continuations, cfg.rollout_temperature, cfg.chosen_rule, cfg.ref_update) == \
+        (8, 0.8, "prefer_verified", "previous_round")
+    assert cfg.error_pair_options()["pass_rate_range"] is None
     assert cfg.bf16 == bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     for name in ("pair_strategy", "margin_weighting", "judge", "rounds", "score_threshold"):
         field = StepwiseDPOConfig.__dataclass_fields__[name]
@@ -30,6 +34,15 @@ def test_defaults_and_step_format(tmp_path):
     (dict(margin_weighting="margin", loss_type=["aot_unpaired"]), "aot"),
     (dict(step_separator=""), "separator"),
     (dict(step_separator="\n", step_tag="a\nb"), "tag"),
+    (dict(chosen_rule="best"), "chosen_rule"),
+    (dict(ref_update="ema"), "ref_update"),
+    (dict(num_continuations=0), "num_continuations"),
+    (dict(pairs_per_error=0), "pairs_per_error"),
+    (dict(min_pass_rate=0.9, max_pass_rate=0.2), "pass_rate"),
+    (dict(rollout_temperature=-1.0), "temperature"),
+    (dict(dpop_lambda=-1.0), "dpop_lambda"),
+    (dict(probe_pairs=-1), "probe_pairs"),
+    (dict(loss_type=["dpop", "typo"]), "unknown loss_type"),
 ])
 def test_bad_combinations_raise(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
