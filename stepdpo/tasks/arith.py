@@ -430,13 +430,73 @@ def _corrupt(tree: Tree, at: int, kind: str, rng: random.Random, cfg: ArithConfi
     return steps + rest, idx
 
 
+HABITS = ("carry", "borrow")
+
+
+def habit_applies(habit: str, a: int, op: str, b: int) -> bool:
+    """Whether a systematic slip of kind ``habit`` can happen on the step ``a op b``.
+
+    ``"carry"``: an addition whose ones digits carry (``16+9``); ``"borrow"``: a subtraction whose
+    ones digit borrows (``23-7``).
+
+    >>> habit_applies("carry", 16, "+", 9), habit_applies("carry", 12, "+", 3), habit_applies("borrow", 23, "-", 7)
+    (True, False, True)
+    """
+    if habit == "carry":
+        return op == "+" and a >= 0 and b >= 0 and a % 10 + b % 10 >= 10
+    if habit == "borrow":
+        return op == "-" and a >= 0 and b >= 0 and a >= b and a % 10 < b % 10
+    raise ValueError(f"unknown habit {habit!r}; expected one of {HABITS}")
+
+
+def habit_result(habit: str, a: int, op: str, b: int) -> int:
+    """The result a solver with the habit writes: the carry (borrow) is forgotten.
+
+    >>> habit_result("carry", 16, "+", 9), habit_result("borrow", 23, "-", 7)
+    (15, 26)
+    """
+    return OPS[op](a, b) - 10 if habit == "carry" else OPS[op](a, b) + 10
+
+
+def habit_steps(tree: Tree, habit: str, rate: float, rng: random.Random) -> list[str]:
+    """A solution written by a solver with a systematic habit: the gold reduction order, but each
+    step where the habit applies gets the habit's wrong result with probability ``rate``, and the
+    solution then carries on consistently from the wrong value (as a person with the habit would),
+    ending with the answer it reached.
+
+    >>> habit_steps(parse_expression("16+9-3"), "carry", 1.0, random.Random(0))
+    ['16+9=15', '15-3=12', 'Answer: 12']
+    """
+    steps = []
+    while isinstance(tree, Op):
+        path, node = _innermost(tree)[0]
+        a, op, b = node.left, node.op, node.right
+        c = OPS[op](a, b)
+        if habit_applies(habit, a, op, b) and rng.random() < rate:
+            c = habit_result(habit, a, op, b)
+        steps.append(format_step(a, op, b, c))
+        tree = _replace(tree, path, c)
+    steps.append(format_answer(tree))
+    return steps
+
+
 def make_samples(n: int, seed: int, cfg: ArithConfig | None = None, error_rate: float = 0.0,
-                 exclude: set[str] | None = None) -> list[StepSample]:
+                 exclude: set[str] | None = None, habit: str | None = None,
+                 habit_rate: float = 0.0) -> list[StepSample]:
     """``n`` distinct problems with gold (or, at ``error_rate``, corrupted) labeled solutions.
 
     Labels follow Math-Shepherd/ProcessBench semantics: 1 before the first error, 0 from it on.
     Deterministic in ``seed``; problems whose expression is in ``exclude`` are skipped.
+
+    ``habit`` (``"carry"`` or ``"borrow"``) with ``habit_rate`` > 0 writes the solutions as a solver
+    with that systematic slip would (:func:`habit_steps`): the imperfect demonstrations of the task's
+    "habit" variant. Labels and ``meta["first_error"]`` then come from the checker, and
+    ``meta["habit_errors"]`` counts the slipped steps. ``answer`` is always the true value.
     """
+    if habit is not None and habit not in HABITS:
+        raise ValueError(f"unknown habit {habit!r}; expected one of {HABITS}")
+    if not 0.0 <= habit_rate <= 1.0:
+        raise ValueError("habit_rate must be in [0, 1]")
     cfg = cfg or ArithConfig()
     rng = random.Random(seed)
     seen = set(exclude or ())
@@ -452,6 +512,15 @@ def make_samples(n: int, seed: int, cfg: ArithConfig | None = None, error_rate: 
             continue
         seen.add(expr)
         value = evaluate(tree)
+        if habit is not None and habit_rate > 0:
+            steps = habit_steps(tree, habit, habit_rate, rng)
+            res = check_solution(tree, steps)
+            labels = res.labels
+            meta = {"expression": expr, "first_error": res.first_error, "error_kind": "habit" if res.first_error
+                    is not None else None, "source": "arith", "habit": habit,
+                    "habit_errors": sum(1 for st in steps[:-1] if not _step_is_right(st))}
+            out.append(StepSample(prompt=cfg.prompt(expr), steps=steps, labels=labels, answer=str(value), meta=meta))
+            continue
         if rng.random() < error_rate:
             steps, first_error, kind = inject_error(tree, rng, cfg)
             labels = [1.0 if i < first_error else 0.0 for i in range(len(steps))]
@@ -461,6 +530,11 @@ def make_samples(n: int, seed: int, cfg: ArithConfig | None = None, error_rate: 
         meta = {"expression": expr, "first_error": first_error, "error_kind": kind, "source": "arith"}
         out.append(StepSample(prompt=cfg.prompt(expr), steps=steps, labels=labels, answer=str(value), meta=meta))
     return out
+
+
+def _step_is_right(step: str) -> bool:
+    m = _STEP_RE.match(step)
+    return bool(m) and OPS[m.group(2)](int(m.group(1)), int(m.group(3))) == int(m.group(4))
 
 
 def make_splits(seed: int = 0, n_train: int = 1000, n_test: int = 200, cfg: ArithConfig | None = None,
@@ -501,6 +575,7 @@ def checker_reward_model(cfg: ArithConfig | None = None):
     return FunctionRewardModel(arith_checker, step_format=STEP_FORMAT, aggregation="min", name="arith_checker")
 
 
-__all__ = ["ArithConfig", "checker_reward_model", "CheckResult", "ERROR_KINDS", "Op", "ParseError", "STEP_FORMAT", "Tree",
+__all__ = ["ArithConfig", "checker_reward_model", "CheckResult", "ERROR_KINDS", "HABITS", "Op", "ParseError",
+           "STEP_FORMAT", "Tree", "habit_applies", "habit_result", "habit_steps",
            "check_solution", "count_ops", "evaluate", "extract_answer", "gold_steps", "inject_error",
            "is_correct", "make_samples", "make_splits", "parse_expression", "random_problem", "render"]
