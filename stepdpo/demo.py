@@ -12,12 +12,14 @@ From nothing, in one run:
    :class:`reward_models.training.PRMTrainer` on the policy's own sampled solutions labeled by
    the checker (step ``i`` is good when steps ``0..i`` are all valid), plus gold solutions with
    one injected error. Evaluated on held-out policy samples: first-error F1, step AUROC, ECE.
-5. **Step pairs** - the policy samples K solutions per training prompt; the PRM finds the
-   first step it scores below 0.5; the policy resamples from the last good prefix and a step
-   the PRM scores as good becomes ``chosen`` (:func:`stepdpo.pairs.build_step_pairs`).
-   The checker measures how often the PRM-built pairs are right.
-6. **Stepwise DPO** - :class:`stepdpo.trainer.StepwiseDPOTrainer` on those pairs (sigmoid
-   loss plus an NLL term on the chosen step, which keeps a tiny policy from collapsing).
+5. **Stepwise DPO, the default recipe** - :class:`stepdpo.trainer.StepwiseDPOTrainer` from the
+   training prompts, for ``rounds`` rounds: each round the *current* policy solves every problem
+   greedily, the judge (the task's checker by default, or the PRM) finds the first wrong step of
+   each wrong solution, ``continuations`` rollouts at temperature 0.8 from the correct prefix give
+   the chosen step (one whose rollout reaches the right answer, else any step the judge accepts),
+   and the policy trains on those pairs with the DPOP loss (the chosen step may not fall below the
+   reference, which is the policy as the round starts). The checker measures how often the pairs
+   are right.
 7. **Accuracy after** - same held-out problems, same greedy decoding; plus best-of-N with the
    PRM vs majority vote.
 8. **Report** - ``metrics.json``, ``report.md`` and PNG plots in the output directory.
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -37,6 +38,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+PROBE_KEYS = ("probe/logps_chosen", "probe/logps_rejected", "probe/prefers_chosen")
+
 
 @dataclass
 class DemoConfig:
@@ -44,16 +47,20 @@ class DemoConfig:
 
     seed: int = 0
     task: dict = field(default_factory=dict)  # ArithConfig fields; {} = the default difficulty
-    n_test: int = 500
+    n_test: int = 1000
     n_sft: int = 4000
     n_prm_prompts: int = 600
-    n_pair_prompts: int = 400
+    n_pair_prompts: int = 1500
     n_val: int = 200
     # who scores steps when building pairs: "checker" (the task's verifier, as a rules reward model) or "prm"
     # (the trained PRM). Measured (3 seeds): PRM-built pairs are right only 37-45% of the time on this task, and
     # Stepwise DPO on them lowers accuracy; checker-built pairs are all right. See report.md / BENCHMARKS.md.
     judge: str = "checker"
     policy_path: str | None = None  # start from a saved SFT policy instead of training one
+    # the task's "habit" variant: SFT demonstrations written with a systematic slip ("carry" or "borrow", see
+    # stepdpo.tasks.arith.habit_steps) at this rate; test, validation and training answers stay exact
+    sft_habit: str | None = None
+    sft_habit_rate: float = 0.0
     policy_layers: int = 4
     policy_width: int = 128
     policy_heads: int = 4
@@ -67,16 +74,20 @@ class DemoConfig:
     prm_batch: int = 32
     k: int = 4
     temperature: float = 1.0
-    # measured on the default task (300 held-out problems, checker pairs): lr 5e-5 lowers greedy accuracy
-    # 44% -> 29%, 1e-5 -> 42%, 5e-6 leaves it unchanged (44%); no setting tried improved it
-    dpo_lr: float = 5e-6
+    # Stepwise DPO, the default recipe (bench helps: chosen on validation problems; see BENCHMARKS.md)
+    rounds: int = 3
+    steps_per_round: int = 150
+    continuations: int = 8  # rollouts from each error's correct prefix
+    rollout_temperature: float = 0.8
+    dpo_lr: float = 1e-5
     dpo_beta: float = 0.1
-    dpo_loss: list[str] = field(default_factory=lambda: ["sigmoid", "sft"])
-    dpo_loss_weights: list[float] = field(default_factory=lambda: [1.0, 1.0])
-    dpo_epochs: float = 1.0
-    dpo_batch: int = 16
-    dpo_scheduler: str = "constant"
-    dpo_warmup: float = 0.0  # warm-up steps (a float below 1: that share of the steps)
+    dpo_loss: list[str] = field(default_factory=lambda: ["dpop"])
+    dpo_loss_weights: list[float] = field(default_factory=lambda: [1.0])
+    dpop_lambda: float = 50.0
+    dpo_epochs: float = 1.0  # run_stepwise_dpo (a fixed set of pairs) only
+    dpo_batch: int = 32
+    dpo_scheduler: str = "cosine"
+    dpo_warmup: float = 0.1  # warm-up steps (a float below 1: that share of the steps)
     best_of_n: int = 4
     n_best_of_n: int = 200
     threads: int = 1
@@ -85,9 +96,10 @@ class DemoConfig:
     def quick(cls, seed: int = 0) -> DemoConfig:
         """A smoke-sized run (well under 2 minutes)."""
         easy = {"min_steps": 1, "max_steps": 2, "start_min": 2, "start_max": 19, "min_operand": 1, "max_operand": 9}
-        return cls(seed=seed, task=easy, n_test=100, n_sft=1000, n_prm_prompts=80, n_pair_prompts=60,
+        return cls(seed=seed, task=easy, n_test=100, n_sft=1000, n_prm_prompts=80, n_pair_prompts=200, n_val=100,
                    policy_layers=2, policy_width=64, policy_heads=2, sft_steps=800, sft_batch=32, sft_lr=3e-3,
-                   prm_injected=100, prm_steps=150, dpo_batch=8, n_best_of_n=40)
+                   prm_injected=100, prm_steps=150, rounds=2, steps_per_round=40, continuations=4, dpo_batch=16,
+                   n_best_of_n=40)
 
     def arith(self):
         from stepdpo.tasks.arith import ArithConfig
@@ -103,7 +115,8 @@ def make_data(cfg: DemoConfig, task=None) -> dict[str, Any]:
     task = task or cfg.arith()
     test = make_samples(cfg.n_test, seed=10_000 + cfg.seed, cfg=task)
     used = {s.meta["expression"] for s in test}
-    sft = make_samples(cfg.n_sft, seed=cfg.seed, cfg=task, exclude=used)
+    sft = make_samples(cfg.n_sft, seed=cfg.seed, cfg=task, exclude=used, habit=cfg.sft_habit,
+                       habit_rate=cfg.sft_habit_rate)
     used |= {s.meta["expression"] for s in sft}
     prm_prompts = make_samples(cfg.n_prm_prompts, seed=20_000 + cfg.seed, cfg=task, exclude=used)
     used |= {s.meta["expression"] for s in prm_prompts}
@@ -142,13 +155,35 @@ def solve(model, tokenizer, prompts, *, k: int = 1, temperature: float = 0.0, se
     return sampler.sample_solutions(list(prompts), k=k, max_steps=max_steps)
 
 
-def policy_accuracy(model, tokenizer, samples) -> tuple[int, int, list[list[str]]]:
-    """Greedy accuracy on ``samples`` by the checker: (correct, total, solutions)."""
+def policy_results(model, tokenizer, samples) -> tuple[list[bool], list[list[str]]]:
+    """Per problem, whether the greedy solution is right (by the checker), and the solutions:
+    kept per problem so that two policies can be compared pairwise without solving again."""
     from stepdpo.tasks.arith import is_correct
 
     sols = [row[0] for row in solve(model, tokenizer, [s.prompt for s in samples])]
-    correct = sum(is_correct(s.meta["expression"], sol) for s, sol in zip(samples, sols))
-    return correct, len(samples), sols
+    return [is_correct(s.meta["expression"], sol) for s, sol in zip(samples, sols)], sols
+
+
+def policy_accuracy(model, tokenizer, samples) -> tuple[int, int, list[list[str]]]:
+    """Greedy accuracy on ``samples`` by the checker: (correct, total, solutions)."""
+    right, sols = policy_results(model, tokenizer, samples)
+    return sum(right), len(samples), sols
+
+
+def sampled_results(model, tokenizer, samples, *, k: int = 8, temperature: float = 0.8,
+                    seed: int = 0) -> dict[str, Any]:
+    """``k`` sampled solutions per problem at ``temperature``: per problem the number right and
+    whether the majority answer is right; ``pass@1`` (mean over samples) and ``maj@k``."""
+    from stepdpo.decode import vote_answers
+    from stepdpo.tasks.arith import extract_answer, is_correct
+
+    sols = solve(model, tokenizer, [s.prompt for s in samples], k=k, temperature=temperature, seed=seed)
+    n_right = [sum(is_correct(s.meta["expression"], sol) for sol in row) for s, row in zip(samples, sols)]
+    votes = vote_answers(sols, extract_answer)
+    maj = [v is not None and v == int(s.answer) for v, s in zip(votes, samples)]
+    n = max(len(samples), 1)
+    return {"k": k, "temperature": temperature, "n_right": n_right, "majority_right": maj,
+            "pass_at_1": sum(n_right) / (k * n), f"maj_at_{k}": sum(maj) / n}
 
 
 def checker_labeled(samples, solutions_per_prompt) -> list:
@@ -234,6 +269,50 @@ def run_stepwise_dpo(cfg: DemoConfig, model, tokenizer, pairs, output_dir: Path,
     return trainer
 
 
+def stepwise_dpo_rounds(policy, tokenizer, prompts, answers, judge, *, output_dir, rounds: int, steps: int,
+                        lr: float, loss: list[str], beta: float = 0.1, dpop_lambda: float = 50.0,
+                        loss_weights: list[float] | None = None, batch: int = 32, threshold: float = 0.5,
+                        continuations: int = 8, rollout_temperature: float = 0.8, max_new_tokens: int = 24,
+                        max_steps: int = 8, seed: int = 0, warmup: float = 0.1, scheduler: str = "cosine",
+                        save_pairs_to: str | None = None, on_round=None):
+    """The default Stepwise DPO recipe on the arithmetic task: :class:`StepwiseDPOTrainer` from
+    ``prompts`` with ``rounds`` rounds of ``steps`` optimizer steps, the greedy policy's first errors
+    (located by ``judge``), ``continuations`` rollouts at ``rollout_temperature`` for the chosen
+    steps, verified by the answer. ``on_round(model, round_index, pair_stats, log_history)`` runs
+    after each round (e.g. to evaluate). Returns the trainer; its policy is trained in place."""
+    from transformers import TrainerCallback
+
+    from stepdpo.config import StepwiseDPOConfig
+    from stepdpo.tasks.arith import is_correct
+    from stepdpo.trainer import StepwiseDPOTrainer
+
+    args = StepwiseDPOConfig(
+        output_dir=str(output_dir), learning_rate=lr, beta=beta, loss_type=list(loss),
+        loss_weights=list(loss_weights) if loss_weights else None, dpop_lambda=dpop_lambda, rounds=rounds,
+        regenerate_every_steps=steps, max_steps=steps, per_device_train_batch_size=batch,
+        logging_steps=max(1, steps // 10), save_strategy="no", report_to=[], seed=seed, use_cpu=not _cuda(),
+        disable_tqdm=True, gradient_checkpointing=False, lr_scheduler_type=scheduler, warmup_steps=warmup,
+        step_separator="\n", sample_temperature=0.0, rollout_temperature=rollout_temperature,
+        num_continuations=continuations, sample_max_new_tokens=max_new_tokens, max_solution_steps=max_steps,
+        sample_batch_size=256, score_threshold=threshold, probe_pairs=64, save_pairs_to=save_pairs_to)
+    holder: dict[str, Any] = {}
+
+    class RoundEnd(TrainerCallback):
+        def on_train_end(self, targs, state, control, **kw):
+            tr = holder["trainer"]
+            if on_round is not None:
+                model = tr.accelerator.unwrap_model(tr.model)
+                on_round(model, tr.pair_stats[-1]["round"], tr.pair_stats[-1], list(state.log_history))
+                model.train()
+
+    trainer = StepwiseDPOTrainer(model=policy, args=args, tokenizer=tokenizer, prompts=list(prompts),
+                                 reward_model=judge, answers=list(answers),
+                                 answer_checker=lambda p, steps, a: is_correct(a, steps), callbacks=[RoundEnd()])
+    holder["trainer"] = trainer
+    trainer.train()
+    return trainer
+
+
 def best_of_n_vs_vote(model, tokenizer, samples, prm, n: int, seed: int) -> dict[str, float]:
     """On ``samples``: accuracy of best-of-n by PRM (min aggregation), majority vote, PRM-weighted vote."""
     from stepdpo.decode import vote_answers
@@ -270,9 +349,7 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     from reward_models.evaluation import evaluate_prm, tune_first_error_threshold
     from reward_models.testing import tiny_tokenizer
     from stepdpo import report
-    from stepdpo.pairs import build_step_pairs, save_pairs
-    from stepdpo.sampling import StepSampler
-    from stepdpo.tasks.arith import STEP_FORMAT, checker_reward_model
+    from stepdpo.tasks.arith import checker_reward_model
 
     cfg = cfg or (DemoConfig.quick(seed) if quick else DemoConfig(seed=seed))
     torch.set_num_threads(cfg.threads)
@@ -311,7 +388,8 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
         else:
             policy, sft_log = train_policy(cfg, tok, data["sft"], out)
     with stage("eval_before"):
-        c0, n0, sols0 = policy_accuracy(policy, tok, data["test"])
+        right0, sols0 = policy_results(policy, tok, data["test"])
+        c0, n0 = sum(right0), len(right0)
     print(f"[demo] SFT policy: {c0}/{n0} = {c0 / n0:.1%} held-out accuracy (greedy)")
 
     with stage("prm_data"):
@@ -330,32 +408,54 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
           f"at the validation-tuned threshold {threshold:.3f} ({_f(ev_half.first_error.f1)} at 0.5), "
           f"step AUROC {_f(ev.steps.auroc)}, ECE {_f(ev.ece)}")
 
-    with stage("pairs"):
-        sampler = StepSampler(policy, tok, STEP_FORMAT, max_new_tokens=24, temperature=cfg.temperature,
-                              seed=cfg.seed + 3, batch_size=256)
+    with stage("stepwise_dpo"):
         if cfg.judge == "prm":
             judge, judge_threshold = prm, threshold
         elif cfg.judge == "checker":
             judge, judge_threshold = checker_reward_model(data["task"]), 0.5
         else:
             raise ValueError(f"judge must be 'prm' or 'checker', got {cfg.judge!r}")
-        built = build_step_pairs([s.prompt for s in data["pair_prompts"]], sampler, judge, strategy="first_error",
-                                 k=cfg.k, threshold=judge_threshold, max_steps=8)
-        save_pairs(out / "pairs.jsonl", built.pairs)
-        quality = pair_quality(built.pairs, data["task"])
-    print(f"[demo] {len(built.pairs)} step pairs (judge: {cfg.judge}) from {len(data['pair_prompts'])} prompts x "
-          f"{cfg.k} samples; "
-          f"by the checker {quality['both']:.1%} have a valid chosen and an invalid rejected step")
-    dpo_log: list[dict] = []
-    if built.pairs:
-        with stage("stepwise_dpo"):
-            dpo = run_stepwise_dpo(cfg, policy, tok, built.pairs, out)
-            policy, dpo_log = dpo.model, dpo.state.log_history
-            policy.save_pretrained(out / "policy_stepdpo", safe_serialization=True)
-    else:  # an honest no-op: nothing to train on (e.g. a --quick policy that gets every step wrong)
-        print(f"[demo] no step pairs were built ({built.stats}); Stepwise DPO skipped")
+        rounds: list[dict[str, Any]] = []
+        dpo_log: list[dict] = []
+
+        def on_round(model, r, stats, log_history):
+            cv, nv, _ = policy_accuracy(model, tok, data["val"])
+            offset = r * cfg.steps_per_round
+            dpo_log.extend({**h, "step": h.get("step", 0) + offset} for h in log_history)
+            moved = [h for h in log_history if "probe/logps_chosen" in h]
+            rounds.append({"round": r, "pairs": stats["pairs"], "chosen_verified": stats.get("chosen_verified", 0),
+                           "greedy_right_train": stats.get("correct_solutions", 0), "val_correct": cv, "n_val": nv,
+                           "probe_first": {k: moved[0][k] for k in PROBE_KEYS} if moved else None,
+                           "probe_last": {k: moved[-1][k] for k in PROBE_KEYS} if moved else None})
+            print(f"[demo] round {r}: {stats['pairs']} pairs ({stats.get('chosen_verified', 0)} chosen steps "
+                  f"verified by a rollout); validation accuracy {cv}/{nv}", flush=True)
+
+        from stepdpo.trainer import NoPairsError
+
+        try:
+            dpo = stepwise_dpo_rounds(
+                policy, tok, [s.prompt for s in data["pair_prompts"]],
+                [s.meta["expression"] for s in data["pair_prompts"]], judge, output_dir=out / "dpo_run",
+                rounds=cfg.rounds, steps=cfg.steps_per_round, lr=cfg.dpo_lr, loss=cfg.dpo_loss,
+                loss_weights=cfg.dpo_loss_weights, beta=cfg.dpo_beta, dpop_lambda=cfg.dpop_lambda, batch=cfg.dpo_batch,
+                threshold=judge_threshold, continuations=cfg.continuations,
+                rollout_temperature=cfg.rollout_temperature, seed=cfg.seed, warmup=cfg.dpo_warmup,
+                scheduler=cfg.dpo_scheduler, save_pairs_to=str(out / "pairs.jsonl"), on_round=on_round)
+            policy = dpo.accelerator.unwrap_model(dpo.model)
+            quality, pair_stats = pair_quality(dpo.last_pairs, data["task"]), dpo.pair_stats
+        except NoPairsError as e:  # an honest no-op: nothing to train on (e.g. a policy that gets every step wrong)
+            print(f"[demo] Stepwise DPO skipped: {e}")
+            quality, pair_stats = pair_quality([], data["task"]), []
+        policy.eval()
+        policy.save_pretrained(out / "policy_stepdpo", safe_serialization=True)
+        tok.save_pretrained(out / "policy_stepdpo")
+    print(f"[demo] Stepwise DPO: {len(rounds)} rounds, {sum(r['pairs'] for r in rounds)} step pairs in all "
+          f"(judge: {cfg.judge}); by the checker {quality['both']:.1%} of the last round's pairs have a valid chosen "
+          "and an invalid rejected step")
     with stage("eval_after"):
-        c1, n1, sols1 = policy_accuracy(policy, tok, data["test"])
+        right1, sols1 = policy_results(policy, tok, data["test"])
+        c1, n1 = sum(right1), len(right1)
+        change = report.paired_difference([int(x) for x in right1], [int(x) for x in right0])
     print(f"[demo] after Stepwise DPO: {c1}/{n1} = {c1 / n1:.1%} held-out accuracy (greedy), "
           f"was {c0 / n0:.1%}")
     with stage("best_of_n"):
@@ -369,14 +469,16 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
             "config": asdict(cfg),
             "accuracy_before": c0 / n0, "accuracy_after": c1 / n1, "n_test": n0,
             "correct_before": c0, "correct_after": c1,
-            "prm": ev.to_dict(), "prm_threshold": threshold, "prm_at_0.5": ev_half.to_dict(), "pairs": {"count": len(built.pairs), "stats": built.stats, "checker": quality},
+            "change": change, "rounds": rounds,
+            "prm": ev.to_dict(), "prm_threshold": threshold, "prm_at_0.5": ev_half.to_dict(),
+            "pairs": {"count": sum(r["pairs"] for r in rounds), "per_round": pair_stats, "checker_last_round": quality},
             "best_of_n": bon, "timings_s": timings,
         }
         images = _plots(out, sft_log, prm_log, dpo_log, prm, prm_test, ev, (c0, n0), (c1, n1), bon)
         metrics["timings_s"]["total"] = round(time.time() - t_all, 1)
         report.write_metrics(out, metrics)
         path = report.write_report(out, "Stepwise DPO demo (arithmetic task, tiny GPT-2, CPU)",
-                                   _report_sections(cfg, data, metrics, built, sols0, sols1), images)
+                                   _report_sections(cfg, data, metrics, sols0, sols1), images)
     print(f"[demo] accuracy before {c0 / n0:.1%} -> after {c1 / n1:.1%} on {n0} held-out problems")
     print(f"[demo] report: {path.resolve()}  (metrics: {(out / 'metrics.json').resolve()})")
     print(f"[demo] total {time.time() - t_all:.0f} s")
@@ -413,55 +515,84 @@ def _plots(out, sft_log, prm_log, dpo_log, prm, prm_test, ev, before, after, bon
     return images
 
 
-def _report_sections(cfg, data, m, built, sols0, sols1):
+def _report_sections(cfg, data, m, sols0, sols1):
     from stepdpo import report
 
     ex = data["test"][0]
     prm = m["prm"]
     rows = [{"stage": k, "seconds": v} for k, v in m["timings_s"].items()]
-    changed = [(s, a, b) for s, a, b in zip(data["test"], sols0, sols1) if a != b][:3]
-    examples = "\n".join(f"- `{s.prompt.strip()}`: before `{' | '.join(a)}` -> after `{' | '.join(b)}`"
-                         for s, a, b in changed) or "(no solution changed)"
+    from stepdpo.tasks.arith import is_correct
+
+    def verdict(s, sol):
+        return "right" if is_correct(s.meta["expression"], sol) else "wrong"
+
+    changed = [(s, a, b) for s, a, b in zip(data["test"], sols0, sols1) if verdict(s, a) != verdict(s, b)]
+    shown = [c for c in changed if verdict(c[0], c[2]) == "right"][:3] + \
+        [c for c in changed if verdict(c[0], c[2]) == "wrong"][:2]
+    examples = "\n".join(f"- `{s.prompt.strip()}`: before `{' | '.join(a)}` ({verdict(s, a)}) -> after "
+                         f"`{' | '.join(b)}` ({verdict(s, b)})" for s, a, b in shown) or "(no verdict changed)"
+    c = m["change"]
+    per_round = []
+    for r in m["rounds"]:
+        first, last = r.get("probe_first") or {}, r.get("probe_last") or {}
+        per_round.append({
+            "round": r["round"], "pairs": r["pairs"], "chosen step verified by a rollout": r["chosen_verified"],
+            "training problems solved (greedy, as the round starts)": r["greedy_right_train"],
+            "validation accuracy after the round": f"{r['val_correct']}/{r['n_val']}",
+            "probe pairs: log-prob chosen / rejected, start -> end": (
+                f"{first.get('probe/logps_chosen', float('nan')):.2f} / "
+                f"{first.get('probe/logps_rejected', float('nan')):.2f} -> "
+                f"{last.get('probe/logps_chosen', float('nan')):.2f} / "
+                f"{last.get('probe/logps_rejected', float('nan')):.2f}") if first else "-"})
     return [
         ("Result", report.markdown_table([
             {"metric": "held-out accuracy before (SFT, greedy)", "value": f"{m['accuracy_before']:.1%} "
                                                                          f"({m['correct_before']}/{m['n_test']})"},
             {"metric": "held-out accuracy after Stepwise DPO", "value": f"{m['accuracy_after']:.1%} "
                                                                          f"({m['correct_after']}/{m['n_test']})"},
+            {"metric": "change, paired on the same problems (95% band)",
+             "value": f"{c['diff'] * 100:+.1f} ± {1.96 * c['se'] * 100:.1f} points ({c['gained']} problems gained, "
+                      f"{c['lost']} lost)"},
             {"metric": "PRM first-error F1 (held-out policy samples)", "value": _f(prm["first_error"]["f1"])},
             {"metric": "PRM step AUROC", "value": _f(prm["steps"]["auroc"])},
             {"metric": "PRM ECE", "value": _f(prm["ece"])},
-            {"metric": "step pairs built", "value": str(m["pairs"]["count"])},
-            {"metric": "pairs right by the checker (chosen valid, rejected invalid)",
-             "value": f"{m['pairs']['checker']['both']:.1%}"},
-            {"metric": f"best-of-{m['best_of_n']['n']} by PRM / majority vote / pass@n",
+            {"metric": "step pairs built (all rounds)", "value": str(m["pairs"]["count"])},
+            {"metric": "last round's pairs right by the checker (chosen valid, rejected invalid)",
+             "value": f"{m['pairs']['checker_last_round']['both']:.1%}"},
+            {"metric": f"best-of-{m['best_of_n']['n']} by PRM / majority vote / pass@n (final policy)",
              "value": f"{m['best_of_n']['best_of_n_prm']:.1%} / {m['best_of_n']['majority_vote']:.1%} / "
                       f"{m['best_of_n']['pass_at_n']:.1%}"},
         ])),
+        ("Reading the result", _reading(m)),
         ("Task", f"Problems like `{ex.prompt.strip()}` with gold steps `{' | '.join(ex.steps)}`. "
                  f"{m['n_test']} held-out problems (never trained on); accuracy is measured by the safe checker "
-                 "on greedy solutions. With only a few hundred problems, differences of about 3 points are noise."),
-        ("Pair building", "First-error strategy; judge: " + (
-            "the task's checker (1/0 per step, threshold 0.5)" if cfg.judge == "checker" else
-            f"the trained PRM at its step threshold {m['prm_threshold']:.3f} (tuned for first-error F1 on "
-            f"{cfg.n_val} validation problems)") + f". Outcome counts: `{json.dumps(built.stats)}`."),
-        ("Reading the result", _reading(m)),
-        ("Changed solutions (examples)", examples),
+                 "on greedy solutions."),
+        ("Stepwise DPO rounds", "Each round, the current policy solves the "
+         f"{cfg.n_pair_prompts} training problems greedily; the judge ("
+         + ("the task's checker" if cfg.judge == "checker" else
+            f"the trained PRM at its step threshold {m['prm_threshold']:.3f}, tuned for first-error F1 on "
+            f"{cfg.n_val} validation problems") +
+         f") finds the first wrong step of each wrong solution; {cfg.continuations} rollouts at temperature "
+         f"{cfg.rollout_temperature} from the correct prefix give the chosen step; {cfg.steps_per_round} optimizer "
+         f"steps of DPOP (lambda {cfg.dpop_lambda:g}) follow, with the policy at the start of the round as the "
+         "reference. The probe pairs are 64 fixed pairs of each round, followed through its training.\n\n"
+         + report.markdown_table(per_round)),
+        ("Changed verdicts (examples: gained, then lost)", examples),
         ("Configuration", f"```json\n{json.dumps(asdict(cfg), indent=1)}\n```"),
         ("Timings", report.markdown_table(rows)),
     ]
 
 
 def _reading(m) -> str:
-    """Plain-words verdict on before/after: the change and its rough 95% interval (paired counts)."""
-    n, d = m["n_test"], m["accuracy_after"] - m["accuracy_before"]
-    half = 1.96 * math.sqrt(max(m["accuracy_before"] * (1 - m["accuracy_before"]), 1e-9) * 2 / n)
-    verdict = ("an improvement" if d > half else "a drop" if d < -half else
-               "no change beyond noise")
-    return (f"Accuracy changed by {d * 100:+.1f} points on {n} problems (rough 95% noise band +-{half * 100:.1f}): "
-            f"{verdict}. On this tiny policy no Stepwise DPO setting tried so far improves greedy accuracy "
-            "(BENCHMARKS.md, 'Does Stepwise DPO help?': 3 seeds x 1,000 problems, with the measured causes); "
-            "the pipeline's numbers are reported as measured.")
+    """Plain-words verdict on before/after, paired on the same problems: the change and its 95% band."""
+    c, n = m["change"], m["n_test"]
+    half = 1.96 * c["se"]
+    verdict = "an improvement" if c["diff"] > half else "a drop" if c["diff"] < -half else "no change beyond noise"
+    return (f"Accuracy changed by {c['diff'] * 100:+.1f} points on {n} problems: {c['gained']} problems went from wrong "
+            f"to right and {c['lost']} from right to wrong. The 95% noise band of a paired difference on these "
+            f"problems is ±{half * 100:.1f} points (1.96 standard errors of the per-problem differences), so this is "
+            f"{verdict}. BENCHMARKS.md ('Does Stepwise DPO help?') measures the same recipe on 3 seeds x 1,000 "
+            "problems against RFT and outcome-level DPO on the same sampling budget.")
 
 
 def _f(value) -> str:
@@ -476,5 +607,5 @@ def _cuda() -> bool:
 
 
 __all__ = ["DemoConfig", "best_of_n_vs_vote", "checker_labeled", "make_data", "pair_quality", "policy_accuracy",
-           "prm_data",
+           "policy_results", "prm_data", "sampled_results",
            "run_demo", "run_stepwise_dpo", "solve", "train_policy", "train_prm"]

@@ -31,6 +31,23 @@ def _plt():
     return plt
 
 
+def paired_difference(after: Sequence[int], before: Sequence[int]) -> dict[str, float]:
+    """Paired difference of two per-problem 0/1 results on the same problems: the mean difference,
+    its standard error (from the per-problem differences), and the problems gained and lost.
+
+    >>> paired_difference([1, 1, 0, 1], [0, 1, 0, 0])
+    {'diff': 0.5, 'se': 0.2887, 'gained': 2, 'lost': 0, 'n': 4}
+    """
+    if len(after) != len(before) or not after:
+        raise ValueError(f"need two non-empty results of the same length, got {len(after)} and {len(before)}")
+    d = [int(a) - int(b) for a, b in zip(after, before)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    return {"diff": mean, "se": round(math.sqrt(var / n), 4), "gained": sum(x > 0 for x in d),
+            "lost": sum(x < 0 for x in d), "n": n}
+
+
 def curves_from_log_history(log_history: Sequence[dict], keys: Sequence[str]) -> dict[str, tuple[list, list]]:
     """``{key: (steps, values)}`` for each key logged in a HF trainer's ``log_history``.
 
@@ -164,4 +181,5 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     return "\n".join(lines)
 
 
-__all__ = ["curves_from_log_history", "markdown_table", "plot_accuracy", "plot_step_scores", "plot_training_curves", "write_metrics", "write_report"]
+__all__ = ["curves_from_log_history", "markdown_table", "paired_difference", "plot_accuracy", "plot_step_scores",
+           "plot_training_curves", "write_metrics", "write_report"]

@@ -10,8 +10,9 @@ from stepdpo.demo import DemoConfig, pair_quality, run_demo
 @pytest.mark.smoke
 def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, capsys):
     cfg = DemoConfig.quick(seed=0)
-    cfg.n_test, cfg.n_sft, cfg.n_prm_prompts, cfg.n_pair_prompts = 20, 300, 20, 20
-    cfg.prm_injected, cfg.sft_steps, cfg.prm_steps, cfg.n_best_of_n, cfg.best_of_n = 20, 200, 20, 10, 2
+    cfg.n_test, cfg.n_sft, cfg.n_prm_prompts, cfg.n_pair_prompts, cfg.n_val = 20, 600, 20, 30, 20
+    cfg.prm_injected, cfg.sft_steps, cfg.prm_steps, cfg.n_best_of_n, cfg.best_of_n = 20, 400, 20, 10, 2
+    cfg.steps_per_round = 4
     m = run_demo(output_dir=str(tmp_path), cfg=cfg)
     out = capsys.readouterr().out
     assert "held-out accuracy" in out and "report:" in out
@@ -26,6 +27,14 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, capsys):
     assert (tmp_path / "policy_sft" / "model.safetensors").exists()
     assert (tmp_path / "prm" / "reward_config.json").exists()
     assert m["prm"]["n_samples"] == 20
+    # the default recipe ran its rounds on the policy's own errors, and the trained policy reloads with its tokenizer
+    assert [r["round"] for r in m["rounds"]] == [0, 1] and all(r["pairs"] > 0 for r in m["rounds"])
+    assert m["change"]["diff"] == pytest.approx(m["accuracy_after"] - m["accuracy_before"])
+    assert "paired on the same problems" in report and "Stepwise DPO rounds" in report
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "policy_stepdpo", use_safetensors=True)
+    assert AutoTokenizer.from_pretrained(tmp_path / "policy_stepdpo").eos_token_id is not None
 
 
 def test_pair_quality_uses_the_checker():
