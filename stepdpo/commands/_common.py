@@ -453,6 +453,20 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return path
 
 
+def write_jsonl(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
+    """Write one JSON object per line, atomically (a temporary file in the same folder, then rename)."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def chunks(items: Sequence[Any], size: int):
     """Consecutive slices of ``items`` of at most ``size``.
 
@@ -474,6 +488,22 @@ def print_summary(title: str, values: dict[str, Any]) -> None:
         print(f"  {k}: {v}")
 
 
-__all__ = ["Data", "arith_checker", "chunks", "final_number", "is_tiny", "kbit_device_map", "load_causal_lm",
+def use_answers(check_answers: bool | None, answers, checker) -> bool:
+    """Whether pair building uses gold answers: ``None`` = when the data has them (said in the log),
+    ``True`` = required (a clear error otherwise), ``False`` = never."""
+    available = answers is not None and checker is not None
+    if check_answers and not available:
+        raise SystemExit("check_answers needs gold answers: the arith task, or --answer_column with a checkable "
+                         "answer")
+    if check_answers is None:
+        logger.info("gold answers %s: %s", "found" if available else "not found",
+                    "only wrong solutions are searched for errors and rollout-verified chosen steps are preferred"
+                    if available else "pairs rely on the judge alone")
+    return bool(available if check_answers is None else check_answers)
+
+
+__all__ = ["Data", "arith_checker", "use_answers", "chunks", "final_number", "is_tiny", "kbit_device_map", "load_causal_lm",
            "load_tokenizer", "make_trl_parser", "numeric_checker", "parse", "parse_arith_spec", "parse_tiny_spec",
-           "print_summary", "read_data", "read_recipe", "reward_model_from_spec", "run", "to_device", "write_json"]
+           "print_summary", "read_data", "read_recipe", "reward_model_from_spec", "run", "to_device", "write_json",
+           "write_jsonl"]
+

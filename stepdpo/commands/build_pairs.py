@@ -24,9 +24,11 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = """\
 Build step-level preference pairs from a policy's own samples.
 
-For every problem the policy writes K solutions step by step; the judge (--reward_model)
-scores each step. 'first_error' (Step-DPO): at the first step judged bad, K alternatives
-are resampled from the last good prefix; the best good one is 'chosen', the bad step
+For every problem the policy writes its solution step by step (greedy by default: the errors
+it actually makes); the judge (--reward_model) scores each step. 'first_error' (Step-DPO): at
+the first step judged bad, --num_continuations rollouts at --rollout_temperature are sampled
+from the last good prefix; with --check_answers a step whose rollout reaches the gold answer is
+preferred as 'chosen' (--chosen_rule), else the best step the judge accepts; the bad step is
 'rejected'. 'per_depth': at each depth, the best and worst of K candidate steps.
 Pairs are written as JSONL (every field) or in the Step-DPO column layout.
 
@@ -63,8 +65,10 @@ class ScriptArguments:
     reward_model: str = field(default="self", metadata={
         "help": "Judge: 'checker:arith', 'self' (the policy's Yes/No verification prompt) or a saved reward-model "
                 "folder."})
-    check_answers: bool = field(default=False, metadata={
-        "help": "Chosen steps must also lead to the gold answer (rolled out; needs answers)."})
+    check_answers: bool | None = field(default=None, metadata={
+        "help": "Use the gold answers: only wrong solutions are searched for errors, and a chosen step whose rollout "
+                "reaches the answer is preferred (chosen_rule). Default: when the data has answers (the arith task, "
+                "or answer_column); true requires them; false ignores them."})
     output_file: str = field(default="pairs.jsonl", metadata={"help": "Output JSONL file."})
     output_format: str = field(default="jsonl", metadata={
         "help": "'jsonl' (every StepPair field, read back by `stepdpo train`) or 'step_dpo' (prompt, "
@@ -79,7 +83,16 @@ class ScriptArguments:
     max_uncertainty: float | None = field(default=None, metadata={"help": "Drop pairs the ensemble disagrees on."})
     max_solution_steps: int = field(default=8, metadata={"help": "Step limit of sampled solutions."})
     sample_max_new_tokens: int = field(default=64, metadata={"help": "Token limit of one step."})
-    sample_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    sample_temperature: float = field(default=0.0, metadata={
+        "help": "Temperature of the solutions searched for errors (0 = greedy)."})
+    num_continuations: int = field(default=8, metadata={"help": "Rollouts from each error's correct prefix."})
+    rollout_temperature: float = field(default=0.8, metadata={"help": "Temperature of the rollouts/candidates."})
+    chosen_rule: str = field(default="prefer_verified", metadata={
+        "help": "With check_answers: 'verified', 'prefer_verified' or 'judge' (see StepwiseDPOConfig)."})
+    pairs_per_error: int = field(default=1, metadata={"help": "Pairs per error, one per distinct chosen step."})
+    max_pairs_per_prompt: int | None = field(default=None, metadata={"help": "Cap on the pairs of one problem."})
+    max_logp_gap: float | None = field(default=None, metadata={
+        "help": "Drop pairs the policy already ranks right by more than this many nats."})
     sample_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
     sample_batch_size: int = field(default=64, metadata={"help": "Sequences per generate call."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder."})
@@ -106,6 +119,8 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     if a.dry_run:
         a.max_samples = min(a.max_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
         a.num_candidates = min(a.num_candidates, 2)
+        a.num_continuations = min(a.num_continuations, 2)
+        a.sample_temperature = a.sample_temperature or 1.0  # a barely trained policy: sampled solutions have errors
         a.max_solution_steps = min(a.max_solution_steps, 3)
         a.sample_max_new_tokens = min(a.sample_max_new_tokens, 16)
     name = model_args.model_name_or_path
@@ -122,21 +137,28 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     model = C.to_device(C.load_causal_lm(name, model_args, trust_remote_code=a.trust_remote_code, seed=a.seed))
     model.eval()
     judge = C.reward_model_from_spec(a.reward_model, policy=model, tokenizer=tokenizer, step_format=fmt)
-    sampler = StepSampler(model, tokenizer, fmt, max_new_tokens=a.sample_max_new_tokens,
-                          temperature=a.sample_temperature, top_p=a.sample_top_p, batch_size=a.sample_batch_size,
-                          seed=a.seed)
-    if a.check_answers and (answers is None or data.checker is None):
-        raise SystemExit("check_answers needs gold answers (the arith task, or answer_column)")
+    def sampler_at(temperature, seed):
+        return StepSampler(model, tokenizer, fmt, max_new_tokens=a.sample_max_new_tokens, temperature=temperature,
+                           top_p=a.sample_top_p, batch_size=a.sample_batch_size, seed=seed)
+
+    sampler, roller = sampler_at(a.sample_temperature, a.seed), sampler_at(a.rollout_temperature, a.seed + 104729)
+    options = {"rollout_sampler": roller}
+    if a.pair_strategy == "first_error":
+        options.update(num_continuations=a.num_continuations, chosen_rule=a.chosen_rule,
+                       pairs_per_error=a.pairs_per_error, max_pairs_per_prompt=a.max_pairs_per_prompt,
+                       max_logp_gap=a.max_logp_gap)
+    check = C.use_answers(a.check_answers, answers, data.checker)
     pairs, stats = [], Counter()
     idx = list(range(len(prompts)))
     bar = tqdm(total=len(prompts), desc="building step pairs", unit="problem")
     for chunk in C.chunks(idx, a.prompts_per_batch):
         extra = {}
-        if a.check_answers:
+        if check:
             extra = {"answers": [answers[i] for i in chunk], "answer_checker": data.checker}
         res = build_step_pairs([prompts[i] for i in chunk], sampler, judge, strategy=a.pair_strategy,
                                k=a.num_candidates, threshold=a.score_threshold, min_margin=a.min_pair_margin,
-                               max_steps=a.max_solution_steps, max_uncertainty=a.max_uncertainty, **extra)
+                               max_steps=a.max_solution_steps, max_uncertainty=a.max_uncertainty, **extra,
+                               **options)
         pairs.extend(res.pairs)
         stats.update(res.stats)
         bar.update(len(chunk))

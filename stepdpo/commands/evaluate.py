@@ -74,7 +74,13 @@ class ScriptArguments:
     temperature: float = field(default=1.0, metadata={"help": "Policy: sampling temperature for the n samples."})
     step_separator: str = field(default="\n", metadata={"help": "Text that ends every step."})
     step_tag: str | None = field(default=None, metadata={"help": "Optional scoring tag after each step."})
-    output_dir: str = field(default="outputs/evaluate", metadata={"help": "Where metrics.json and plots go."})
+    output_dir: str = field(default="outputs/evaluate", metadata={
+        "help": "Where metrics.json, plots and per_problem.jsonl (one line per problem: the policy's solutions and "
+                "whether each is right) go."})
+    compare_to: str | None = field(default=None, metadata={
+        "help": "A per_problem.jsonl of an earlier evaluation on the same problems (e.g. the policy before "
+                "training): metrics.json gets the paired difference (mean, standard error, problems gained and "
+                "lost) for each accuracy both runs measured."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
     dry_run: bool = field(default=False, metadata={"help": "At most 8 examples and 2 samples: a quick check."})
@@ -113,6 +119,8 @@ def evaluate_policy(model, tokenizer, rm, prompts, answers, checker, a: ScriptAr
     sols = greedy.sample_solution_details(prompts, k=1, max_steps=a.max_steps)
     ok = [checker(p, s[0].steps, ans) for p, s, ans in zip(prompts, sols, answers)]
     results = {"greedy": (sum(ok), len(ok))}
+    per_problem = [{"prompt": p, "answer": ans, "greedy_steps": s[0].steps, "greedy": bool(o)}
+                   for p, s, ans, o in zip(prompts, sols, answers, ok)]
     if a.n > 1:
         sampler = StepSampler(model, tokenizer, fmt, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
                               seed=a.seed)
@@ -121,6 +129,8 @@ def evaluate_policy(model, tokenizer, rm, prompts, answers, checker, a: ScriptAr
                                 keep_candidates=True)
             best = [checker(p, d.steps, ans) for p, d, ans in zip(prompts, decoded, answers)]
             results[f"best-of-{a.n}"] = (sum(best), len(best))
+            for row, b in zip(per_problem, best):
+                row[f"best-of-{a.n}"] = bool(b)
             cands = [[c["steps"] for c in d.candidates] for d in decoded]
         else:
             cands = [[s.steps for s in row] for row in sampler.sample_solution_details(prompts, k=a.n,
@@ -131,8 +141,40 @@ def evaluate_policy(model, tokenizer, rm, prompts, answers, checker, a: ScriptAr
             winner = vote(finals, [1.0] * len(finals))
             maj.append(winner is not None and any(f == winner and checker(p, s, ans) for f, s in zip(finals, row)))
         results[f"majority-of-{a.n}"] = (sum(maj), len(maj))
+        for row, m in zip(per_problem, maj):
+            row[f"majority-of-{a.n}"] = bool(m)
     plot_accuracy(results, out / "accuracy.png", title="policy accuracy")
-    return {name: {"correct": c, "total": t, "accuracy": c / t if t else None} for name, (c, t) in results.items()}
+    C.write_jsonl(out / "per_problem.jsonl", per_problem)
+    metrics = {name: {"correct": c, "total": t, "accuracy": c / t if t else None} for name, (c, t) in results.items()}
+    if a.compare_to:
+        metrics["paired_vs"] = {"file": a.compare_to, **compare_per_problem(per_problem, a.compare_to)}
+    return metrics
+
+
+def compare_per_problem(rows: list[dict], path: str) -> dict:
+    """Paired differences (this run minus ``path``'s) for every accuracy both runs recorded, on the
+    same problems (matched by prompt; an error names what does not match)."""
+    import json
+
+    from stepdpo.report import paired_difference
+
+    before = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+                before[row["prompt"]] = row
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise SystemExit(f"{path}, row {n}: not a per_problem.jsonl row ({e})") from None
+    missing = [r["prompt"] for r in rows if r["prompt"] not in before]
+    if missing:
+        raise SystemExit(f"{path} lacks {len(missing)} of the {len(rows)} problems evaluated here (first: "
+                         f"{missing[0][:60]!r}); compare runs on the same dataset and max_samples")
+    out = {}
+    for key in [k for k in rows[0] if isinstance(rows[0][k], bool)]:
+        if all(key in before[r["prompt"]] for r in rows):
+            out[key] = paired_difference([int(r[key]) for r in rows], [int(before[r["prompt"]][key]) for r in rows])
+    return out
 
 
 def main(script_args: ScriptArguments, model_args) -> dict:

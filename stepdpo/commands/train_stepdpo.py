@@ -81,9 +81,10 @@ class ScriptArguments:
         "help": "Judge used to build pairs from problems: 'checker:arith' (exact checker of the arithmetic "
                 "task), 'self' (the policy's own Yes/No verification prompt) or a folder saved by "
                 "`stepdpo train-prm/train-orm/train-bt` (any reward model with reward_config.json)."})
-    check_answers: bool = field(default=False, metadata={
-        "help": "Chosen steps must also lead to the right final answer (each candidate is rolled out; needs "
-                "gold answers)."})
+    check_answers: bool | None = field(default=None, metadata={
+        "help": "Use the gold answers: only wrong solutions are searched for errors, and a chosen step whose rollout "
+                "reaches the answer is preferred (chosen_rule). Default: when the data has answers (the arith task, "
+                "or answer_column); true requires them; false ignores them."})
     sft_warmup_steps: int = field(default=0, metadata={
         "help": "First fine-tune the policy for this many steps on gold step-by-step solutions (the arith task, "
                 "or samples whose steps are all labeled good), so that a fresh model writes well-formed steps."})
@@ -121,6 +122,10 @@ def apply_dry_run(script_args: ScriptArguments, training_args) -> None:
     training_args.gradient_accumulation_steps = 1
     training_args.per_device_train_batch_size = min(training_args.per_device_train_batch_size, 4)
     training_args.num_candidates = min(training_args.num_candidates, 4)
+    if training_args.sample_temperature == 0:  # a barely trained policy: sampled solutions have errors to find
+        training_args.sample_temperature = 1.0
+    if training_args.num_continuations is not None:
+        training_args.num_continuations = min(training_args.num_continuations, 4)
     training_args.max_solution_steps = min(training_args.max_solution_steps, 4)
     training_args.sample_max_new_tokens = min(training_args.sample_max_new_tokens, 24)
     if training_args.save_pairs_to:  # keep everything a dry run writes inside its output_dir
@@ -191,9 +196,7 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
         prompts, answers = _unique_prompts(data.prompts, data.answers)
         kwargs["prompts"] = prompts
         kwargs["reward_model"] = C.reward_model_from_spec(script_args.reward_model, step_format=fmt)
-        if script_args.check_answers:
-            if answers is None or data.checker is None:
-                raise SystemExit("check_answers needs gold answers (the arith task, or answer_column)")
+        if C.use_answers(script_args.check_answers, answers, data.checker):
             kwargs["answers"], kwargs["answer_checker"] = answers, data.checker
         mode = f"pairs built from {len(prompts)} problems of {data.source}, judge {script_args.reward_model}"
     logger.info("stepdpo train: %s", mode)

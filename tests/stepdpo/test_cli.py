@@ -269,6 +269,10 @@ def test_recipe_dry_run_with_tiny_model(recipe, dry_runs):
         assert m["reward_model"]["n_samples"] == 8 and m["reward_model"]["n_steps"] > 8
         assert set(m["policy"]) >= {"name", "greedy", "best-of-2", "majority-of-2"}
         assert all((out / f).exists() for f in ("calibration.png", "step_scores.png", "accuracy.png"))
+        rows = [json.loads(line) for line in (out / "per_problem.jsonl").read_text().splitlines()]
+        assert len(rows) == m["policy"]["greedy"]["total"]
+        assert sum(r["greedy"] for r in rows) == m["policy"]["greedy"]["correct"]
+        assert all({"prompt", "answer", "greedy_steps", "best-of-2", "majority-of-2"} <= set(r) for r in rows)
     elif command == "decode":
         rows = [json.loads(line) for line in (out / "decoded.jsonl").read_text().splitlines()]
         assert len(rows) == 8 == summary["problems"]
@@ -316,11 +320,14 @@ def test_label_build_pairs_and_train_bt_chain(tmp_path, dry_runs, capsys):
     assert 0.0 <= stats["agreement_with_given_labels"] <= 1.0 and stats["checker"] == "arith"
 
     prm = dry_runs("demo_prm.yaml")[1]
+    policy = dry_runs("demo_stepdpo.yaml")[1]  # a warmed-up tiny policy: its steps end, so they can be chosen
     pairs = tmp_path / "pairs.jsonl"
-    assert cli_main(["build-pairs", "--model_name_or_path", "tiny-gpt2", "--dataset_name", "arith:20",
+    assert cli_main(["build-pairs", "--model_name_or_path", str(policy), "--dataset_name", "arith:20",
                      "--reward_model", str(prm), "--dry_run", "--output_file", str(pairs)]) == 0
     built = load_pairs(pairs)
-    assert built and all(p.chosen_score >= 0.5 > p.rejected_score for p in built)
+    assert built and all(p.rejected_score < 0.5 for p in built)  # the PRM located the error
+    # a chosen step is rollout-verified (the answer decides, as in Step-DPO) or, failing that, judged good
+    assert all(p.meta["verified"] or p.chosen_score >= 0.5 for p in built)
     assert "[stepdpo build-pairs]" in capsys.readouterr().out
 
     out = tmp_path / "bt"
@@ -356,3 +363,19 @@ def test_bad_data_and_wrong_use_fail_clearly(tmp_path):
         run(command_module("train-prm"), ["--model_name_or_path", "tiny-gpt2", "--dataset_name",
                                           str(FIX / "step_dpo.jsonl"), "--output_dir", str(tmp_path), "--dry_run"],
             "train-prm")
+
+
+def test_evaluate_compares_per_problem_results(tmp_path):
+    """Paired statistics from two saved per-problem files, without solving again."""
+    from stepdpo.commands.evaluate import compare_per_problem
+
+    before = [{"prompt": f"Q{i}", "greedy": i < 2, "majority-of-4": True} for i in range(4)]
+    path = tmp_path / "before.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in before))
+    after = [{"prompt": f"Q{i}", "greedy": i in (1, 2, 3), "best-of-4": True} for i in range(4)]
+    res = compare_per_problem(after, str(path))
+    assert set(res) == {"greedy"}  # best-of-4 was not measured before
+    assert (res["greedy"]["diff"], res["greedy"]["gained"], res["greedy"]["lost"]) == (0.25, 2, 1)
+    with pytest.raises(SystemExit, match="lacks 1 of the 5 problems"):
+        compare_per_problem(after + [{"prompt": "Q9", "greedy": True}], str(path))
+
