@@ -1,40 +1,44 @@
-"""Does Stepwise DPO help? Accuracy of the demo task's policy after each kind of preference training.
+"""Does Stepwise DPO help? Held-out accuracy of the demo task's policy after each kind of training,
+on the same sampling budget, for several seeds, paired per problem.
 
 Per seed, everything is built from nothing (the demo's stages, :mod:`stepdpo.demo`):
 
-1. an SFT policy (tiny GPT-2, gold solutions) and a PRM (2-class head on its backbone, trained on
-   checker-labeled policy samples; step threshold tuned for first-error F1 on validation problems);
-2. **one set of policy samples**: ``k`` solutions per pair prompt at the demo's temperature;
-3. from those same samples, for each judge (the task's checker, the trained PRM):
+1. an SFT policy with headroom (tiny GPT-2, 500 steps on 4,000 gold solutions: 35-56% greedy) and a
+   PRM (the demo's 2-class head on its backbone; step threshold tuned on validation problems);
+2. five arms, each a copy of the SFT policy trained for ``rounds`` rounds; every round samples from
+   the arm's *current* policy on the same 4,000 training problems and trains on what it sampled
+   (the reference of a DPO round is the policy as the round starts):
 
-   * ``outcome`` - whole-solution pairs (best vs worst solution of a prompt;
-     :func:`~stepdpo.pairs.build_outcome_pairs`; checker: answer correct or not, PRM: min step score);
-   * ``step, same pairs`` - first-error step pairs (:func:`~stepdpo.pairs.build_step_pairs` with
-     ``solutions=`` the same samples), randomly subsampled to the outcome arm's pair count;
-   * ``step, same samples`` - every step pair those samples give (the same sampling budget);
-   * ``NLL only`` (checker, same samples) - the step arm's loss without the DPO term: supervised
-     training on the chosen steps alone, which separates what the preference adds;
+   * ``sft`` - no further training;
+   * ``rft/checker`` - rejection-sampling fine-tuning: NLL on the right solutions among the samples of
+     the Stepwise DPO pipeline (greedy solutions + ``continuations`` rollouts from each error);
+   * ``outcome/checker`` - outcome-level DPO: the greedy solution plus ``outcome_samples`` solutions
+     per problem at the rollout temperature (a budget at least as large), best vs worst by the answer;
+   * ``stepwise/checker`` - the **default recipe**, :class:`~stepdpo.trainer.StepwiseDPOTrainer` from
+     prompts with its own rounds: the greedy policy's first error (by the task's checker) is the
+     rejected step, the first step of a rollout from the correct prefix that reaches the right answer
+     is the chosen one (any checker-valid one otherwise), DPOP loss;
+   * ``stepwise/prm`` - the same recipe with the trained PRM locating the errors;
 
-4. each arm trains a copy of the SFT policy with the same :class:`~stepdpo.trainer.StepwiseDPOTrainer`
-   arguments (``PROTOCOL``), and greedy accuracy is measured on the held-out test problems;
-5. PRM first-error F1 / step AUROC on held-out policy samples, and best-of-N by the PRM vs majority
-   vote over N samples of the SFT policy on the test problems.
+3. after each round, greedy accuracy on validation and test problems, kept per problem; after the
+   last, pass@1 at the sampling temperature and maj@8 on the test problems.
 
-The protocol (learning rate, batch, epochs, loss) was fixed on validation problems of seed 0 before
-the test runs (BENCHMARKS.md says how); nothing here is tuned on test accuracy.
+Every arm's settings (learning rate, loss, rounds) were chosen on the validation problems of seed 0
+(``--mode select``, results in ``bench/results/helps-select.json``); test numbers are reported once.
 
-    python -m bench.run --full --only helps     # 3 seeds, 1,000 test problems (about 30 minutes here)
-    python -m bench.helps --seeds 0 --mode quick
+    python -m bench.run --full --only helps           # 3 seeds x 1,000 test problems
+    python -m bench.helps --mode select                # the validation sweep behind PROTOCOLS
+    python -m bench.helps --mode quick --seeds 0
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
-import math
 import os
-import random
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -42,31 +46,98 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-# One training protocol for every arm (chosen on seed-0 validation problems; see BENCHMARKS.md).
-PROTOCOL = {"dpo_lr": 1e-5, "dpo_beta": 0.1, "dpo_loss": ["sigmoid", "sft"], "dpo_loss_weights": [1.0, 1.0],
-            "dpo_epochs": 1.0, "dpo_batch": 64, "dpo_scheduler": "cosine", "dpo_warmup": 0.1}
+ARMS = ("sft", "rft/checker", "outcome/checker", "stepwise/checker", "stepwise/prm")
+LABELS = {"sft": "SFT policy", "rft/checker": "RFT (NLL on right samples)", "outcome/checker": "outcome DPO",
+          "stepwise/checker": "Stepwise DPO (default recipe)", "stepwise/prm": "Stepwise DPO, PRM judge",
+          "rft_steps/checker": "NLL on the chosen steps"}
+
+
+@dataclass
+class Protocol:
+    """How one arm trains (per round) and for how many rounds."""
+
+    kind: str  # "stepwise" | "rft" | "rft_steps" | "outcome"
+    rounds: int = 3
+    steps: int = 200  # optimizer steps per round
+    lr: float = 1e-5
+    batch: int = 32
+    loss: list[str] = field(default_factory=lambda: ["dpop"])
+    beta: float = 0.1
+    dpop_lambda: float = 50.0
+
+
+# Chosen on seed 0's validation problems (``--mode select``; BENCHMARKS.md shows the sweep).
+PROTOCOLS: dict[str, Protocol] = {
+    "rft/checker": Protocol("rft", rounds=3, lr=1e-4, loss=["sft"]),
+    "outcome/checker": Protocol("outcome", rounds=3, lr=1e-5, loss=["dpop"]),
+    "stepwise/checker": Protocol("stepwise", rounds=3, lr=1e-5, loss=["dpop"]),
+    "stepwise/prm": Protocol("stepwise", rounds=3, lr=1e-5, loss=["dpop"]),
+}
+
+
+@dataclass
+class Sampling:
+    """The sampling budget, the same for every arm."""
+
+    continuations: int = 8  # rollouts from each error's correct prefix (stepwise, rft)
+    rollout_temperature: float = 0.8
+    outcome_samples: int = 4  # extra solutions per problem for outcome DPO (plus the greedy one)
+    eval_samples: int = 8  # pass@1 / maj@k on the test problems
+    max_new_tokens: int = 24
+    max_steps: int = 8
 
 
 @dataclass
 class HelpsSize:
     seeds: list[int]
     demo: dict[str, Any]  # DemoConfig fields
-    k: int = 4  # samples per pair prompt
-    best_of_n: int = 4
     workers: int = 2
-    protocol: dict[str, Any] = field(default_factory=lambda: dict(PROTOCOL))
+    protocols: dict[str, Protocol] = field(default_factory=lambda: copy.deepcopy(PROTOCOLS))
+    sampling: Sampling = field(default_factory=Sampling)
+    arms: tuple[str, ...] = ARMS
 
 
-def sizes(mode: str) -> HelpsSize:
+def sizes(mode: str, task: str = "default") -> HelpsSize:
+    size = _sizes(mode)
+    if task == "habit":
+        size.demo.update(HABIT)
+    elif task != "default":
+        raise ValueError(f"task must be 'default' or 'habit', got {task!r}")
+    return size
+
+
+def _sizes(mode: str) -> HelpsSize:
     if mode == "full":
-        return HelpsSize(seeds=[0, 1, 2], demo={"n_test": 1000, "n_val": 500, "n_pair_prompts": 2000, "sft_steps": 700})
+        return HelpsSize(seeds=[0, 1, 2], demo={"n_test": 1000, "n_val": 400, "n_pair_prompts": 4000,
+                                                "sft_steps": 500})
     if mode == "quick":
-        return HelpsSize(seeds=[0], workers=1, demo={"quick": True})
+        protos = {k: replace(v, rounds=2, steps=60, batch=16) for k, v in PROTOCOLS.items()}
+        return HelpsSize(seeds=[0], workers=1, protocols=protos, sampling=Sampling(continuations=4),
+                         demo={"quick": True, "n_pair_prompts": 300})
     # smoke: seconds; the numbers mean nothing, the plumbing is exercised
-    return HelpsSize(seeds=[0], workers=1, best_of_n=2,
-                     demo={"quick": True, "n_test": 20, "n_sft": 300, "n_prm_prompts": 10, "n_pair_prompts": 16,
-                           "n_val": 10, "sft_steps": 60, "prm_steps": 3, "prm_injected": 10},
-                     protocol={**PROTOCOL, "dpo_epochs": 1.0, "dpo_batch": 8})
+    protos = {k: replace(v, rounds=2, steps=2, batch=4) for k, v in PROTOCOLS.items()}
+    return HelpsSize(seeds=[0], workers=1, protocols=protos,
+                     sampling=Sampling(continuations=2, outcome_samples=2, eval_samples=2, max_steps=4),
+                     demo={"quick": True, "n_test": 12, "n_sft": 600, "n_prm_prompts": 10, "n_pair_prompts": 24,
+                           "n_val": 8, "sft_steps": 300, "prm_steps": 3, "prm_injected": 10})
+
+
+def select_grid() -> dict[str, list[Protocol]]:
+    """The validation sweep (seed 0): each arm's candidates, every round evaluated on validation."""
+    r = 4
+    return {
+        "stepwise/checker": [Protocol("stepwise", rounds=r, lr=lr) for lr in (1e-5, 3e-5)],
+        "rft/checker": [Protocol("rft", rounds=r, lr=lr, loss=["sft"]) for lr in (3e-5, 1e-4, 3e-4)],
+        "rft_steps/checker": [Protocol("rft_steps", rounds=r, lr=1e-5, loss=["sft"])],
+        "outcome/checker": [Protocol("outcome", rounds=r, lr=lr, loss=loss)
+                            for lr in (1e-5, 3e-5) for loss in (["dpop"], ["sigmoid", "sft"])],
+    }
+
+
+SFT_FIELDS = ("seed", "task", "n_test", "n_sft", "policy_layers", "policy_width", "policy_heads", "sft_steps", "sft_lr",
+              "sft_batch", "sft_habit", "sft_habit_rate")
+# The task variant with imperfect demonstrations: half of the SFT solutions' carrying additions forget the carry.
+HABIT = {"sft_habit": "carry", "sft_habit_rate": 0.5}
 
 
 def demo_config(size: HelpsSize, seed: int):
@@ -75,12 +146,164 @@ def demo_config(size: HelpsSize, seed: int):
     fields = dict(size.demo)
     quick = fields.pop("quick", False)
     cfg = DemoConfig.quick(seed) if quick else DemoConfig(seed=seed)
-    return replace(cfg, k=size.k, best_of_n=size.best_of_n, **fields, **size.protocol)
+    return replace(cfg, **fields)
+
+
+# -- one arm ---------------------------------------------------------------------------------------
+class _Evaluator:
+    """Greedy accuracy on validation and test problems after each round, kept per problem."""
+
+    def __init__(self, tok, data, test: bool = True):
+        self.tok, self.data, self.test, self.rounds = tok, data, test, []
+
+    def __call__(self, model, extra: dict[str, Any]) -> dict[str, Any]:
+        from stepdpo.demo import policy_results
+
+        model.eval()
+        val, _ = policy_results(model, self.tok, self.data["val"])
+        row = {"round": len(self.rounds), "val_correct": sum(val), "n_val": len(val), **extra}
+        if self.test:
+            test, _ = policy_results(model, self.tok, self.data["test"])
+            row.update(test_correct=sum(test), n_test=len(test), test_right=[int(x) for x in test])
+        self.rounds.append(row)
+        logger.info("round %d: validation %d/%d%s", row["round"], row["val_correct"], row["n_val"],
+                    f", test {row['test_correct']}/{row['n_test']}" if self.test else "")
+        return row
+
+
+def _train_log(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """What moved during one round: train log-probs of chosen/rejected and reward accuracy, first -> last."""
+    logged = [h for h in log_history if "logps/chosen" in h]
+    if not logged:
+        return {}
+    keys = ("logps/chosen", "logps/rejected", "rewards/accuracies", "rewards/margins", "probe/logps_chosen",
+            "probe/logps_rejected", "probe/prefers_chosen")
+    return {"train_first": {k: logged[0][k] for k in keys if k in logged[0]},
+            "train_last": {k: logged[-1][k] for k in keys if k in logged[-1]}}
+
+
+def _samplers(policy, tok, sampling: Sampling, seed: int, round_index: int):
+    from stepdpo.sampling import StepSampler
+    from stepdpo.tasks.arith import STEP_FORMAT
+
+    def at(temperature, s):
+        return StepSampler(policy, tok, STEP_FORMAT, max_new_tokens=sampling.max_new_tokens, temperature=temperature,
+                           seed=s, batch_size=256)
+
+    # the seeds StepwiseDPOTrainer uses for round r (args.seed + 7919 r, rollouts + 104729): same samples
+    base = seed + 7919 * round_index
+    return at(0.0, base), at(sampling.rollout_temperature, base + 104729)
+
+
+def dpo_config(proto: Protocol, out: Path, seed: int, **extra):
+    from stepdpo.config import StepwiseDPOConfig
+
+    return StepwiseDPOConfig(
+        output_dir=str(out), learning_rate=proto.lr, beta=proto.beta, loss_type=list(proto.loss),
+        dpop_lambda=proto.dpop_lambda, max_steps=proto.steps, per_device_train_batch_size=proto.batch,
+        logging_steps=max(1, proto.steps // 10), save_strategy="no", report_to=[], seed=seed, use_cpu=not _cuda(),
+        disable_tqdm=True, gradient_checkpointing=False, lr_scheduler_type="cosine", warmup_steps=0.1,
+        step_separator="\n", **extra)
+
+
+def run_stepwise(policy, tok, data, judge, threshold: float, proto: Protocol, sampling: Sampling, seed: int,
+                 out: Path, evaluate: _Evaluator):
+    """The default recipe through the trainer's own rounds (prompts in, pairs built each round)."""
+    from transformers import TrainerCallback
+
+    from stepdpo.tasks.arith import is_correct
+    from stepdpo.trainer import StepwiseDPOTrainer
+
+    prompts = [s.prompt for s in data["pair_prompts"]]
+    answers = [s.meta["expression"] for s in data["pair_prompts"]]
+    args = dpo_config(proto, out, seed, rounds=proto.rounds, regenerate_every_steps=proto.steps,
+                      sample_temperature=0.0, rollout_temperature=sampling.rollout_temperature,
+                      num_continuations=sampling.continuations, sample_max_new_tokens=sampling.max_new_tokens,
+                      max_solution_steps=sampling.max_steps, sample_batch_size=256, score_threshold=threshold,
+                      probe_pairs=64)
+
+    holder: dict[str, Any] = {}
+
+    class RoundEnd(TrainerCallback):
+        def on_train_end(self, targs, state, control, model=None, **kw):
+            tr = holder["trainer"]
+            evaluate(tr.accelerator.unwrap_model(tr.model),
+                     {"pairs": tr.pair_stats[-1]["pairs"], "pair_stats": tr.pair_stats[-1],
+                      **_train_log(state.log_history)})
+            tr.model.train()
+
+    trainer = StepwiseDPOTrainer(model=policy, args=args, tokenizer=tok, prompts=prompts, reward_model=judge,
+                                 answers=answers, answer_checker=lambda p, steps, a: is_correct(a, steps),
+                                 callbacks=[RoundEnd()])
+    holder["trainer"] = trainer
+    trainer.train()
+    return trainer.accelerator.unwrap_model(trainer.model)
+
+
+def run_baseline(policy, tok, data, proto: Protocol, sampling: Sampling, seed: int, out: Path,
+                 evaluate: _Evaluator):
+    """RFT (NLL on right samples or on chosen steps) and outcome DPO, each sampling from its current
+    policy every round with the same budget as the Stepwise DPO pipeline."""
+    from reward_models.types import StepSample
+    from stepdpo.pairs import build_outcome_pairs, build_step_pairs
+    from stepdpo.sft import train_sft
+    from stepdpo.tasks.arith import STEP_FORMAT, checker_reward_model, is_correct
+    from stepdpo.trainer import StepwiseDPOTrainer
+
+    prompts = [s.prompt for s in data["pair_prompts"]]
+    answers = [s.meta["expression"] for s in data["pair_prompts"]]
+
+    def check(p, steps, a):
+        return is_correct(a, steps)
+
+    for r in range(proto.rounds):
+        greedy, roll = _samplers(policy, tok, sampling, seed, r)
+        if proto.kind in ("rft", "rft_steps"):
+            built = build_step_pairs(prompts, greedy, checker_reward_model(data["task"]), k=sampling.continuations,
+                                     max_steps=sampling.max_steps, answers=answers, answer_checker=check,
+                                     num_continuations=sampling.continuations, rollout_sampler=roll)
+            if proto.kind == "rft":
+                right = []
+                for i, row in enumerate(built.samples):
+                    seen = set()
+                    for sol in row:
+                        if sol.meta.get("correct") and tuple(sol.steps) not in seen:
+                            seen.add(tuple(sol.steps))
+                            right.append(StepSample(prompt=prompts[i], steps=list(sol.steps)))
+                extra = {"examples": len(right), "pair_stats": built.stats}
+                if right:
+                    trainer = train_sft(policy, tok, right, output_dir=str(out / f"round{r}"),
+                                        step_format=STEP_FORMAT, max_steps=proto.steps, learning_rate=proto.lr,
+                                        batch_size=proto.batch, seed=seed + r)
+                    policy = trainer.model
+                evaluate(policy, extra)
+                continue
+            train = built.pairs
+            extra = {"pairs": len(train), "pair_stats": built.stats}
+        else:
+            sols = greedy.sample_solution_details(prompts, k=1, max_steps=sampling.max_steps)
+            more = roll.sample_solution_details(prompts, k=sampling.outcome_samples, max_steps=sampling.max_steps)
+            built = build_outcome_pairs(prompts, [a + b for a, b in zip(sols, more)], answers=answers,
+                                        answer_checker=check)
+            train = built.pairs
+            extra = {"pairs": len(train), "pair_stats": built.stats}
+        if train:
+            ref = copy.deepcopy(policy)
+            trainer = StepwiseDPOTrainer(model=policy, ref_model=ref, args=dpo_config(proto, out / f"round{r}",
+                                                                                        seed + r),
+                                         tokenizer=tok, train_dataset=train)
+            trainer.train()
+            policy = trainer.model
+            extra.update(_train_log(trainer.state.log_history))
+            del trainer, ref
+        evaluate(policy, extra)
+    return policy
 
 
 # -- one seed --------------------------------------------------------------------------------------
-def run_seed(size: HelpsSize, seed: int, work_dir: str, threads: int = 1) -> dict[str, Any]:
-    """All arms for one seed; returns a JSON-able dict. Runs in a worker process."""
+def run_seed(size: HelpsSize, seed: int, work_dir: str, threads: int = 1,
+             select: list[tuple[str, int]] | None = None) -> dict[str, Any]:
+    """All arms for one seed (or, with ``select``, those entries of the validation sweep); JSON-able."""
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, set_seed
@@ -88,19 +311,8 @@ def run_seed(size: HelpsSize, seed: int, work_dir: str, threads: int = 1) -> dic
     from reward_models.base import load_reward_model
     from reward_models.evaluation import evaluate_prm, tune_first_error_threshold
     from reward_models.testing import tiny_tokenizer
-    from stepdpo.demo import (
-        best_of_n_vs_vote,
-        make_data,
-        pair_quality,
-        policy_accuracy,
-        prm_data,
-        run_stepwise_dpo,
-        train_policy,
-        train_prm,
-    )
-    from stepdpo.pairs import build_outcome_pairs, build_step_pairs
-    from stepdpo.sampling import StepSampler
-    from stepdpo.tasks.arith import STEP_FORMAT, checker_reward_model, is_correct
+    from stepdpo.demo import make_data, policy_results, prm_data, sampled_results, train_policy, train_prm
+    from stepdpo.tasks.arith import checker_reward_model
 
     torch.set_num_threads(threads)
     transformers.logging.set_verbosity_error()
@@ -116,12 +328,39 @@ def run_seed(size: HelpsSize, seed: int, work_dir: str, threads: int = 1) -> dic
 
     tok = tiny_tokenizer()
     data = make_data(cfg)
-    task = data["task"]
+    sft_dir = out / "policy_sft"
     t0 = time.time()
-    policy, _ = train_policy(cfg, tok, data["sft"], out)
+    sft_key = json.dumps({k: v for k, v in asdict(cfg).items() if k in SFT_FIELDS}, sort_keys=True)
+    if (sft_dir / "model.safetensors").exists() and (out / "sft_config.json").exists() and \
+            (out / "sft_config.json").read_text() == sft_key:  # a rerun of the same seed reuses its SFT policy
+        policy = AutoModelForCausalLM.from_pretrained(sft_dir, use_safetensors=True)
+    else:
+        policy, _ = train_policy(cfg, tok, data["sft"], out)
+        (out / "sft_config.json").write_text(sft_key)
     policy.eval()
     tick("sft", t0)
-    sft_dir = out / "policy_sft"
+
+    def fresh():
+        return AutoModelForCausalLM.from_pretrained(sft_dir, use_safetensors=True)
+
+    arms: dict[str, Any] = {}
+    if select is not None:
+        for key, n in select:
+            proto = select_grid()[key][n]
+            t0 = time.time()
+            ev = _Evaluator(tok, data, test=False)
+            ev(fresh(), {})  # round 0 = the SFT policy
+            where = out / "select" / f"{key.replace('/', '_')}-{n}"
+            if proto.kind == "stepwise":
+                run_stepwise(fresh(), tok, data, checker_reward_model(data["task"]), 0.5, proto, size.sampling, seed,
+                             where, ev)
+            else:
+                run_baseline(fresh(), tok, data, proto, size.sampling, seed, where, ev)
+            arms[f"{key}#{n}"] = {"arm": key, "protocol": asdict(proto), "val": [r["val_correct"] for r in ev.rounds],
+                                  "n_val": ev.rounds[0]["n_val"],
+                                  "rounds": [{k: v for k, v in r.items() if k != "test_right"} for r in ev.rounds]}
+            tick(f"select {key} #{n}", t0)
+        return {"seed": seed, "select": arms, "timings_s": timings}
 
     t0 = time.time()
     prm_train, prm_val, prm_test = prm_data(cfg, policy, tok, data)
@@ -132,119 +371,86 @@ def run_seed(size: HelpsSize, seed: int, work_dir: str, threads: int = 1) -> dic
     prm_eval = evaluate_prm(prm, prm_test, threshold=threshold).to_dict()
     tick("prm", t0)
 
-    # one set of policy samples feeds every pair set
-    t0 = time.time()
-    prompts = [s.prompt for s in data["pair_prompts"]]
-    answers = [s.meta["expression"] for s in data["pair_prompts"]]
-    sampler = StepSampler(policy, tok, STEP_FORMAT, max_new_tokens=24, temperature=cfg.temperature,
-                          seed=seed + 3, batch_size=256)
-    samples = sampler.sample_solution_details(prompts, k=cfg.k, max_steps=8)
-    n_correct_samples = sum(is_correct(a, sol.steps) for a, row in zip(answers, samples) for sol in row)
-    judges = {"checker": (checker_reward_model(task), 0.5), "prm": (prm, threshold)}
-    pair_sets: dict[str, dict[str, Any]] = {}
-    rng = random.Random(seed)
-    for name, (judge, thr) in judges.items():
-        if name == "checker":
-            outcome = build_outcome_pairs(prompts, samples, answers=answers,
-                                          answer_checker=lambda p, steps, a: is_correct(a, steps))
-        else:
-            outcome = build_outcome_pairs(prompts, samples, prm, aggregate="min")
-        step = build_step_pairs(prompts, sampler, judge, strategy="first_error", k=cfg.k, threshold=thr,
-                                max_steps=8, solutions=samples)
-        same_n = rng.sample(step.pairs, min(len(outcome.pairs), len(step.pairs)))
-        pair_sets[name] = {"outcome": outcome, "step": step, "same_n": same_n}
-    tick("pairs", t0)
-
-    arms = {}
-    for name in judges:
-        ps = pair_sets[name]
-        arms[f"outcome/{name}"] = ("outcome DPO", name, ps["outcome"].pairs, None)
-        arms[f"step_same_pairs/{name}"] = ("Stepwise DPO, same pairs", name, ps["same_n"], None)
-        arms[f"step_same_samples/{name}"] = ("Stepwise DPO, same samples", name, ps["step"].pairs, None)
-    arms["nll_only/checker"] = ("NLL on chosen steps only", "checker", pair_sets["checker"]["step"].pairs,
-                                {"dpo_loss": ["sft"], "dpo_loss_weights": [1.0]})
-
-    t0 = time.time()
-    c0, n0, _ = policy_accuracy(policy, tok, data["test"])
-    results = {"sft": {"label": "SFT policy", "judge": "-", "pairs": 0, "correct": c0, "n": n0, "accuracy": c0 / n0}}
-    tick("eval_sft", t0)
-    for key, (label, judge_name, pairs, override) in arms.items():
-        t0 = time.time()
-        row = {"label": label, "judge": judge_name, "pairs": len(pairs)}
-        if key.startswith("outcome"):
-            row["pair_quality"] = {"both": sum(is_correct(task.expression_of(p.prompt), p.chosen_steps)
-                                               and not is_correct(task.expression_of(p.prompt), p.rejected_steps)
-                                               for p in pairs) / max(len(pairs), 1)}
-        else:
-            row["pair_quality"] = pair_quality(pairs, task)
-            row["depths"] = _depths(pairs)
-        if pairs:
-            model = AutoModelForCausalLM.from_pretrained(sft_dir, use_safetensors=True)
-            arm_cfg = replace(cfg, **(override or {}))
-            trainer = run_stepwise_dpo(arm_cfg, model, tok, pairs, out / key.replace("/", "_"))
-            model = trainer.model
-            model.eval()
-            logs = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
-            if logs:
-                row["final_train_reward_accuracy"] = logs[-1]["rewards/accuracies"]
-            c, n, _ = policy_accuracy(model, tok, data["test"])
-            row.update(correct=c, n=n, accuracy=c / n)
-            del trainer, model
-        else:
-            row.update(correct=None, n=n0, accuracy=None, note="no pairs")
-        results[key] = row
+    def finish(key: str, model, ev: _Evaluator, proto: Protocol | None, t0: float):
+        sampled = sampled_results(model, tok, data["test"], k=size.sampling.eval_samples,
+                                  temperature=size.sampling.rollout_temperature, seed=seed + 4)
+        final = ev.rounds[-1]
+        arms[key] = {"label": LABELS[key], "protocol": asdict(proto) if proto else None,
+                     "correct": final["test_correct"], "n": final["n_test"],
+                     "accuracy": final["test_correct"] / final["n_test"], "test_right": final["test_right"],
+                     "val_correct": final["val_correct"], "n_val": final["n_val"],
+                     "pass_at_1": sampled["pass_at_1"], "maj_at_k": sampled[f"maj_at_{sampled['k']}"],
+                     "sampled_k": sampled["k"], "sampled_n_right": sampled["n_right"],
+                     "rounds": [{k: v for k, v in r.items() if k != "test_right"} for r in ev.rounds]}
         tick(key, t0)
+        (out / "result.partial.json").write_text(json.dumps(arms, default=str) + "\n")
 
     t0 = time.time()
-    bon = best_of_n_vs_vote(policy, tok, data["test"], prm, cfg.best_of_n, seed + 4)
-    tick("best_of_n", t0)
+    ev = _Evaluator(tok, data)
+    ev(policy, {})
+    finish("sft", policy, ev, None, t0)
+    judges = {"checker": (checker_reward_model(data["task"]), 0.5), "prm": (prm, threshold)}
+    for key in size.arms:
+        if key == "sft":
+            continue
+        proto = size.protocols[key]
+        t0 = time.time()
+        ev = _Evaluator(tok, data)
+        ev(fresh(), {})
+        if proto.kind == "stepwise":
+            judge, thr = judges[key.split("/")[1]]
+            model = run_stepwise(fresh(), tok, data, judge, thr, proto, size.sampling, seed, out / key.replace("/", "_"),
+                                 ev)
+        else:
+            model = run_baseline(fresh(), tok, data, proto, size.sampling, seed, out / key.replace("/", "_"), ev)
+        finish(key, model, ev, proto, t0)
+    del policy
+    sft_right, _ = policy_results(fresh(), tok, data["test"])
+    assert [int(x) for x in sft_right] == arms["sft"]["test_right"], "the SFT policy reloaded must score the same"
     timings["total"] = round(time.time() - t_all, 1)
-    result = {
-        "seed": seed, "config": asdict(cfg), "arms": results, "prm": prm_eval, "prm_threshold": threshold,
-        "best_of_n": bon, "samples": {"prompts": len(prompts), "k": cfg.k, "correct": n_correct_samples,
-                                      "total": sum(len(r) for r in samples)},
-        "pair_stats": {name: {"outcome": ps["outcome"].stats, "step": ps["step"].stats}
-                       for name, ps in pair_sets.items()},
-        "timings_s": timings,
-    }
-    (out / "result.json").write_text(json.dumps(result, indent=1, default=str) + "\n")  # kept if a later seed fails
+    result = {"seed": seed, "config": asdict(cfg), "arms": arms, "prm": prm_eval, "prm_threshold": threshold,
+              "timings_s": timings}
+    (out / "result.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     return result
 
 
-def _depths(pairs) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for p in pairs:
-        d = str(len(p.prefix_steps))
-        out[d] = out.get(d, 0) + 1
-    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
-
-
 def _worker(args) -> dict[str, Any]:
-    size, seed, work_dir, threads = args
+    size, seed, work_dir, threads, select = args
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return run_seed(size, seed, work_dir, threads)
+    return run_seed(size, seed, work_dir, threads, select)
 
 
 # -- all seeds, summary ------------------------------------------------------------------------------
-def run(mode: str, device, threads: int = 1, work_dir: str | None = None, seeds: list[int] | None = None
-        ) -> dict[str, Any]:
-    size = sizes(mode)
+def run(mode: str, device, threads: int = 1, work_dir: str | None = None, seeds: list[int] | None = None,
+        task: str = "default") -> dict[str, Any]:
+    select = mode == "select"
+    size = sizes("full" if select else mode, task)
     if seeds is not None:
         size.seeds = list(seeds)
-    work = work_dir or os.path.join("outputs", "bench-helps", mode)
-    jobs = [(size, s, work, threads) for s in size.seeds]
+    work = work_dir or os.path.join("outputs", "bench-helps", ("full" if select else mode) +
+                                    ("" if task == "default" else f"-{task}"))
+    if select:  # seed 0's SFT policy first, then the grid entries two at a time
+        _worker((size, 0, work, threads, []))
+        entries = [(key, n) for key, protos in select_grid().items() for n in range(len(protos))]
+        jobs = [(size, 0, work, threads, [e]) for e in entries]
+    else:
+        jobs = [(size, s, work, threads, None) for s in size.seeds]
     if size.workers > 1 and len(jobs) > 1 and device.type != "cuda":
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(min(size.workers, len(jobs))) as pool:
-            per_seed = pool.map(_worker, jobs)
+            per_seed = pool.map(_worker, jobs, chunksize=1)
     else:
         per_seed = [_worker(j) for j in jobs]
+    if select:
+        merged = {"seed": 0, "select": {k: v for r in per_seed for k, v in r["select"].items()}}
+        return {"rows": [], "select": merged, "markdown": render_select(merged)}
     summary = summarize(per_seed)
-    return {"rows": [], "per_seed": per_seed, "summary": summary, "protocol": size.protocol,
+    return {"rows": [], "task": task, "per_seed": per_seed, "summary": summary,
+            "protocols": {k: asdict(v) for k, v in size.protocols.items()}, "sampling": asdict(size.sampling),
             "markdown": render(summary, per_seed, size)}
 
 
@@ -255,25 +461,51 @@ def _mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+COMPARISONS = [("stepwise/checker", "sft"), ("stepwise/checker", "rft/checker"),
+               ("stepwise/checker", "outcome/checker"), ("rft/checker", "sft"), ("outcome/checker", "sft"),
+               ("stepwise/prm", "sft"), ("stepwise/checker", "stepwise/prm")]
+
+
 def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = list(per_seed[0]["arms"])
+    from stepdpo.report import paired_difference
+
+    keys = [k for k in ARMS if all(k in r["arms"] for r in per_seed)]
     arms = {}
     for key in keys:
         rows = [r["arms"][key] for r in per_seed]
-        acc = [r.get("accuracy") for r in rows]
-        delta = [None if r.get("accuracy") is None else r["accuracy"] - s["arms"]["sft"]["accuracy"]
-                 for r, s in zip(rows, per_seed)]
-        quality = [r["pair_quality"]["both"] for r in rows if "pair_quality" in r]
-        arms[key] = {"label": rows[0]["label"], "judge": rows[0]["judge"],
-                     "accuracy": _mean_sd(acc), "delta": _mean_sd(delta), "per_seed": acc,
-                     "pairs": _mean_sd([r["pairs"] for r in rows]),
-                     "pair_quality": _mean_sd(quality) if quality else None}
+        acc = [r["accuracy"] for r in rows]
+        delta = [r["accuracy"] - s["arms"]["sft"]["accuracy"] for r, s in zip(rows, per_seed)]
+        arms[key] = {"label": rows[0]["label"], "accuracy": _mean_sd(acc), "delta": _mean_sd(delta), "per_seed": acc,
+                     "pass_at_1": _mean_sd([r["pass_at_1"] for r in rows]),
+                     "maj_at_k": _mean_sd([r["maj_at_k"] for r in rows]), "k": rows[0]["sampled_k"],
+                     "rounds": rows[0]["protocol"]["rounds"] if rows[0]["protocol"] else 0,
+                     "pairs_last_round": [r["rounds"][-1].get("pairs", r["rounds"][-1].get("examples"))
+                                          for r in rows]}
+    comparisons = []
+    for a, b in COMPARISONS:
+        if a in arms and b in arms:
+            per = [paired_difference(r["arms"][a]["test_right"], r["arms"][b]["test_right"]) for r in per_seed]
+            diffs = [p["diff"] for p in per]
+            comparisons.append({"a": a, "b": b, "per_seed": per, "mean_sd": _mean_sd(diffs)})
     prm = {"first_error_f1": _mean_sd([r["prm"]["first_error"]["f1"] for r in per_seed]),
            "step_auroc": _mean_sd([r["prm"]["steps"]["auroc"] for r in per_seed])}
-    bon = {k: _mean_sd([r["best_of_n"][k] for r in per_seed])
-           for k in ("best_of_n_prm", "majority_vote", "prm_weighted_vote", "pass_at_n")}
-    return {"arms": arms, "prm": prm, "best_of_n": bon, "seeds": [r["seed"] for r in per_seed],
-            "n_test": per_seed[0]["arms"]["sft"]["n"]}
+    return {"arms": arms, "comparisons": comparisons, "prm": prm, "seeds": [r["seed"] for r in per_seed],
+            "n_test": per_seed[0]["arms"]["sft"]["n"], "targets": targets(arms, comparisons)}
+
+
+def targets(arms: dict[str, Any], comparisons: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's bar for the default recipe (stepwise/checker): >= +5 points over SFT on every seed,
+    ahead of RFT and of outcome DPO on every seed, paired mean differences larger than their spread."""
+    out = {}
+    for comp in comparisons:
+        if comp["a"] != "stepwise/checker" or comp["b"] not in ("sft", "rft/checker", "outcome/checker"):
+            continue
+        diffs = [p["diff"] for p in comp["per_seed"]]
+        mean, sd = comp["mean_sd"]
+        bar = 0.05 if comp["b"] == "sft" else 0.0
+        out[comp["b"]] = {"every_seed": all(d >= bar if bar else d > 0 for d in diffs), "mean_above_sd": mean > sd,
+                          "bar": bar}
+    return out
 
 
 def _pct(ms: tuple[float, float], signed: bool = False) -> str:
@@ -285,76 +517,83 @@ def _pct(ms: tuple[float, float], signed: bool = False) -> str:
 
 def render(summary: dict[str, Any], per_seed: list[dict[str, Any]], size: HelpsSize) -> str:
     n_test = summary["n_test"]
-    lines = [f"Seeds {summary['seeds']}, {n_test} held-out test problems per seed (greedy accuracy, checker); "
-             f"mean ± standard deviation over seeds; Δ = arm minus the same seed's SFT policy. "
-             f"Protocol for every arm: `{json.dumps(size.protocol)}`.", "",
-             "| arm | judge | pairs | right pairs (checker) | accuracy % | Δ vs SFT (points) | per seed % |",
+    k = next(iter(summary["arms"].values()))["k"]
+    lines = [f"Seeds {summary['seeds']}, {n_test} held-out test problems per seed; accuracy = greedy, by the checker; "
+             f"pass@1 and maj@{k} from {k} samples at T={size.sampling.rollout_temperature}. Mean ± standard "
+             "deviation over seeds; Δ = arm minus the same seed's SFT policy.", "",
+             f"| arm | rounds | accuracy % | Δ vs SFT (points) | per seed % | pass@1 % | maj@{k} % |",
              "|---|---|---|---|---|---|---|"]
     for key, a in summary["arms"].items():
-        per = ", ".join("-" if x is None else f"{x * 100:.1f}" for x in a["per_seed"])
-        q = "-" if not a["pair_quality"] else f"{a['pair_quality'][0] * 100:.0f}%"
-        pairs = "-" if key == "sft" else f"{a['pairs'][0]:.0f}"
+        per = ", ".join(f"{x * 100:.1f}" for x in a["per_seed"])
         delta = "-" if key == "sft" else _pct(a["delta"], signed=True)
-        lines.append(f"| {a['label']} | {a['judge']} | {pairs} | {q} | {_pct(a['accuracy'])} | {delta} | {per} |")
-    lines += ["", "Paired differences (same seed, same samples; mean ± standard deviation over seeds, points):", ""]
-    for a, b in COMPARISONS:
-        if a in summary["arms"] and b in summary["arms"]:
-            diffs = [None if x is None or y is None else x - y
-                     for x, y in zip(summary["arms"][a]["per_seed"], summary["arms"][b]["per_seed"])]
-            per = ", ".join("-" if d is None else f"{d * 100:+.1f}" for d in diffs)
-            lines.append(f"- {_arm_name(summary, a)} minus {_arm_name(summary, b)}: "
-                         f"{_pct(_mean_sd(diffs), signed=True)} (per seed {per})")
-    noise = _noise_band(summary)
-    b, p = summary["best_of_n"], summary["prm"]
-    n = per_seed[0]["best_of_n"]["n"]
-    lines += ["", f"- Noise: one seed's accuracy on {n_test} problems has a binomial standard error of about "
-                  f"{noise * 100:.1f} points; the spread over seeds also includes the SFT policy, PRM and samples "
-                  f"changing with the seed.",
-              f"- PRM (held-out policy samples, validation-tuned threshold): first-error F1 {_num(p['first_error_f1'])}, "
-              f"step AUROC {_num(p['step_auroc'])}.",
-              f"- SFT policy, {n} samples per test problem: best-of-{n} by PRM {_pct(b['best_of_n_prm'])}%, majority "
-              f"vote {_pct(b['majority_vote'])}%, PRM-weighted vote {_pct(b['prm_weighted_vote'])}%, "
-              f"pass@{n} {_pct(b['pass_at_n'])}%.",
-              f"- Samples per seed: {per_seed[0]['samples']['prompts']} pair prompts x {per_seed[0]['samples']['k']}; "
-              "correct solutions among them: "
-              + ", ".join(f"{r['samples']['correct']}/{r['samples']['total']}" for r in per_seed) + "."]
+        lines.append(f"| {a['label']} (`{key}`) | {a['rounds'] or '-'} | {_pct(a['accuracy'])} | {delta} | {per} | "
+                     f"{_pct(a['pass_at_1'])} | {_pct(a['maj_at_k'])} |")
+    lines += ["", "Paired differences on the same test problems (per seed: difference ± its standard error from the "
+                  "per-problem differences, problems gained/lost; then mean ± standard deviation over seeds):", ""]
+    for comp in summary["comparisons"]:
+        per = "; ".join(f"{p['diff'] * 100:+.1f} ± {p['se'] * 100:.1f} (+{p['gained']}/-{p['lost']})"
+                        for p in comp["per_seed"])
+        lines.append(f"- {LABELS[comp['a']]} minus {LABELS[comp['b']]}: **{_pct(comp['mean_sd'], signed=True)}** "
+                     f"(per seed {per})")
+    t = summary["targets"]
+    if t:
+        lines += ["", "Targets for the default recipe: " + "; ".join(
+            f"vs {LABELS[b]}: {'met' if v['every_seed'] and v['mean_above_sd'] else '**not met**'} (every seed "
+            f"{'≥ +5 points' if v['bar'] else '> 0'}: {v['every_seed']}, mean > spread: {v['mean_above_sd']})"
+            for b, v in t.items())]
+    p = summary["prm"]
+    lines += ["", f"- PRM (the `stepwise/prm` judge; held-out policy samples, validation-tuned threshold): first-error "
+                  f"F1 {p['first_error_f1'][0]:.3f} ± {p['first_error_f1'][1]:.3f}, step AUROC "
+                  f"{p['step_auroc'][0]:.3f} ± {p['step_auroc'][1]:.3f}."]
+    lines.append("- Accuracy per round (test, then validation, correct problems; round 0 = SFT):")
+    for key in summary["arms"]:
+        if key == "sft":
+            continue
+        per = "; ".join(" -> ".join(f"{r['test_correct']}" for r in s["arms"][key]["rounds"]) + " (val " +
+                        " -> ".join(f"{r['val_correct']}" for r in s["arms"][key]["rounds"]) + ")" for s in per_seed)
+        lines.append(f"  - {LABELS[key]}: {per}")
+    lines.append(f"- Sampling per round and arm: greedy solutions of the {per_seed[0]['config']['n_pair_prompts']:,} "
+                 "training problems, then "
+                 f"{size.sampling.continuations} rollouts at T={size.sampling.rollout_temperature} from each error "
+                 f"(stepwise, RFT) or {size.sampling.outcome_samples} more solutions per problem (outcome DPO).")
     return "\n".join(lines)
 
 
-COMPARISONS = [("step_same_pairs/checker", "outcome/checker"), ("step_same_samples/checker", "outcome/checker"),
-               ("step_same_samples/checker", "nll_only/checker"), ("step_same_pairs/prm", "outcome/prm"),
-               ("step_same_samples/prm", "outcome/prm"), ("step_same_samples/checker", "step_same_samples/prm")]
-
-
-def _arm_name(summary: dict[str, Any], key: str) -> str:
-    a = summary["arms"][key]
-    return f"{a['label']} ({a['judge']})"
+def render_select(result: dict[str, Any]) -> str:
+    lines = ["Validation sweep, seed 0: correct validation problems after each round (round 0 = the SFT policy; "
+             f"{next(iter(result['select'].values()))['n_val']} problems). Test problems are not evaluated here.", "",
+             "| arm | lr | loss | validation correct by round |", "|---|---|---|---|"]
+    for row in result["select"].values():
+        p = row["protocol"]
+        lines.append(f"| {LABELS[row['arm']]} | {p['lr']:g} | {'+'.join(p['loss'])} | "
+                     f"{' -> '.join(str(v) for v in row['val'])} |")
+    return "\n".join(lines)
 
 
 def rerender(path: str) -> None:
     """Recompute the summary and table of a result file from its per-seed numbers (no training)."""
     res = json.loads(Path(path).read_text())
-    size = sizes(res["mode"])
-    size.protocol = res.get("protocol", size.protocol)
+    size = sizes(res["mode"], res.get("task", "default"))
+    if "sampling" in res:
+        size.sampling = Sampling(**res["sampling"])
     res["summary"] = summarize(res["per_seed"])
     res["markdown"] = render(res["summary"], res["per_seed"], size)
     Path(path).write_text(json.dumps(res, indent=2) + "\n")
 
 
-def _num(ms: tuple[float, float]) -> str:
-    return "n/a" if ms[0] != ms[0] else f"{ms[0]:.3f} ± {ms[1]:.3f}"
+def _cuda() -> bool:
+    import torch
 
-
-def _noise_band(summary: dict[str, Any]) -> float:
-    acc = summary["arms"]["sft"]["accuracy"][0]
-    return math.sqrt(max(acc * (1 - acc), 1e-9) / max(summary["n_test"], 1))
+    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m bench.helps", description=__doc__.split("\n\n")[0])
-    p.add_argument("--mode", choices=("smoke", "quick", "full"), default="quick")
+    p.add_argument("--mode", choices=("smoke", "quick", "full", "select"), default="quick")
+    p.add_argument("--task", choices=("default", "habit"), default="default",
+                   help="'habit': the variant whose SFT demonstrations forget half of the carries")
     p.add_argument("--seeds", type=int, nargs="*", default=None)
     p.add_argument("--work-dir", default=None)
     p.add_argument("--out", default=None, help="write the result JSON here")
@@ -367,11 +606,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
+    from bench import common
+
     torch.set_num_threads(1)
-    res = run(args.mode, torch.device("cpu"), work_dir=args.work_dir, seeds=args.seeds)
+    device = torch.device("cpu")
+    machine, t0 = common.machine_info(device), time.perf_counter()
+    res = run(args.mode, device, work_dir=args.work_dir, seeds=args.seeds, task=args.task)
     print(res["markdown"])
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1, default=str) + "\n")
+    name = "helps-" + ("select" if args.mode == "select" else args.mode) + ("" if args.task == "default" else
+                                                                          f"-{args.task}")
+    payload = {"name": name, "benchmark": "helps", "mode": args.mode,
+               "command": "python -m bench.helps " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "machine": machine, "wall_s": round(time.perf_counter() - t0, 1), "load_avg_end": common.load_avg(),
+               **res}
+    path = Path(args.out) if args.out else common.RESULTS_DIR / f"{name}.json"
+    common.write_result(path.stem, payload, path.parent)
+    print(f"wrote {path}; python -m bench.run --markdown-only refreshes BENCHMARKS.md")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Why Stepwise DPO first hurt the demo policy: the same training on different data.
 
 Every arm trains a copy of one SFT policy with the same :class:`~stepdpo.trainer.StepwiseDPOTrainer`
-arguments (``bench.helps.PROTOCOL``, except the fixed number of optimizer steps) and reports greedy
+arguments (``PROTOCOL`` below: the first "does it help" benchmark's protocol, with the demo's earlier
+T=1.0 sampled pairs; the fixed number of optimizer steps) and reports greedy
 accuracy on the validation problems (never the test problems). NLL-only arms (``loss_type=["sft"]``)
 isolate the data from the preference term:
 
@@ -30,6 +31,10 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+# The protocol of the first "does it help" run (2026-11-22): sigmoid + NLL, lr 1e-5, batch 64, one epoch.
+PROTOCOL = {"dpo_lr": 1e-5, "dpo_beta": 0.1, "dpo_loss": ["sigmoid", "sft"], "dpo_loss_weights": [1.0, 1.0],
+            "dpo_epochs": 1.0, "dpo_batch": 64, "dpo_scheduler": "cosine", "dpo_warmup": 0.1}
+
 
 def run(policy_dir: str | None, out_dir: str, seed: int = 0, steps: int = 39, prompt_counts=(400, 2000),
         fresh_counts=(400, 826)) -> dict[str, Any]:
@@ -37,18 +42,16 @@ def run(policy_dir: str | None, out_dir: str, seed: int = 0, steps: int = 39, pr
     import transformers
     from transformers import AutoModelForCausalLM
 
-    from bench.helps import PROTOCOL, demo_config, sizes
     from reward_models.testing import tiny_tokenizer
-    from stepdpo.demo import make_data, policy_accuracy, run_stepwise_dpo, train_policy
+    from stepdpo.demo import DemoConfig, make_data, policy_accuracy, run_stepwise_dpo, train_policy
     from stepdpo.pairs import build_step_pairs
     from stepdpo.sampling import StepSampler
     from stepdpo.tasks.arith import STEP_FORMAT, checker_reward_model, make_samples
 
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
-    size = sizes("full")
-    cfg = demo_config(size, seed)
-    cfg = replace(cfg, n_pair_prompts=max(prompt_counts))
+    cfg = replace(DemoConfig(seed=seed), n_test=1000, n_val=500, n_pair_prompts=max(prompt_counts), sft_steps=700,
+                  **PROTOCOL)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = tiny_tokenizer()

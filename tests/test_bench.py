@@ -38,17 +38,22 @@ def test_bench_smoke_writes_results_and_table(tmp_path):
     assert "python -m bench.run --smoke" in text
     for name in expected_rows:
         assert f"### {name}-{suffix}" in text
-    # the "does it help" benchmark: its own accuracy table, every arm trained or marked as having no pairs
+    # the "does it help" benchmark: every arm trained for its rounds, results kept per problem for paired statistics
     helps = json.loads((tmp_path / "results" / f"helps-{suffix}.json").read_text())
-    arms = helps["per_seed"][0]["arms"]
-    assert set(arms) == {"sft", "outcome/checker", "outcome/prm", "step_same_pairs/checker", "step_same_pairs/prm",
-                         "step_same_samples/checker", "step_same_samples/prm", "nll_only/checker"}
+    seed = helps["per_seed"][0]
+    arms = seed["arms"]
+    assert set(arms) == {"sft", "rft/checker", "outcome/checker", "stepwise/checker", "stepwise/prm"}
+    n = seed["config"]["n_test"]
     for key, arm in arms.items():
-        assert arm["n"] == helps["per_seed"][0]["config"]["n_test"]
-        assert (arm["accuracy"] is None) == (key != "sft" and arm["pairs"] == 0)
-    assert any(arm["pairs"] > 0 for key, arm in arms.items() if key != "sft")
-    assert arms["step_same_pairs/prm"]["pairs"] <= arms["outcome/prm"]["pairs"]
-    assert f"### helps-{suffix}" in text and "| arm | judge | pairs |" in text
+        assert arm["n"] == n and len(arm["test_right"]) == n and sum(arm["test_right"]) == arm["correct"]
+        assert 0.0 <= arm["pass_at_1"] <= 1.0 and 0.0 <= arm["maj_at_k"] <= 1.0
+        rounds = 0 if key == "sft" else arm["protocol"]["rounds"]
+        assert [r["round"] for r in arm["rounds"]] == list(range(rounds + 1))  # round 0 = the SFT policy
+    assert arms["stepwise/checker"]["rounds"][1]["pairs"] > 0
+    assert {c["a"] + " - " + c["b"] for c in helps["summary"]["comparisons"]} >= {
+        "stepwise/checker - sft", "stepwise/checker - rft/checker", "stepwise/checker - outcome/checker"}
+    assert set(helps["summary"]["targets"]) == {"sft", "rft/checker", "outcome/checker"}
+    assert f"### helps-{suffix}" in text and "| arm | rounds | accuracy % |" in text
     # re-rendering from the stored per-seed numbers gives the same table; --markdown-only rebuilds the file
     from bench.helps import rerender
 
