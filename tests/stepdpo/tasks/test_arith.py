@@ -169,3 +169,28 @@ def test_checker_reward_model_on_hostile_prompts_and_steps(parts, steps):
     (scores,) = checker_reward_model().score_steps([prompt], [steps])
     assert len(scores) == len(steps) and set(scores) <= {0.0, 1.0}
     assert time.perf_counter() - t0 < 0.5
+
+
+def test_habit_variant_writes_a_systematic_slip_at_a_known_rate():
+    import re
+
+    from stepdpo.tasks.arith import habit_applies, habit_steps, make_samples, parse_expression
+
+    assert habit_steps(parse_expression("16+9-3"), "carry", 0.0, random.Random(0)) == ["16+9=25", "25-3=22",
+                                                                                        "Answer: 22"]
+    assert habit_steps(parse_expression("23-7+1"), "borrow", 1.0, random.Random(0)) == ["23-7=26", "26+1=27",
+                                                                                         "Answer: 27"]
+    samples = make_samples(2000, seed=3, habit="carry", habit_rate=0.5)
+    eligible = slipped = 0
+    for s in samples:
+        for st in s.steps[:-1]:
+            a, op, b, c = re.match(r"(-?\d+)([-+*])(\d+)=(-?\d+)", st).groups()
+            if habit_applies("carry", int(a), op, int(b)):
+                eligible += 1
+                slipped += int(c) != int(a) + int(b)
+        assert s.meta["habit_errors"] == 0 or s.meta["first_error"] is not None
+        assert s.answer == str(evaluate(parse_expression(s.meta["expression"])))  # the true value, always
+    assert eligible > 1000 and abs(slipped / eligible - 0.5) < 0.05
+    assert 0.2 < sum(s.meta["first_error"] is not None for s in samples) / len(samples) < 0.6
+    with pytest.raises(ValueError, match="habit"):
+        make_samples(5, seed=0, habit="typo", habit_rate=0.5)
