@@ -57,3 +57,17 @@ def fit_arith_policy(steps: int = 250, seed: int = 0):
 @pytest.fixture(scope="session")
 def arith_policy():
     return fit_arith_policy()
+
+
+@pytest.fixture
+def dpo_args(tmp_path):
+    """``dpo_args(sub="out", **overrides)``: a small, fast StepwiseDPOConfig writing under tmp_path/sub."""
+    from stepdpo.config import StepwiseDPOConfig
+
+    def make(sub: str = "out", **kw):
+        base = dict(output_dir=str(tmp_path / sub), report_to=[], max_steps=2, per_device_train_batch_size=4,
+                    learning_rate=5e-3, save_strategy="no", gradient_checkpointing=False, logging_steps=1,
+                    disable_tqdm=True, seed=0)
+        return StepwiseDPOConfig(**{**base, **kw})
+
+    return make

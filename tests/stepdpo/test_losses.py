@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from reward_models.testing import tiny_causal_lm, tiny_tokenizer
 from reward_models.types import StepPair
-from stepdpo.config import StepwiseDPOConfig
 from stepdpo.losses import PairLogps, dpop_loss, dpop_penalty, register_loss, sequence_logps
 from stepdpo.trainer import StepwiseDPOTrainer
 
@@ -21,14 +20,6 @@ PAIRS = [
     StepPair(prompt="Q: 4+4-1\n", prefix_steps=[], chosen="4+4=8", rejected="4+4=19", margin=0.7),
     StepPair(prompt="Q: 9-3\n", prefix_steps=[], chosen="9-3=6", rejected="9-3=5", margin=0.5),
 ]
-
-
-def make_args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), report_to=[], max_steps=2, per_device_train_batch_size=4,
-                learning_rate=5e-3, save_strategy="no", gradient_checkpointing=False, logging_steps=1,
-                disable_tqdm=True, seed=0)
-    base.update(kw)
-    return StepwiseDPOConfig(**base)
 
 
 def test_dpop_by_hand():
@@ -62,7 +53,7 @@ def _loss_and_grads(trainer, batch):
 
 
 @pytest.mark.parametrize("setting", ["plain", "weights", "precompute", "lora", "ld_alpha"])
-def test_dpop_at_lambda_zero_is_trl_sigmoid(tmp_path, setting):
+def test_dpop_at_lambda_zero_is_trl_sigmoid(dpo_args, setting):
     """The seam: with lambda 0, DPOP computed by the trainer from TRL's own forward pass equals
     TRL's sigmoid loss, value and gradient, with pair weights, precomputed reference log-probs,
     LoRA's adapter-off reference and ld_alpha."""
@@ -83,7 +74,7 @@ def test_dpop_at_lambda_zero_is_trl_sigmoid(tmp_path, setting):
     ref = tiny_causal_lm(tok, seed=4) if setting != "lora" else None  # reference != policy: the ratios matter
     for loss_type in (["sigmoid"], ["dpop"]):
         model = copy.deepcopy(base)
-        args = make_args(tmp_path / loss_type[0], loss_type=loss_type, dpop_lambda=0.0, **extra)
+        args = dpo_args(str(loss_type[0]), loss_type=loss_type, dpop_lambda=0.0, **extra)
         trainer = StepwiseDPOTrainer(model=model, ref_model=copy.deepcopy(ref) if ref is not None else None,
                                      args=args, tokenizer=tok, train_dataset=PAIRS, peft_config=peft)
         if setting == "lora":  # make the adapter non-zero so that the policy differs from its reference
@@ -102,12 +93,12 @@ def test_dpop_at_lambda_zero_is_trl_sigmoid(tmp_path, setting):
         torch.testing.assert_close(g_dpop[k], g_sig[k], rtol=1e-4, atol=1e-6)
 
 
-def test_dpop_penalty_counts_when_the_chosen_step_falls(tmp_path):
+def test_dpop_penalty_counts_when_the_chosen_step_falls(dpo_args):
     """Policy = reference at first: zero penalty; after sigmoid-only steps push the chosen step's
     log-prob below the reference, DPOP's loss exceeds the sigmoid loss on the same batch."""
     tok = tiny_tokenizer()
     model = tiny_causal_lm(tok, seed=3)
-    args = make_args(tmp_path, loss_type=["sigmoid", "dpop"], loss_weights=[1.0, 0.0], dpop_lambda=50.0,
+    args = dpo_args(loss_type=["sigmoid", "dpop"], loss_weights=[1.0, 0.0], dpop_lambda=50.0,
                      max_steps=6, learning_rate=5e-2)
     trainer = StepwiseDPOTrainer(model=model, args=args, tokenizer=tok, train_dataset=PAIRS)
     trainer.train()  # the dpop term has weight 0: trained by sigmoid only, but logged
@@ -118,14 +109,14 @@ def test_dpop_penalty_counts_when_the_chosen_step_falls(tmp_path):
     assert all(h["dpop/loss"] > h["loss"] for h in fell)
 
 
-def test_dpop_training_keeps_the_chosen_step_up(tmp_path):
+def test_dpop_training_keeps_the_chosen_step_up(dpo_args):
     """Same pairs, same steps: under the sigmoid loss the chosen steps' log-probs fall below the
     reference's (likelihood displacement at a high learning rate); under DPOP they do not."""
     tok = tiny_tokenizer()
     below = {}
     for loss in ("sigmoid", "dpop"):
         model = tiny_causal_lm(tok, seed=5)
-        args = make_args(tmp_path / loss, loss_type=[loss], dpop_lambda=50.0, max_steps=12, learning_rate=3e-2,
+        args = dpo_args(str(loss), loss_type=[loss], dpop_lambda=50.0, max_steps=12, learning_rate=3e-2,
                          beta=0.5)
         trainer = StepwiseDPOTrainer(model=model, args=args, tokenizer=tok, train_dataset=PAIRS)
         trainer.train()
@@ -140,7 +131,7 @@ def test_dpop_training_keeps_the_chosen_step_up(tmp_path):
     assert below["dpop"] < 0.25 * below["sigmoid"], below
 
 
-def test_registered_loss_is_used_and_unknown_names_fail(tmp_path):
+def test_registered_loss_is_used_and_unknown_names_fail(dpo_args):
     calls = []
 
     def chosen_nll(lp, args):
@@ -150,20 +141,20 @@ def test_registered_loss_is_used_and_unknown_names_fail(tmp_path):
     register_loss("test_chosen_nll", chosen_nll, overwrite=True)
     tok = tiny_tokenizer()
     model = tiny_causal_lm(tok)
-    trainer = StepwiseDPOTrainer(model=model, args=make_args(tmp_path, loss_type=["test_chosen_nll"]), tokenizer=tok,
+    trainer = StepwiseDPOTrainer(model=model, args=dpo_args(loss_type=["test_chosen_nll"]), tokenizer=tok,
                                  train_dataset=PAIRS)
     trainer.train()
     assert calls and calls[0] == torch.Size([4])
     assert any("test_chosen_nll/loss" in h for h in trainer.state.log_history)
     with pytest.raises(ValueError, match="unknown loss_type"):
-        make_args(tmp_path, loss_type=["no_such_loss"])
+        dpo_args(loss_type=["no_such_loss"])
     with pytest.raises(ValueError, match="TRL's own"):
         register_loss("sigmoid", chosen_nll)
     with pytest.raises(ValueError, match="already registered"):
         register_loss("dpop", chosen_nll)
 
 
-def test_nll_replay_keeps_replayed_solutions_likely(tmp_path):
+def test_nll_replay_keeps_replayed_solutions_likely(dpo_args):
     """Same pairs and steps, with and without replay: the replayed solutions' NLL ends lower with
     replay on, and it is logged."""
     from reward_models.types import StepSample
@@ -186,7 +177,7 @@ def test_nll_replay_keeps_replayed_solutions_likely(tmp_path):
     ends = {}
     for weight in (0.0, 1.0):
         model = tiny_causal_lm(tok, seed=1)
-        args = make_args(tmp_path / str(weight), loss_type=["dpop"], replay_weight=weight, replay_batch_size=2,
+        args = dpo_args(str(weight), loss_type=["dpop"], replay_weight=weight, replay_batch_size=2,
                          max_steps=8, learning_rate=1e-2)
         trainer = StepwiseDPOTrainer(model=model, args=args, tokenizer=tok, train_dataset=PAIRS,
                                      replay_dataset=replay if weight else None)
@@ -196,5 +187,5 @@ def test_nll_replay_keeps_replayed_solutions_likely(tmp_path):
         assert logged == bool(weight)
     assert ends[1.0] < ends[0.0] - 0.5, ends
     with pytest.raises(ValueError, match="replay_dataset"):
-        StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=make_args(tmp_path, replay_weight=0.5), tokenizer=tok,
+        StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=dpo_args(replay_weight=0.5), tokenizer=tok,
                            train_dataset=PAIRS)

@@ -183,8 +183,8 @@ def test_habit_variant_writes_a_systematic_slip_at_a_known_rate():
     samples = make_samples(2000, seed=3, habit="carry", habit_rate=0.5)
     eligible = slipped = 0
     for s in samples:
-        for st in s.steps[:-1]:
-            a, op, b, c = re.match(r"(-?\d+)([-+*])(\d+)=(-?\d+)", st).groups()
+        for step in s.steps[:-1]:
+            a, op, b, c = re.match(r"(-?\d+)([-+*])(\d+)=(-?\d+)", step).groups()
             if habit_applies("carry", int(a), op, int(b)):
                 eligible += 1
                 slipped += int(c) != int(a) + int(b)
