@@ -244,11 +244,10 @@ def run_baseline(policy, tok, data, proto: Protocol, sampling: Sampling, seed: i
                  evaluate: _Evaluator):
     """RFT (NLL on right samples or on chosen steps) and outcome DPO, each sampling from its current
     policy every round with the same budget as the Stepwise DPO pipeline."""
-    from reward_models.types import StepSample
     from stepdpo.pairs import build_outcome_pairs, build_step_pairs
     from stepdpo.sft import train_sft
     from stepdpo.tasks.arith import STEP_FORMAT, checker_reward_model, is_correct
-    from stepdpo.trainer import StepwiseDPOTrainer
+    from stepdpo.trainer import StepwiseDPOTrainer, right_samples
 
     prompts = [s.prompt for s in data["pair_prompts"]]
     answers = [s.meta["expression"] for s in data["pair_prompts"]]
@@ -263,13 +262,7 @@ def run_baseline(policy, tok, data, proto: Protocol, sampling: Sampling, seed: i
                                      max_steps=sampling.max_steps, answers=answers, answer_checker=check,
                                      num_continuations=sampling.continuations, rollout_sampler=roll)
             if proto.kind == "rft":
-                right = []
-                for i, row in enumerate(built.samples):
-                    seen = set()
-                    for sol in row:
-                        if sol.meta.get("correct") and tuple(sol.steps) not in seen:
-                            seen.add(tuple(sol.steps))
-                            right.append(StepSample(prompt=prompts[i], steps=list(sol.steps)))
+                right = right_samples(prompts, built.samples)
                 extra = {"examples": len(right), "pair_stats": built.stats}
                 if right:
                     trainer = train_sft(policy, tok, right, output_dir=str(out / f"round{r}"),

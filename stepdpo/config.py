@@ -18,6 +18,7 @@ PAIR_STRATEGIES = ("first_error", "per_depth")
 MARGIN_WEIGHTINGS = ("none", "margin", "sigmoid")
 JUDGES = ("reward_model", "self_verification")
 REF_UPDATES = ("previous_round", "initial")
+REPLAY_SOURCES = ("round_samples", "dataset")
 
 
 @dataclass
@@ -99,8 +100,12 @@ class StepwiseDPOConfig(DPOConfig):
         "help": "lambda of loss_type 'dpop' (DPO-Positive): margin lost per nat the chosen step falls below the "
                 "reference."})
     replay_weight: float = field(default=0.0, metadata={
-        "help": "Weight of an NLL term on replay examples (the trainer's replay_dataset: solutions to keep "
-                "likely, e.g. the SFT data) added to every training batch; 0 turns it off."})
+        "help": "Weight of an NLL term on replay examples added to every training batch (see replay_source); 0 "
+                "turns it off."})
+    replay_source: str = field(default="round_samples", metadata={
+        "help": "What is replayed: 'round_samples' (the right solutions among the samples of the current round's "
+                "pair building: the data rejection-sampling fine-tuning trains on; needs answers) or 'dataset' (the "
+                "trainer's replay_dataset, e.g. the SFT data)."})
     replay_batch_size: int | None = field(default=None, metadata={
         "help": "Replay examples per training batch (default: per_device_train_batch_size)."})
     probe_pairs: int = field(default=0, metadata={
@@ -157,6 +162,8 @@ class StepwiseDPOConfig(DPOConfig):
             raise ValueError("temperatures must be >= 0 (0 = greedy)")
         if self.replay_weight < 0 or (self.replay_batch_size is not None and self.replay_batch_size < 1):
             raise ValueError("replay_weight must be >= 0 and replay_batch_size >= 1")
+        if self.replay_source not in REPLAY_SOURCES:
+            raise ValueError(f"replay_source must be one of {REPLAY_SOURCES}, got {self.replay_source!r}")
         if self.probe_pairs < 0:
             raise ValueError("probe_pairs must be >= 0")
         if self.dpop_lambda < 0:
@@ -193,4 +200,5 @@ class StepwiseDPOConfig(DPOConfig):
                 "pass_rate_range": rate}
 
 
-__all__ = ["CHOSEN_RULES", "JUDGES", "MARGIN_WEIGHTINGS", "PAIR_STRATEGIES", "REF_UPDATES", "StepwiseDPOConfig"]
+__all__ = ["CHOSEN_RULES", "JUDGES", "MARGIN_WEIGHTINGS", "PAIR_STRATEGIES", "REF_UPDATES", "REPLAY_SOURCES",
+           "StepwiseDPOConfig"]

@@ -221,6 +221,21 @@ def default_judge(model, tokenizer, step_format: StepFormat, verification_prompt
     return ProcessRewardModel.from_model(model, tokenizer, **kwargs)
 
 
+def right_samples(prompts: Sequence[str], samples) -> list:
+    """The distinct solutions the answer check accepted among the samples of a pair-building round
+    (:attr:`stepdpo.pairs.PairBuildResult.samples`), as :class:`~reward_models.types.StepSample`."""
+    from reward_models.types import StepSample
+
+    out = []
+    for prompt, row in zip(prompts, samples or []):
+        seen = set()
+        for sol in row:
+            if sol.meta.get("correct") and sol.steps and tuple(sol.steps) not in seen:
+                seen.add(tuple(sol.steps))
+                out.append(StepSample(prompt=prompt, steps=list(sol.steps)))
+    return out
+
+
 class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
     """Stepwise DPO on TRL (see the module docstring).
 
@@ -344,6 +359,12 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         self._pair_weights: torch.Tensor | None = None
         self._captured: list[torch.Tensor] | None = None
         self._probe = self._probe_set(probe_dataset, train_dataset, args)
+        if args.replay_weight and args.replay_source == "round_samples":
+            if self._pair_prompts is None:
+                raise ValueError("replay_source='round_samples' replays the right solutions sampled while building "
+                                 "pairs from prompts; with a pairs dataset use replay_source='dataset' and "
+                                 "replay_dataset=")
+            replay_dataset = self._round_replay
         self._replay = self._replay_batches(replay_dataset, processing_class, args)
         self._forward_hook = self.model.register_forward_hook(self._on_policy_forward)
         # loss types registered in stepdpo.losses (e.g. "dpop") are computed here, TRL's own ones by TRL
@@ -388,6 +409,13 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
                 path = path.with_name(f"{path.stem}.round{round_index}{path.suffix or '.jsonl'}")
             save_pairs(path, result.pairs)
         self.last_pairs = result.pairs
+        if args.replay_weight and args.replay_source == "round_samples":
+            self._round_replay = right_samples(self._pair_prompts, result.samples)
+            if not self._round_replay:
+                raise NoPairsError(f"round {round_index}: no right solution among the samples to replay (replay_source"
+                                   "='round_samples' needs answers= and answer_checker=, and some right answers)")
+            if hasattr(self, "_replay"):  # later rounds: replay this round's samples
+                self._replay = self._replay_batches(self._round_replay, tokenizer, args)
         return Dataset.from_list(pairs_to_rows(result.pairs, args.margin_weighting, args.margin_weight_scale),
                                  features=PAIR_FEATURES)
 
@@ -758,5 +786,5 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         return out
 
 
-__all__ = ["NoPairsError", "PAIR_FEATURES", "StepPreferenceCollator", "StepwiseDPOTrainer", "default_judge", "margin_weights",
+__all__ = ["NoPairsError", "PAIR_FEATURES", "right_samples", "StepPreferenceCollator", "StepwiseDPOTrainer", "default_judge", "margin_weights",
            "pairs_to_rows", "tokenize_solution_pair", "tokenize_step_pair"]

@@ -177,7 +177,7 @@ def test_nll_replay_keeps_replayed_solutions_likely(dpo_args):
     ends = {}
     for weight in (0.0, 1.0):
         model = tiny_causal_lm(tok, seed=1)
-        args = dpo_args(str(weight), loss_type=["dpop"], replay_weight=weight, replay_batch_size=2,
+        args = dpo_args(str(weight), loss_type=["dpop"], replay_weight=weight, replay_batch_size=2, replay_source="dataset",
                          max_steps=8, learning_rate=1e-2)
         trainer = StepwiseDPOTrainer(model=model, args=args, tokenizer=tok, train_dataset=PAIRS,
                                      replay_dataset=replay if weight else None)

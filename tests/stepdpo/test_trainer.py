@@ -424,3 +424,33 @@ def test_outcome_pairs_train_through_the_same_trainer(arith_policy, tmp_path):
     with pytest.raises(Exception, match="no steps"):
         StepwiseDPOTrainer(model=copy.deepcopy(model), args=make_args(tmp_path), tokenizer=tok,
                            train_dataset=[{"prompt": "Q: 1+1\n", "chosen_steps": ["1+1=2"], "rejected_steps": []}])
+
+
+def test_round_sample_replay_trains_on_the_right_solutions_of_each_round(arith_policy, tmp_path):
+    """replay_weight > 0 with replay_source='round_samples': every round replays exactly the right
+    solutions its own pair building sampled (the data RFT would train on), and logs their NLL."""
+    model, tok, cfg = arith_policy
+    probs = make_samples(24, seed=45, cfg=cfg)
+    args = make_args(tmp_path, rounds=2, regenerate_every_steps=2, sample_max_new_tokens=12, max_solution_steps=4,
+                     num_continuations=4, replay_weight=1.0, replay_batch_size=4, learning_rate=1e-3)
+    seen = []
+
+    class Spy(StepwiseDPOTrainer):
+        def _build_pair_dataset(self, *a, **kw):
+            ds = super()._build_pair_dataset(*a, **kw)
+            seen.append(list(self._round_replay))
+            return ds
+
+    trainer = Spy(model=copy.deepcopy(model), args=args, tokenizer=tok, prompts=[p.prompt for p in probs],
+                  reward_model=checker_reward_model(cfg), answers=[p.meta["expression"] for p in probs],
+                  answer_checker=lambda p, steps, a: check_solution(a, steps).correct)
+    trainer.train()
+    assert len(seen) == 2 and all(seen)
+    by_prompt = {p.prompt: p.meta["expression"] for p in probs}
+    for rows in seen:
+        assert all(check_solution(by_prompt[s.prompt], s.steps).correct for s in rows)
+        assert len({(s.prompt, tuple(s.steps)) for s in rows}) == len(rows)
+    assert any("replay/nll" in h for h in trainer.state.log_history)
+    with pytest.raises(ValueError, match="replay_source='dataset'"):
+        StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=make_args(tmp_path, replay_weight=1.0), tokenizer=tok,
+                           train_dataset=PAIRS)
