@@ -64,6 +64,8 @@ class Protocol:
     loss: list[str] = field(default_factory=lambda: ["dpop"])
     beta: float = 0.1
     dpop_lambda: float = 50.0
+    loss_weights: list[float] | None = None  # None: 1.0 per loss
+    replay: float = 0.0  # weight of NLL on the right solutions among the round's samples (stepwise, outcome)
 
 
 # Chosen on seed 0's validation problems (``--mode select``; BENCHMARKS.md shows the sweep).
@@ -123,14 +125,22 @@ def _sizes(mode: str) -> HelpsSize:
 
 
 def select_grid() -> dict[str, list[Protocol]]:
-    """The validation sweep (seed 0): each arm's candidates, every round evaluated on validation."""
+    """The validation sweep (seed 0): each arm's candidates, every round evaluated on validation.
+
+    Run in two passes (``--entries``): first DPOP alone and the baselines; then, as RFT's NLL on the
+    right samples beat DPOP alone, DPOP added to that same NLL (``replay``) for Stepwise DPO and for
+    outcome DPO alike (entries from index 2 and 4)."""
     r = 4
     return {
-        "stepwise/checker": [Protocol("stepwise", rounds=r, lr=lr) for lr in (1e-5, 3e-5)],
+        "stepwise/checker": [Protocol("stepwise", rounds=r, lr=lr) for lr in (1e-5, 3e-5)] +
+                            [Protocol("stepwise", rounds=r, lr=1e-4, loss_weights=[w], replay=1.0)
+                             for w in (0.003, 0.01, 0.03)],
         "rft/checker": [Protocol("rft", rounds=r, lr=lr, loss=["sft"]) for lr in (3e-5, 1e-4, 3e-4)],
         "rft_steps/checker": [Protocol("rft_steps", rounds=r, lr=1e-5, loss=["sft"])],
         "outcome/checker": [Protocol("outcome", rounds=r, lr=lr, loss=loss)
-                            for lr in (1e-5, 3e-5) for loss in (["dpop"], ["sigmoid", "sft"])],
+                            for lr in (1e-5, 3e-5) for loss in (["dpop"], ["sigmoid", "sft"])] +
+                           [Protocol("outcome", rounds=r, lr=1e-4, loss_weights=[w], replay=1.0)
+                            for w in (0.01, 0.03)],
     }
 
 
@@ -200,7 +210,9 @@ def dpo_config(proto: Protocol, out: Path, seed: int, **extra):
 
     return StepwiseDPOConfig(
         output_dir=str(out), learning_rate=proto.lr, beta=proto.beta, loss_type=list(proto.loss),
-        dpop_lambda=proto.dpop_lambda, max_steps=proto.steps, per_device_train_batch_size=proto.batch,
+        loss_weights=list(proto.loss_weights) if proto.loss_weights else [1.0] * len(proto.loss),
+        replay_weight=proto.replay, dpop_lambda=proto.dpop_lambda, max_steps=proto.steps,
+        per_device_train_batch_size=proto.batch,
         logging_steps=max(1, proto.steps // 10), save_strategy="no", report_to=[], seed=seed, use_cpu=not _cuda(),
         disable_tqdm=True, gradient_checkpointing=False, lr_scheduler_type="cosine", warmup_steps=0.1,
         step_separator="\n", **extra)
@@ -279,18 +291,28 @@ def run_baseline(policy, tok, data, proto: Protocol, sampling: Sampling, seed: i
             built = build_outcome_pairs(prompts, [a + b for a, b in zip(sols, more)], answers=answers,
                                         answer_checker=check)
             train = built.pairs
-            extra = {"pairs": len(train), "pair_stats": built.stats}
+            replay = right_samples(prompts, [[_with_correct(s, p, a) for s in a_row + b_row] for p, a, a_row, b_row
+                                             in zip(prompts, answers, sols, more)]) if proto.replay else None
+            extra = {"pairs": len(train), "pair_stats": built.stats, "replayed": len(replay or [])}
         if train:
             ref = copy.deepcopy(policy)
-            trainer = StepwiseDPOTrainer(model=policy, ref_model=ref, args=dpo_config(proto, out / f"round{r}",
-                                                                                        seed + r),
-                                         tokenizer=tok, train_dataset=train)
+            args = dpo_config(proto, out / f"round{r}", seed + r,
+                              **({"replay_source": "dataset"} if proto.replay else {}))
+            trainer = StepwiseDPOTrainer(model=policy, ref_model=ref, args=args, tokenizer=tok, train_dataset=train,
+                                         replay_dataset=replay if proto.replay else None)
             trainer.train()
             policy = trainer.model
             extra.update(_train_log(trainer.state.log_history))
             del trainer, ref
         evaluate(policy, extra)
     return policy
+
+
+def _with_correct(sol, prompt, answer):
+    from stepdpo.tasks.arith import is_correct
+
+    sol.meta["correct"] = is_correct(answer, sol.steps)
+    return sol
 
 
 # -- one seed --------------------------------------------------------------------------------------
@@ -418,7 +440,7 @@ def _worker(args) -> dict[str, Any]:
 
 # -- all seeds, summary ------------------------------------------------------------------------------
 def run(mode: str, device, threads: int = 1, work_dir: str | None = None, seeds: list[int] | None = None,
-        task: str = "default") -> dict[str, Any]:
+        task: str = "default", entries: list[str] | None = None) -> dict[str, Any]:
     select = mode == "select"
     size = sizes("full" if select else mode, task)
     if seeds is not None:
@@ -427,8 +449,14 @@ def run(mode: str, device, threads: int = 1, work_dir: str | None = None, seeds:
                                     ("" if task == "default" else f"-{task}"))
     if select:  # seed 0's SFT policy first, then the grid entries two at a time
         _worker((size, 0, work, threads, []))
-        entries = [(key, n) for key, protos in select_grid().items() for n in range(len(protos))]
-        jobs = [(size, 0, work, threads, [e]) for e in entries]
+        grid = [(key, n) for key, protos in select_grid().items() for n in range(len(protos))]
+        if entries:
+            unknown = set(entries) - {f"{k}#{n}" for k, n in grid}
+            if unknown:
+                raise SystemExit(f"unknown --entries {sorted(unknown)}; the grid has " +
+                                 ", ".join(f"{k}#{n}" for k, n in grid))
+            grid = [(k, n) for k, n in grid if f"{k}#{n}" in entries]
+        jobs = [(size, 0, work, threads, [e]) for e in grid]
     else:
         jobs = [(size, s, work, threads, None) for s in size.seeds]
     if size.workers > 1 and len(jobs) > 1 and device.type != "cuda":
@@ -552,13 +580,25 @@ def render(summary: dict[str, Any], per_seed: list[dict[str, Any]], size: HelpsS
     return "\n".join(lines)
 
 
+def _entry_order(name: str) -> tuple[int, int]:
+    keys = list(select_grid())
+    key, n = name.split("#")
+    return keys.index(key), int(n)
+
+
 def render_select(result: dict[str, Any]) -> str:
     lines = ["Validation sweep, seed 0: correct validation problems after each round (round 0 = the SFT policy; "
              f"{next(iter(result['select'].values()))['n_val']} problems). Test problems are not evaluated here.", "",
-             "| arm | lr | loss | validation correct by round |", "|---|---|---|---|"]
-    for row in result["select"].values():
+             "| arm | entry | lr | loss (weight) | NLL on right samples | validation correct by round |",
+             "|---|---|---|---|---|---|"]
+    for name, row in result["select"].items():
         p = row["protocol"]
-        lines.append(f"| {LABELS[row['arm']]} | {p['lr']:g} | {'+'.join(p['loss'])} | "
+        weights = p.get("loss_weights") or [1.0] * len(p["loss"])
+        loss = " + ".join(f"{lo}" + (f" ({w:g})" if w != 1 else "") for lo, w in zip(p["loss"], weights))
+        replay = "-" if p["kind"] in ("rft", "rft_steps") else (f"{p.get('replay', 0):g}" if p.get("replay") else "-")
+        if p["kind"] == "rft":
+            loss, replay = "-", "1"
+        lines.append(f"| {LABELS[row['arm']]} | {name.split('#')[1]} | {p['lr']:g} | {loss} | {replay} | "
                      f"{' -> '.join(str(v) for v in row['val'])} |")
     return "\n".join(lines)
 
@@ -587,6 +627,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("smoke", "quick", "full", "select"), default="quick")
     p.add_argument("--task", choices=("default", "habit"), default="default",
                    help="'habit': the variant whose SFT demonstrations forget half of the carries")
+    p.add_argument("--entries", default=None,
+                   help="select mode: only these grid entries (comma-separated, e.g. 'stepwise/checker#2'); their "
+                        "results are merged into the existing result file")
     p.add_argument("--seeds", type=int, nargs="*", default=None)
     p.add_argument("--work-dir", default=None)
     p.add_argument("--out", default=None, help="write the result JSON here")
@@ -604,10 +647,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     device = torch.device("cpu")
     machine, t0 = common.machine_info(device), time.perf_counter()
-    res = run(args.mode, device, work_dir=args.work_dir, seeds=args.seeds, task=args.task)
-    print(res["markdown"])
+    entries = [e.strip() for e in args.entries.split(",")] if args.entries else None
+    res = run(args.mode, device, work_dir=args.work_dir, seeds=args.seeds, task=args.task, entries=entries)
     name = "helps-" + ("select" if args.mode == "select" else args.mode) + ("" if args.task == "default" else
                                                                           f"-{args.task}")
+    if args.mode == "select" and entries:  # keep the entries run earlier
+        old = Path(args.out) if args.out else common.RESULTS_DIR / f"{name}.json"
+        if old.exists():
+            merged = {**json.loads(old.read_text())["select"]["select"], **res["select"]["select"]}
+            res["select"]["select"] = {k: merged[k] for k in sorted(merged, key=_entry_order)}
+            res["markdown"] = render_select(res["select"])
+    print(res["markdown"])
     payload = {"name": name, "benchmark": "helps", "mode": args.mode,
                "command": "python -m bench.helps " + " ".join(argv if argv is not None else sys.argv[1:]),
                "machine": machine, "wall_s": round(time.perf_counter() - t0, 1), "load_avg_end": common.load_avg(),

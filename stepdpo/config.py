@@ -99,9 +99,12 @@ class StepwiseDPOConfig(DPOConfig):
     dpop_lambda: float = field(default=50.0, metadata={
         "help": "lambda of loss_type 'dpop' (DPO-Positive): margin lost per nat the chosen step falls below the "
                 "reference."})
-    replay_weight: float = field(default=0.0, metadata={
-        "help": "Weight of an NLL term on replay examples added to every training batch (see replay_source); 0 "
-                "turns it off."})
+    replay_weight: float = field(default=1.0, metadata={
+        "help": "Weight of an NLL term on replay examples added to every training batch (see replay_source; with "
+                "'round_samples' and no answers, or on given pairs, there is nothing to replay and it is off, with a "
+                "warning); 0 turns it off. While it is on and loss_weights is not given, pair losses are weighted "
+                "0.01 (their per-token gradients are ~100x the NLL's). Measured (BENCHMARKS.md): NLL on the round's "
+                "right solutions plus the step-level preference beats either alone."})
     replay_source: str = field(default="round_samples", metadata={
         "help": "What is replayed: 'round_samples' (the right solutions among the samples of the current round's "
                 "pair building: the data rejection-sampling fine-tuning trains on; needs answers) or 'dataset' (the "

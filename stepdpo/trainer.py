@@ -69,6 +69,9 @@ PAIR_FEATURES = Features({
 TOKENIZED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
+PAIR_LOSS_WEIGHT_WITH_REPLAY = 0.01  # the default weight of pair losses next to the NLL replay (see __init__)
+
+
 class NoPairsError(ValueError):
     """A round of pair building from prompts produced no pair (the stats in the message say why)."""
 
@@ -279,6 +282,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
                             "fields (it subclasses trl.DPOConfig)")
         self.step_format = args.step_format
         self.pair_stats: list[dict[str, int]] = []
+        self._round_replay: list = []
         self._answers, self._answer_checker = answers, answer_checker
         self._reward_model_arg = reward_model
 
@@ -359,13 +363,24 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         self._pair_weights: torch.Tensor | None = None
         self._captured: list[torch.Tensor] | None = None
         self._probe = self._probe_set(probe_dataset, train_dataset, args)
+        self._replay, replaying = None, False
         if args.replay_weight and args.replay_source == "round_samples":
             if self._pair_prompts is None:
-                raise ValueError("replay_source='round_samples' replays the right solutions sampled while building "
-                                 "pairs from prompts; with a pairs dataset use replay_source='dataset' and "
-                                 "replay_dataset=")
-            replay_dataset = self._round_replay
-        self._replay = self._replay_batches(replay_dataset, processing_class, args)
+                logger.warning("replay_weight=%g with replay_source='round_samples' replays the right solutions sampled "
+                               "while building pairs from prompts; training on given pairs, there are none: no replay "
+                               "(pass replay_source='dataset' and replay_dataset= to replay your own data)",
+                               args.replay_weight)
+            else:
+                replaying = True
+                if self._round_replay:
+                    self._replay = self._replay_batches(self._round_replay, processing_class, args)
+        elif args.replay_weight:
+            self._replay, replaying = self._replay_batches(replay_dataset, processing_class, args), True
+        if replaying and args.loss_weights is None:
+            # A pair loss sums log-probs over a completion's tokens and is averaged over pairs, the NLL replay averages
+            # over tokens: per token the pair loss's gradient is ~100x larger, and clipped together the NLL would
+            # vanish. Weighted PAIR_LOSS_WEIGHT_WITH_REPLAY, both count (chosen on validation problems, BENCHMARKS.md).
+            self.loss_weights = [1.0 if t == "sft" else PAIR_LOSS_WEIGHT_WITH_REPLAY for t in self.loss_types]
         self._forward_hook = self.model.register_forward_hook(self._on_policy_forward)
         # loss types registered in stepdpo.losses (e.g. "dpop") are computed here, TRL's own ones by TRL
         self._extension_losses = [(name, float(w)) for name, w in zip(self.loss_types, self.loss_weights)
@@ -412,10 +427,13 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         if args.replay_weight and args.replay_source == "round_samples":
             self._round_replay = right_samples(self._pair_prompts, result.samples)
             if not self._round_replay:
-                raise NoPairsError(f"round {round_index}: no right solution among the samples to replay (replay_source"
-                                   "='round_samples' needs answers= and answer_checker=, and some right answers)")
+                logger.warning("round %d: no NLL replay: %s", round_index,
+                               "no answers were given (answers= and answer_checker=), so no sample is known right"
+                               if self._answers is None else "no sampled solution was right")
+            self.pair_stats[-1]["replayed"] = len(self._round_replay)
             if hasattr(self, "_replay"):  # later rounds: replay this round's samples
-                self._replay = self._replay_batches(self._round_replay, tokenizer, args)
+                self._replay = self._replay_batches(self._round_replay, tokenizer, args) if self._round_replay \
+                    else None
         return Dataset.from_list(pairs_to_rows(result.pairs, args.margin_weighting, args.margin_weight_scale),
                                  features=PAIR_FEATURES)
 

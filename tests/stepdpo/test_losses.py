@@ -187,5 +187,6 @@ def test_nll_replay_keeps_replayed_solutions_likely(dpo_args):
         assert logged == bool(weight)
     assert ends[1.0] < ends[0.0] - 0.5, ends
     with pytest.raises(ValueError, match="replay_dataset"):
-        StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=dpo_args(replay_weight=0.5), tokenizer=tok,
+        StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=dpo_args(replay_weight=0.5, replay_source="dataset"),
+                           tokenizer=tok,
                            train_dataset=PAIRS)

@@ -451,6 +451,21 @@ def test_round_sample_replay_trains_on_the_right_solutions_of_each_round(arith_p
         assert all(check_solution(by_prompt[s.prompt], s.steps).correct for s in rows)
         assert len({(s.prompt, tuple(s.steps)) for s in rows}) == len(rows)
     assert any("replay/nll" in h for h in trainer.state.log_history)
-    with pytest.raises(ValueError, match="replay_source='dataset'"):
-        StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=make_args(tmp_path, replay_weight=1.0), tokenizer=tok,
-                           train_dataset=PAIRS)
+    assert trainer.loss_weights == [] and trainer._extension_losses == [("dpop", 0.01)]  # weighted next to the NLL
+    assert all(s["replayed"] == len(rows) for s, rows in zip(trainer.pair_stats, seen))
+
+
+def test_round_sample_replay_is_off_on_given_pairs_or_without_answers(arith_policy, tmp_path, caplog):
+    model, tok, cfg = arith_policy
+    with caplog.at_level("WARNING"):
+        on_pairs = StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=make_args(tmp_path, replay_weight=1.0),
+                                      tokenizer=tok, train_dataset=PAIRS)
+    assert on_pairs._replay is None and on_pairs._extension_losses == [("dpop", 1.0)]
+    assert "replay_source='dataset'" in caplog.text
+    caplog.clear()
+    probs = make_samples(8, seed=46, cfg=cfg)
+    with caplog.at_level("WARNING"):
+        no_answers = StepwiseDPOTrainer(model=copy.deepcopy(model), tokenizer=tok, prompts=[p.prompt for p in probs],
+                                        args=make_args(tmp_path, sample_max_new_tokens=12, max_solution_steps=4),
+                                        reward_model=checker_reward_model(cfg))
+    assert no_answers._replay is None and "no answers were given" in caplog.text
