@@ -79,11 +79,12 @@ class DemoConfig:
     steps_per_round: int = 150
     continuations: int = 8  # rollouts from each error's correct prefix
     rollout_temperature: float = 0.8
-    dpo_lr: float = 1e-5
+    dpo_lr: float = 1e-4
     dpo_beta: float = 0.1
     dpo_loss: list[str] = field(default_factory=lambda: ["dpop"])
-    dpo_loss_weights: list[float] = field(default_factory=lambda: [1.0])
+    dpo_loss_weights: list[float] | None = None  # None: the trainer's default (0.01 next to the NLL replay)
     dpop_lambda: float = 50.0
+    replay_weight: float = 1.0  # NLL on the right solutions among each round's samples
     dpo_epochs: float = 1.0  # run_stepwise_dpo (a fixed set of pairs) only
     dpo_batch: int = 32
     dpo_scheduler: str = "cosine"
@@ -258,7 +259,8 @@ def run_stepwise_dpo(cfg: DemoConfig, model, tokenizer, pairs, output_dir: Path,
 
     args = StepwiseDPOConfig(
         output_dir=str(output_dir / "dpo_run"), learning_rate=cfg.dpo_lr, beta=cfg.dpo_beta,
-        loss_type=list(cfg.dpo_loss), loss_weights=list(cfg.dpo_loss_weights), num_train_epochs=cfg.dpo_epochs,
+        loss_type=list(cfg.dpo_loss), loss_weights=list(cfg.dpo_loss_weights) if cfg.dpo_loss_weights else None,
+        num_train_epochs=cfg.dpo_epochs,
         max_steps=max_steps,
         per_device_train_batch_size=cfg.dpo_batch, logging_steps=5, save_strategy="no", report_to=[],
         seed=cfg.seed, use_cpu=not _cuda(), disable_tqdm=True, gradient_checkpointing=False,
@@ -271,7 +273,8 @@ def run_stepwise_dpo(cfg: DemoConfig, model, tokenizer, pairs, output_dir: Path,
 
 def stepwise_dpo_rounds(policy, tokenizer, prompts, answers, judge, *, output_dir, rounds: int, steps: int,
                         lr: float, loss: list[str], beta: float = 0.1, dpop_lambda: float = 50.0,
-                        loss_weights: list[float] | None = None, batch: int = 32, threshold: float = 0.5,
+                        loss_weights: list[float] | None = None, replay_weight: float = 1.0, batch: int = 32,
+                        threshold: float = 0.5,
                         continuations: int = 8, rollout_temperature: float = 0.8, max_new_tokens: int = 24,
                         max_steps: int = 8, seed: int = 0, warmup: float = 0.1, scheduler: str = "cosine",
                         save_pairs_to: str | None = None, on_round=None):
@@ -288,7 +291,8 @@ def stepwise_dpo_rounds(policy, tokenizer, prompts, answers, judge, *, output_di
 
     args = StepwiseDPOConfig(
         output_dir=str(output_dir), learning_rate=lr, beta=beta, loss_type=list(loss),
-        loss_weights=list(loss_weights) if loss_weights else None, dpop_lambda=dpop_lambda, rounds=rounds,
+        loss_weights=list(loss_weights) if loss_weights else None, replay_weight=replay_weight,
+        dpop_lambda=dpop_lambda, rounds=rounds,
         regenerate_every_steps=steps, max_steps=steps, per_device_train_batch_size=batch,
         logging_steps=max(1, steps // 10), save_strategy="no", report_to=[], seed=seed, use_cpu=not _cuda(),
         disable_tqdm=True, gradient_checkpointing=False, lr_scheduler_type=scheduler, warmup_steps=warmup,
@@ -437,7 +441,8 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
                 policy, tok, [s.prompt for s in data["pair_prompts"]],
                 [s.meta["expression"] for s in data["pair_prompts"]], judge, output_dir=out / "dpo_run",
                 rounds=cfg.rounds, steps=cfg.steps_per_round, lr=cfg.dpo_lr, loss=cfg.dpo_loss,
-                loss_weights=cfg.dpo_loss_weights, beta=cfg.dpo_beta, dpop_lambda=cfg.dpop_lambda, batch=cfg.dpo_batch,
+                loss_weights=cfg.dpo_loss_weights, replay_weight=cfg.replay_weight, beta=cfg.dpo_beta,
+                dpop_lambda=cfg.dpop_lambda, batch=cfg.dpo_batch,
                 threshold=judge_threshold, continuations=cfg.continuations,
                 rollout_temperature=cfg.rollout_temperature, seed=cfg.seed, warmup=cfg.dpo_warmup,
                 scheduler=cfg.dpo_scheduler, save_pairs_to=str(out / "pairs.jsonl"), on_round=on_round)
