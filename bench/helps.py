@@ -573,6 +573,23 @@ def render(summary: dict[str, Any], per_seed: list[dict[str, Any]], size: HelpsS
         per = "; ".join(" -> ".join(f"{r['test_correct']}" for r in s["arms"][key]["rounds"]) + " (val " +
                         " -> ".join(f"{r['val_correct']}" for r in s["arms"][key]["rounds"]) + ")" for s in per_seed)
         lines.append(f"  - {LABELS[key]}: {per}")
+    lines.append(f"- What moved, seed {per_seed[0]['seed']}, per round (DPO arms: training log-probs of chosen / "
+                 "rejected, first -> last logged batch; Stepwise DPO also the 64 fixed probe pairs):")
+    for key in summary["arms"]:
+        rows = [r for r in per_seed[0]["arms"][key]["rounds"] if r.get("train_first")]
+        if not rows:
+            continue
+        parts = []
+        for r in rows:
+            a, b = r["train_first"], r["train_last"]
+            text = (f"r{r['round']}: {a['logps/chosen']:.2f} / {a['logps/rejected']:.2f} -> "
+                    f"{b['logps/chosen']:.2f} / {b['logps/rejected']:.2f}")
+            if "probe/logps_chosen" in a:
+                text += (f" (probe {a['probe/logps_chosen']:.2f} / {a['probe/logps_rejected']:.2f} -> "
+                         f"{b['probe/logps_chosen']:.2f} / {b['probe/logps_rejected']:.2f}, prefers chosen "
+                         f"{a['probe/prefers_chosen']:.0%} -> {b['probe/prefers_chosen']:.0%})")
+            parts.append(text)
+        lines.append(f"  - {LABELS[key]}: " + "; ".join(parts))
     lines.append(f"- Sampling per round and arm: greedy solutions of the {per_seed[0]['config']['n_pair_prompts']:,} "
                  "training problems, then "
                  f"{size.sampling.continuations} rollouts at T={size.sampling.rollout_temperature} from each error "
