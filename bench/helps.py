@@ -256,10 +256,10 @@ def run_baseline(policy, tok, data, proto: Protocol, sampling: Sampling, seed: i
                  evaluate: _Evaluator):
     """RFT (NLL on right samples or on chosen steps) and outcome DPO, each sampling from its current
     policy every round with the same budget as the Stepwise DPO pipeline."""
-    from stepdpo.pairs import build_outcome_pairs, build_step_pairs
+    from stepdpo.pairs import build_outcome_pairs, build_step_pairs, right_samples
     from stepdpo.sft import train_sft
     from stepdpo.tasks.arith import STEP_FORMAT, checker_reward_model, is_correct
-    from stepdpo.trainer import StepwiseDPOTrainer, right_samples
+    from stepdpo.trainer import StepwiseDPOTrainer
 
     prompts = [s.prompt for s in data["pair_prompts"]]
     answers = [s.meta["expression"] for s in data["pair_prompts"]]

@@ -537,6 +537,21 @@ def _per_depth(prompts, sampler, roller, rm, fmt, k, threshold, min_margin, max_
     return pairs
 
 
+def right_samples(prompts: Sequence[str], samples) -> list:
+    """The distinct solutions the answer check accepted among the samples of a pair-building round
+    (:attr:`stepdpo.pairs.PairBuildResult.samples`), as :class:`~reward_models.types.StepSample`."""
+    from reward_models.types import StepSample
+
+    out = []
+    for prompt, row in zip(prompts, samples or []):
+        seen = set()
+        for sol in row:
+            if sol.meta.get("correct") and sol.steps and tuple(sol.steps) not in seen:
+                seen.add(tuple(sol.steps))
+                out.append(StepSample(prompt=prompt, steps=list(sol.steps)))
+    return out
+
+
 # -- saving and loading ----------------------------------------------------------------------------
 def as_solutions(solutions: Sequence[Sequence[Any]], n_prompts: int) -> list[list[Any]]:
     """Per-prompt solution lists as :class:`~stepdpo.sampling.SampledSolution` objects (a plain
@@ -764,4 +779,5 @@ def load_pairs(path: str | os.PathLike, step_format: StepFormat | None = None, *
 
 __all__ = ["CHOSEN_RULES", "OUTCOME_AGGREGATES", "STAT_KEYS", "STRATEGIES", "ErrorPairOptions", "OutcomePair", "PairBuildResult", "as_solutions",
            "build_outcome_pairs", "build_step_pairs", "build_step_pairs_to_file", "load_pairs", "pair_from_row",
+           "right_samples",
            "pair_to_step_dpo", "save_pairs", "select_pair"]

@@ -56,7 +56,7 @@ from reward_models.steps import StepFormat
 from reward_models.types import DataError, StepPair
 from stepdpo.config import StepwiseDPOConfig
 from stepdpo.losses import PairLogps, dpop_penalty, get_loss, sequence_logps
-from stepdpo.pairs import OutcomePair, build_step_pairs, pair_from_row, save_pairs
+from stepdpo.pairs import OutcomePair, build_step_pairs, pair_from_row, right_samples, save_pairs
 from stepdpo.sampling import StepSampler, step_piece_ids
 
 logger = logging.getLogger(__name__)
@@ -222,21 +222,6 @@ def default_judge(model, tokenizer, step_format: StepFormat, verification_prompt
         has_fields = any("{" + f + "}" in verification_prompt for f in TEMPLATE_FIELDS)
         kwargs["prompt_template"] = verification_prompt if has_fields else verification_prompt + "{step}"
     return ProcessRewardModel.from_model(model, tokenizer, **kwargs)
-
-
-def right_samples(prompts: Sequence[str], samples) -> list:
-    """The distinct solutions the answer check accepted among the samples of a pair-building round
-    (:attr:`stepdpo.pairs.PairBuildResult.samples`), as :class:`~reward_models.types.StepSample`."""
-    from reward_models.types import StepSample
-
-    out = []
-    for prompt, row in zip(prompts, samples or []):
-        seen = set()
-        for sol in row:
-            if sol.meta.get("correct") and sol.steps and tuple(sol.steps) not in seen:
-                seen.add(tuple(sol.steps))
-                out.append(StepSample(prompt=prompt, steps=list(sol.steps)))
-    return out
 
 
 class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
@@ -804,5 +789,5 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         return out
 
 
-__all__ = ["NoPairsError", "PAIR_FEATURES", "right_samples", "StepPreferenceCollator", "StepwiseDPOTrainer", "default_judge", "margin_weights",
+__all__ = ["NoPairsError", "PAIR_FEATURES", "StepPreferenceCollator", "StepwiseDPOTrainer", "default_judge", "margin_weights",
            "pairs_to_rows", "tokenize_solution_pair", "tokenize_step_pair"]
