@@ -35,11 +35,13 @@ checkpoints - is TRL's own code path):
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,11 @@ TOKENIZED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
 PAIR_LOSS_WEIGHT_WITH_REPLAY = 0.01  # the default weight of pair losses next to the NLL replay (see __init__)
+
+
+def _policy_forward_hook(trainer_ref, module, args, output):
+    trainer = trainer_ref()
+    return None if trainer is None else trainer._on_policy_forward(module, args, output)
 
 
 class NoPairsError(ValueError):
@@ -366,7 +373,10 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
             # over tokens: per token the pair loss's gradient is ~100x larger, and clipped together the NLL would
             # vanish. Weighted PAIR_LOSS_WEIGHT_WITH_REPLAY, both count (chosen on validation problems, BENCHMARKS.md).
             self.loss_weights = [1.0 if t == "sft" else PAIR_LOSS_WEIGHT_WITH_REPLAY for t in self.loss_types]
-        self._forward_hook = self.model.register_forward_hook(self._on_policy_forward)
+        # the hook holds the trainer weakly: the trained model outlives its trainer, and deep-copies of it
+        # (a next round's reference) must neither copy the trainer nor keep it alive
+        self._forward_hook = self.model.register_forward_hook(functools.partial(_policy_forward_hook,
+                                                                                weakref.ref(self)))
         # loss types registered in stepdpo.losses (e.g. "dpop") are computed here, TRL's own ones by TRL
         self._extension_losses = [(name, float(w)) for name, w in zip(self.loss_types, self.loss_weights)
                                   if get_loss(name) is not None]

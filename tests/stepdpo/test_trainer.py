@@ -469,3 +469,26 @@ def test_round_sample_replay_is_off_on_given_pairs_or_without_answers(arith_poli
                                         args=make_args(tmp_path, sample_max_new_tokens=12, max_solution_steps=4),
                                         reward_model=checker_reward_model(cfg))
     assert no_answers._replay is None and "no answers were given" in caplog.text
+
+
+def test_a_trained_model_deep_copies_without_its_trainer(tmp_path):
+    """The next round's reference is a deep copy of the trained policy: the trainer's forward hook
+    must not drag the trainer (with its replay stream, which cannot be copied) along, nor keep it alive."""
+    import weakref
+
+    from reward_models.types import StepSample
+
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok)
+    replay = [StepSample(prompt="Q: 1+1\n", steps=["1+1=2", "Answer: 2"])]
+    trainer = StepwiseDPOTrainer(model=model, args=make_args(tmp_path, replay_weight=1.0, replay_source="dataset"),
+                                 tokenizer=tok, train_dataset=PAIRS, replay_dataset=replay)
+    trainer.train()
+    copied = copy.deepcopy(trainer.model)  # raised "cannot pickle 'generator' object" while the hook held the trainer
+    ids = torch.tensor([tok("Q: 1+1\n1+1=2\n")["input_ids"]])
+    torch.testing.assert_close(copied(input_ids=ids).logits, trainer.model(input_ids=ids).logits)
+    alive = weakref.ref(trainer)
+    del trainer
+    gc.collect()
+    assert alive() is None
+    model(input_ids=ids)  # the orphaned hook is a no-op
