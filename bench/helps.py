@@ -374,6 +374,7 @@ def run_seed(size: HelpsSize, seed: int, work_dir: str, threads: int = 1,
             arms[f"{key}#{n}"] = {"arm": key, "protocol": asdict(proto), "val": [r["val_correct"] for r in ev.rounds],
                                   "n_val": ev.rounds[0]["n_val"],
                                   "rounds": [{k: v for k, v in r.items() if k != "test_right"} for r in ev.rounds]}
+            (where / "select_entry.json").write_text(json.dumps(arms[f"{key}#{n}"], default=str) + "\n")
             tick(f"select {key} #{n}", t0)
         return {"seed": seed, "select": arms, "timings_s": timings}
 
@@ -435,7 +436,15 @@ def _worker(args) -> dict[str, Any]:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return run_seed(size, seed, work_dir, threads, select)
+    if not select:
+        return run_seed(size, seed, work_dir, threads, select)
+    try:  # a failing sweep entry must not lose the others
+        return run_seed(size, seed, work_dir, threads, select)
+    except Exception as e:  # noqa: BLE001 - reported with its traceback, the run exits non-zero
+        import traceback
+
+        logger.error("select entry %s failed:\n%s", select, traceback.format_exc())
+        return {"seed": seed, "select": {}, "failed": {f"{k}#{n}": repr(e) for k, n in select}}
 
 
 # -- all seeds, summary ------------------------------------------------------------------------------
@@ -468,7 +477,8 @@ def run(mode: str, device, threads: int = 1, work_dir: str | None = None, seeds:
         per_seed = [_worker(j) for j in jobs]
     if select:
         merged = {"seed": 0, "select": {k: v for r in per_seed for k, v in r["select"].items()}}
-        return {"rows": [], "select": merged, "markdown": render_select(merged)}
+        failed = {k: v for r in per_seed for k, v in r.get("failed", {}).items()}
+        return {"rows": [], "select": merged, "failed": failed, "markdown": render_select(merged)}
     summary = summarize(per_seed)
     return {"rows": [], "task": task, "per_seed": per_seed, "summary": summary,
             "protocols": {k: asdict(v) for k, v in size.protocols.items()}, "sampling": asdict(size.sampling),
@@ -682,6 +692,9 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.out) if args.out else common.RESULTS_DIR / f"{name}.json"
     common.write_result(path.stem, payload, path.parent)
     print(f"wrote {path}; python -m bench.run --markdown-only refreshes BENCHMARKS.md")
+    if res.get("failed"):
+        print(f"FAILED entries (see the log): {res['failed']}", file=sys.stderr)
+        return 1
     return 0
 
 
