@@ -68,12 +68,15 @@ class Protocol:
     replay: float = 0.0  # weight of NLL on the right solutions among the round's samples (stepwise, outcome)
 
 
-# Chosen on seed 0's validation problems (``--mode select``; BENCHMARKS.md shows the sweep).
+# Chosen on seed 0's validation problems (``--mode select``; BENCHMARKS.md shows the sweep). Rounds are 3 for
+# every arm (the compute budget of a 3-seed run on 2 CPU cores); within that each arm takes its best validation
+# setting. Outcome DPO gets the same hybrid recipe as Stepwise DPO (DPOP weighted 0.01 + NLL replay of the round's
+# right samples, lr 1e-4), so that only the pairs differ; without replay it stayed far below RFT on validation.
 PROTOCOLS: dict[str, Protocol] = {
+    "stepwise/checker": Protocol("stepwise", rounds=3, lr=1e-4, loss_weights=[0.01], replay=1.0),
     "rft/checker": Protocol("rft", rounds=3, lr=1e-4, loss=["sft"]),
-    "outcome/checker": Protocol("outcome", rounds=3, lr=1e-5, loss=["dpop"]),
-    "stepwise/checker": Protocol("stepwise", rounds=3, lr=1e-5, loss=["dpop"]),
-    "stepwise/prm": Protocol("stepwise", rounds=3, lr=1e-5, loss=["dpop"]),
+    "outcome/checker": Protocol("outcome", rounds=3, lr=1e-4, loss_weights=[0.01], replay=1.0),
+    "stepwise/prm": Protocol("stepwise", rounds=3, lr=1e-4, loss_weights=[0.01], replay=1.0),
 }
 
 
@@ -110,8 +113,8 @@ def sizes(mode: str, task: str = "default") -> HelpsSize:
 
 def _sizes(mode: str) -> HelpsSize:
     if mode == "full":
-        return HelpsSize(seeds=[0, 1, 2], demo={"n_test": 1000, "n_val": 400, "n_pair_prompts": 4000,
-                                                "sft_steps": 500})
+        return HelpsSize(seeds=[0, 1, 2], workers=3, demo={"n_test": 1000, "n_val": 400, "n_pair_prompts": 4000,
+                                                           "sft_steps": 500})
     if mode == "quick":
         protos = {k: replace(v, rounds=2, steps=60, batch=16) for k, v in PROTOCOLS.items()}
         return HelpsSize(seeds=[0], workers=1, protocols=protos, sampling=Sampling(continuations=4),
@@ -316,6 +319,10 @@ def _with_correct(sol, prompt, answer):
 
 
 # -- one seed --------------------------------------------------------------------------------------
+# the default recipe first: a run cut short keeps the arms that matter most (result.partial.json)
+RUN_ORDER = ("stepwise/checker", "rft/checker", "outcome/checker", "stepwise/prm")
+
+
 def run_seed(size: HelpsSize, seed: int, work_dir: str, threads: int = 1,
              select: list[tuple[str, int]] | None = None) -> dict[str, Any]:
     """All arms for one seed (or, with ``select``, those entries of the validation sweep); JSON-able."""
@@ -378,15 +385,6 @@ def run_seed(size: HelpsSize, seed: int, work_dir: str, threads: int = 1,
             tick(f"select {key} #{n}", t0)
         return {"seed": seed, "select": arms, "timings_s": timings}
 
-    t0 = time.time()
-    prm_train, prm_val, prm_test = prm_data(cfg, policy, tok, data)
-    prm_dir, _ = train_prm(cfg, tok, sft_dir, prm_train, out)
-    prm = load_reward_model(prm_dir)
-    val_scores = prm.score_steps([s.prompt for s in prm_val], [s.steps for s in prm_val])
-    threshold, _ = tune_first_error_threshold(val_scores, [s.first_error for s in prm_val])
-    prm_eval = evaluate_prm(prm, prm_test, threshold=threshold).to_dict()
-    tick("prm", t0)
-
     def finish(key: str, model, ev: _Evaluator, proto: Protocol | None, t0: float):
         sampled = sampled_results(model, tok, data["test"], k=size.sampling.eval_samples,
                                   temperature=size.sampling.rollout_temperature, seed=seed + 4)
@@ -401,20 +399,33 @@ def run_seed(size: HelpsSize, seed: int, work_dir: str, threads: int = 1,
         tick(key, t0)
         (out / "result.partial.json").write_text(json.dumps(arms, default=str) + "\n")
 
+    prm_eval, threshold = None, None
+
+    def prm_judge():  # trained when the first arm that needs it starts
+        nonlocal prm_eval, threshold
+        t0 = time.time()
+        prm_train, prm_val, prm_test = prm_data(cfg, policy, tok, data)
+        prm_dir, _ = train_prm(cfg, tok, sft_dir, prm_train, out)
+        prm = load_reward_model(prm_dir)
+        val_scores = prm.score_steps([s.prompt for s in prm_val], [s.steps for s in prm_val])
+        threshold, _ = tune_first_error_threshold(val_scores, [s.first_error for s in prm_val])
+        prm_eval = evaluate_prm(prm, prm_test, threshold=threshold).to_dict()
+        tick("prm", t0)
+        return prm, threshold
+
     t0 = time.time()
     ev = _Evaluator(tok, data)
     ev(policy, {})
     finish("sft", policy, ev, None, t0)
-    judges = {"checker": (checker_reward_model(data["task"]), 0.5), "prm": (prm, threshold)}
-    for key in size.arms:
-        if key == "sft":
+    for key in RUN_ORDER:
+        if key not in size.arms:
             continue
         proto = size.protocols[key]
         t0 = time.time()
         ev = _Evaluator(tok, data)
         ev(fresh(), {})
         if proto.kind == "stepwise":
-            judge, thr = judges[key.split("/")[1]]
+            judge, thr = (checker_reward_model(data["task"]), 0.5) if key.endswith("/checker") else prm_judge()
             model = run_stepwise(fresh(), tok, data, judge, thr, proto, size.sampling, seed, out / key.replace("/", "_"),
                                  ev)
         else:
@@ -518,8 +529,9 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
             per = [paired_difference(r["arms"][a]["test_right"], r["arms"][b]["test_right"]) for r in per_seed]
             diffs = [p["diff"] for p in per]
             comparisons.append({"a": a, "b": b, "per_seed": per, "mean_sd": _mean_sd(diffs)})
-    prm = {"first_error_f1": _mean_sd([r["prm"]["first_error"]["f1"] for r in per_seed]),
-           "step_auroc": _mean_sd([r["prm"]["steps"]["auroc"] for r in per_seed])}
+    trained = [r["prm"] for r in per_seed if r.get("prm")]  # the PRM is trained only when an arm uses it
+    prm = {"first_error_f1": _mean_sd([p["first_error"]["f1"] for p in trained]),
+           "step_auroc": _mean_sd([p["steps"]["auroc"] for p in trained])}
     return {"arms": arms, "comparisons": comparisons, "prm": prm, "seeds": [r["seed"] for r in per_seed],
             "n_test": per_seed[0]["arms"]["sft"]["n"], "targets": targets(arms, comparisons)}
 
@@ -544,6 +556,13 @@ def _pct(ms: tuple[float, float], signed: bool = False) -> str:
     if m != m:
         return "n/a"
     return f"{m * 100:+.1f} ± {s * 100:.1f}" if signed else f"{m * 100:.1f} ± {s * 100:.1f}"
+
+
+def _protocol_text(p: Protocol) -> str:
+    weights = "" if p.loss_weights is None else " weighted " + "/".join(f"{w:g}" for w in p.loss_weights)
+    replay = f" + NLL replay of the round's right samples (weight {p.replay:g})" if p.replay else ""
+    return (f"{'+'.join(p.loss)}{weights}{replay}, lr {p.lr:g}, {p.rounds} rounds x {p.steps} steps of batch "
+            f"{p.batch}" + (f", beta {p.beta:g}, λ {p.dpop_lambda:g}" if "dpop" in p.loss else ""))
 
 
 def render(summary: dict[str, Any], per_seed: list[dict[str, Any]], size: HelpsSize) -> str:
@@ -572,8 +591,11 @@ def render(summary: dict[str, Any], per_seed: list[dict[str, Any]], size: HelpsS
             f"vs {LABELS[b]}: {'met' if v['every_seed'] and v['mean_above_sd'] else '**not met**'} (every seed "
             f"{'≥ +5 points' if v['bar'] else '> 0'}: {v['every_seed']}, mean > spread: {v['mean_above_sd']})"
             for b, v in t.items())]
+    lines += ["", "- Protocols (chosen on seed 0's validation problems): " + "; ".join(
+        f"{LABELS[key]}: {_protocol_text(proto)}" for key, proto in size.protocols.items() if key in summary["arms"])
+        + "."]
     p = summary["prm"]
-    lines += ["", f"- PRM (the `stepwise/prm` judge; held-out policy samples, validation-tuned threshold): first-error "
+    lines += [f"- PRM (the `stepwise/prm` judge; held-out policy samples, validation-tuned threshold): first-error "
                   f"F1 {p['first_error_f1'][0]:.3f} ± {p['first_error_f1'][1]:.3f}, step AUROC "
                   f"{p['step_auroc'][0]:.3f} ± {p['step_auroc'][1]:.3f}."]
     lines.append("- Accuracy per round (test, then validation, correct problems; round 0 = SFT):")
