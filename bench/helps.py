@@ -28,6 +28,7 @@ Every arm's settings (learning rate, loss, rounds) were chosen on the validation
 
     python -m bench.run --full --only helps           # 3 seeds x 1,000 test problems
     python -m bench.helps --mode select                # the validation sweep behind PROTOCOLS
+    python -m bench.helps --mode full --task habit --seeds 0 --arms rft/checker,stepwise/checker
     python -m bench.helps --mode quick --seeds 0
 """
 
@@ -37,6 +38,7 @@ import copy
 import json
 import logging
 import os
+import math
 import statistics
 import sys
 import time
@@ -460,11 +462,13 @@ def _worker(args) -> dict[str, Any]:
 
 # -- all seeds, summary ------------------------------------------------------------------------------
 def run(mode: str, device, threads: int = 1, work_dir: str | None = None, seeds: list[int] | None = None,
-        task: str = "default", entries: list[str] | None = None) -> dict[str, Any]:
+        task: str = "default", entries: list[str] | None = None, arms: list[str] | None = None) -> dict[str, Any]:
     select = mode == "select"
     size = sizes("full" if select else mode, task)
     if seeds is not None:
         size.seeds = list(seeds)
+    if arms is not None:
+        size.arms = ("sft", *[a for a in ARMS if a in arms and a != "sft"])
     work = work_dir or os.path.join("outputs", "bench-helps", ("full" if select else mode) +
                                     ("" if task == "default" else f"-{task}"))
     if select:  # seed 0's SFT policy first, then the grid entries two at a time
@@ -595,7 +599,7 @@ def render(summary: dict[str, Any], per_seed: list[dict[str, Any]], size: HelpsS
         f"{LABELS[key]}: {_protocol_text(proto)}" for key, proto in size.protocols.items() if key in summary["arms"])
         + "."]
     p = summary["prm"]
-    lines += [f"- PRM (the `stepwise/prm` judge; held-out policy samples, validation-tuned threshold): first-error "
+    lines += [] if math.isnan(p["step_auroc"][0]) else [f"- PRM (the `stepwise/prm` judge; held-out policy samples, validation-tuned threshold): first-error "
                   f"F1 {p['first_error_f1'][0]:.3f} ± {p['first_error_f1'][1]:.3f}, step AUROC "
                   f"{p['step_auroc'][0]:.3f} ± {p['step_auroc'][1]:.3f}."]
     lines.append("- Accuracy per round (test, then validation, correct problems; round 0 = SFT):")
@@ -680,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="select mode: only these grid entries (comma-separated, e.g. 'stepwise/checker#2'); their "
                         "results are merged into the existing result file")
     p.add_argument("--seeds", type=int, nargs="*", default=None)
+    p.add_argument("--arms", default=None,
+                   help="only these arms besides 'sft' (comma-separated, e.g. 'rft/checker,stepwise/checker')")
     p.add_argument("--work-dir", default=None)
     p.add_argument("--out", default=None, help="write the result JSON here")
     p.add_argument("--rerender", default=None, metavar="JSON",
@@ -697,7 +703,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu")
     machine, t0 = common.machine_info(device), time.perf_counter()
     entries = [e.strip() for e in args.entries.split(",")] if args.entries else None
-    res = run(args.mode, device, work_dir=args.work_dir, seeds=args.seeds, task=args.task, entries=entries)
+    arms = [a.strip() for a in args.arms.split(",")] if args.arms else None
+    if arms and set(arms) - set(ARMS):
+        p.error(f"unknown --arms {sorted(set(arms) - set(ARMS))}; choose from {', '.join(ARMS[1:])}")
+    res = run(args.mode, device, work_dir=args.work_dir, seeds=args.seeds, task=args.task, entries=entries,
+              arms=arms)
     name = "helps-" + ("select" if args.mode == "select" else args.mode) + ("" if args.task == "default" else
                                                                           f"-{args.task}")
     if args.mode == "select" and entries:  # keep the entries run earlier

@@ -65,3 +65,21 @@ def test_bench_smoke_writes_results_and_table(tmp_path):
                            "--markdown", str(md)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert md.read_text().count("### ") == text.count("### ")
+
+
+@pytest.mark.smoke
+def test_helps_runs_only_the_arms_asked_for(tmp_path):
+    # a partial run (e.g. the task variant on one seed): the SFT arm plus the named arms; no PRM unless an arm uses it
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = tmp_path / "helps.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.helps", "--mode", "smoke", "--arms", "rft/checker",
+                           "--work-dir", str(tmp_path / "work"), "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert set(res["per_seed"][0]["arms"]) == {"sft", "rft/checker"} and res["per_seed"][0]["prm"] is None
+    assert [c["a"] + " - " + c["b"] for c in res["summary"]["comparisons"]] == ["rft/checker - sft"]
+    assert "first-error F1" not in res["markdown"]
+    bad = subprocess.run([sys.executable, "-m", "bench.helps", "--mode", "smoke", "--arms", "rft"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown --arms ['rft']" in bad.stderr
