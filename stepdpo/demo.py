@@ -50,7 +50,7 @@ class DemoConfig:
     n_test: int = 1000
     n_sft: int = 4000
     n_prm_prompts: int = 600
-    n_pair_prompts: int = 1000
+    n_pair_prompts: int = 700
     n_val: int = 200
     # who scores steps when building pairs: "checker" (the task's verifier, as a rules reward model) or "prm"
     # (the trained PRM). Measured (3 seeds): PRM-built pairs are right only 37-45% of the time on this task, and
@@ -76,7 +76,7 @@ class DemoConfig:
     temperature: float = 1.0
     # Stepwise DPO, the default recipe (bench helps: chosen on validation problems; see BENCHMARKS.md)
     rounds: int = 3
-    steps_per_round: int = 100
+    steps_per_round: int = 70
     continuations: int = 8  # rollouts from each error's correct prefix
     rollout_temperature: float = 0.8
     dpo_lr: float = 1e-4
