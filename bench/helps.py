@@ -293,11 +293,15 @@ def run_baseline(policy, tok, data, proto: Protocol, sampling: Sampling, seed: i
         else:
             sols = greedy.sample_solution_details(prompts, k=1, max_steps=sampling.max_steps)
             more = roll.sample_solution_details(prompts, k=sampling.outcome_samples, max_steps=sampling.max_steps)
-            built = build_outcome_pairs(prompts, [a + b for a, b in zip(sols, more)], answers=answers,
-                                        answer_checker=check)
+            rows = [a + b for a, b in zip(sols, more)]
+            built = build_outcome_pairs(prompts, rows, answers=answers, answer_checker=check)
             train = built.pairs
-            replay = right_samples(prompts, [[_with_correct(s, p, a) for s in a_row + b_row] for p, a, a_row, b_row
-                                             in zip(prompts, answers, sols, more)]) if proto.replay else None
+            replay = None
+            if proto.replay:  # the right ones among the same samples, labeled as pair building labels them
+                for p, a, row in zip(prompts, answers, rows):
+                    for sol in row:
+                        sol.meta["correct"] = check(p, sol.steps, a)
+                replay = right_samples(prompts, rows)
             extra = {"pairs": len(train), "pair_stats": built.stats, "replayed": len(replay or [])}
         if train:
             ref = copy.deepcopy(policy)
@@ -311,13 +315,6 @@ def run_baseline(policy, tok, data, proto: Protocol, sampling: Sampling, seed: i
             del trainer, ref
         evaluate(policy, extra)
     return policy
-
-
-def _with_correct(sol, prompt, answer):
-    from stepdpo.tasks.arith import is_correct
-
-    sol.meta["correct"] = is_correct(answer, sol.steps)
-    return sol
 
 
 # -- one seed --------------------------------------------------------------------------------------
@@ -648,9 +645,10 @@ def render_select(result: dict[str, Any]) -> str:
         p = row["protocol"]
         weights = p.get("loss_weights") or [1.0] * len(p["loss"])
         loss = " + ".join(f"{lo}" + (f" ({w:g})" if w != 1 else "") for lo, w in zip(p["loss"], weights))
-        replay = "-" if p["kind"] in ("rft", "rft_steps") else (f"{p.get('replay', 0):g}" if p.get("replay") else "-")
-        if p["kind"] == "rft":
+        if p["kind"] == "rft":  # RFT is the NLL on the right samples itself
             loss, replay = "-", "1"
+        else:
+            replay = f"{p['replay']:g}" if p["kind"] != "rft_steps" and p.get("replay") else "-"
         lines.append(f"| {LABELS[row['arm']]} | {name.split('#')[1]} | {p['lr']:g} | {loss} | {replay} | "
                      f"{' -> '.join(str(v) for v in row['val'])} |")
     return "\n".join(lines)
