@@ -448,9 +448,11 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
                 scheduler=cfg.dpo_scheduler, save_pairs_to=str(out / "pairs.jsonl"), on_round=on_round)
             policy = dpo.accelerator.unwrap_model(dpo.model)
             quality, pair_stats = pair_quality(dpo.last_pairs, data["task"]), dpo.pair_stats
+            loss = {"types": [n for n, _ in dpo.applied_losses], "weights": [w for _, w in dpo.applied_losses],
+                    "replayed_per_round": [st.get("replayed", 0) for st in pair_stats]}
         except NoPairsError as e:  # an honest no-op: nothing to train on (e.g. a policy that gets every step wrong)
             print(f"[demo] Stepwise DPO skipped: {e}")
-            quality, pair_stats = pair_quality([], data["task"]), []
+            quality, pair_stats, loss = pair_quality([], data["task"]), [], None
         policy.eval()
         policy.save_pretrained(out / "policy_stepdpo", safe_serialization=True)
         tok.save_pretrained(out / "policy_stepdpo")
@@ -474,7 +476,7 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
             "config": asdict(cfg),
             "accuracy_before": c0 / n0, "accuracy_after": c1 / n1, "n_test": n0,
             "correct_before": c0, "correct_after": c1,
-            "change": change, "rounds": rounds,
+            "change": change, "rounds": rounds, "loss": loss,
             "prm": ev.to_dict(), "prm_threshold": threshold, "prm_at_0.5": ev_half.to_dict(),
             "pairs": {"count": sum(r["pairs"] for r in rounds), "per_round": pair_stats, "checker_last_round": quality},
             "best_of_n": bon, "timings_s": timings,
@@ -518,6 +520,18 @@ def _plots(out, sft_log, prm_log, dpo_log, prm, prm_test, ev, before, after, bon
     labels = [lab for s in prm_test for lab in s.labels]
     images.append(("PRM calibration", reliability_diagram(probs, labels, out / "calibration.png")))
     return images
+
+
+def _loss_text(cfg: DemoConfig, loss: dict | None) -> str:
+    """The rounds' training loss as the trainer applied it (``metrics["loss"]``)."""
+    if not loss:
+        return "no training (no pairs)"
+    names = [n.upper() + f" (lambda {cfg.dpop_lambda:g})" if n == "dpop" else n for n in loss["types"]]
+    text = " + ".join(f"{n} weighted {w:g}" for n, w in zip(names, loss["weights"]))
+    if any(loss["replayed_per_round"]):
+        text += (f", plus NLL (weight {cfg.replay_weight:g}) on the round's right solutions in every batch (per round "
+                 f"{', '.join(str(n) for n in loss['replayed_per_round'])} of them)")
+    return text
 
 
 def _report_sections(cfg, data, m, sols0, sols1):
@@ -579,7 +593,7 @@ def _report_sections(cfg, data, m, sols0, sols1):
             f"{cfg.n_val} validation problems") +
          f") finds the first wrong step of each wrong solution; {cfg.continuations} rollouts at temperature "
          f"{cfg.rollout_temperature} from the correct prefix give the chosen step; {cfg.steps_per_round} optimizer "
-         f"steps of DPOP (lambda {cfg.dpop_lambda:g}) follow, with the policy at the start of the round as the "
+         f"steps of {_loss_text(cfg, m.get('loss'))} follow, with the policy at the start of the round as the "
          "reference. The probe pairs are 64 fixed pairs of each round, followed through its training.\n\n"
          + report.markdown_table(per_round)),
         ("Changed verdicts (examples: gained, then lost)", examples),

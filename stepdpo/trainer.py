@@ -443,6 +443,11 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         self.train_dataset = ds
         return ds
 
+    @property
+    def applied_losses(self) -> list[tuple[str, float]]:
+        """Every loss term and the weight it trains with: TRL's own, then the registered ones (e.g. DPOP)."""
+        return [(n, float(w)) for n, w in zip(self.loss_types, self.loss_weights)] + list(self._extension_losses)
+
     def update_reference(self) -> None:
         """Make the reference a copy of the current policy (Iterative RPO: each round's reference
         is the previous round's policy). A separate reference model gets the policy's weights

@@ -31,6 +31,11 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, capsys):
     assert [r["round"] for r in m["rounds"]] == [0, 1] and all(r["pairs"] > 0 for r in m["rounds"])
     assert m["change"]["diff"] == pytest.approx(m["accuracy_after"] - m["accuracy_before"])
     assert "paired on the same problems" in report and "Stepwise DPO rounds" in report
+    # the report says which loss the trainer applied: DPOP weighted 0.01 next to the NLL replay of right solutions
+    assert m["loss"]["types"] == ["dpop"] and m["loss"]["weights"] == [0.01]
+    assert m["loss"]["replayed_per_round"] == [st["replayed"] for st in m["pairs"]["per_round"]]
+    assert "DPOP (lambda 50) weighted 0.01" in report
+    assert ("NLL (weight 1) on the round's right solutions" in report) == any(m["loss"]["replayed_per_round"])
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "policy_stepdpo", use_safetensors=True)
