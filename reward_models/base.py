@@ -276,7 +276,7 @@ def _import_builtin_models() -> None:
     """Import the modules that register the built-in types (lazily, to keep imports light)."""
     import importlib
 
-    for mod in ("process", "outcome", "bradley_terry", "combine", "rules"):
+    for mod in ("process", "likelihood", "outcome", "bradley_terry", "combine", "rules"):
         try:
             importlib.import_module(f"reward_models.{mod}")
         except ModuleNotFoundError as e:  # a module not written yet must not break the others
@@ -320,6 +320,33 @@ class AdaptedRewardModel(RewardModel):
         return super().score(prompts, completions)
 
 
+def _is_torch_module(obj: Any) -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")  # a torch module exists only when torch is imported
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def _from_torch_module(model: Any, tokenizer: Any = None, **settings: Any) -> RewardModel:
+    """A model in memory as a reward model, or a clear refusal (never the callable path: a torch
+    module is callable but does not take ``(prompt, steps)``)."""
+    name = type(model).__name__
+    if tokenizer is None:
+        raise TypeError(f"as_reward_model got a {name} without its tokenizer: pass as_reward_model(model, "
+                        "tokenizer=tok) (a causal LM then scores steps by its token probabilities, a token "
+                        "classifier by its head), or save it and pass the directory")
+    if name.endswith("ForTokenClassification"):
+        from reward_models.process import ProcessRewardModel
+
+        return ProcessRewardModel.from_model(model, tokenizer, backend="head", **settings)
+    if callable(getattr(model, "get_output_embeddings", None)) and model.get_output_embeddings() is not None:
+        from reward_models.likelihood import LikelihoodRewardModel
+
+        return LikelihoodRewardModel.from_model(model, tokenizer, **settings)
+    raise TypeError(f"cannot score steps with a {name}: expected a causal LM or a token classifier "
+                    "(for a sequence classifier use BradleyTerryRewardModel.from_model)")
+
+
 def _call_steps(fn: Callable, prompt: str, steps: Sequence[str]):
     """Call a user's ``get_rewards_for_steps`` with the problem when it accepts one."""
     import inspect
@@ -338,12 +365,17 @@ def as_reward_model(obj: Any, **kwargs) -> RewardModel:
 
     Accepts a RewardModel (returned as is), a saved model directory (loaded), any object with
     ``score_steps``, ``get_rewards_for_steps`` or ``get_reward_for_text``, or a callable
-    ``f(prompt, steps) -> list[float]``.
+    ``f(prompt, steps) -> list[float]``. A transformers model still in memory needs its tokenizer
+    (``as_reward_model(model, tokenizer=tok)``): a causal LM scores steps by its token probabilities
+    (:class:`~reward_models.likelihood.LikelihoodRewardModel`), a token classifier by its head
+    (:class:`~reward_models.process.ProcessRewardModel`); other keyword arguments are their settings.
     """
     if isinstance(obj, RewardModel):
         return obj
     if isinstance(obj, (str, os.PathLike)):
         return load_reward_model(obj)
+    if _is_torch_module(obj):
+        return _from_torch_module(obj, **kwargs)
     if any(hasattr(obj, m) for m in ("score_steps", "get_rewards_for_steps", "get_reward_for_text")) or callable(obj):
         return AdaptedRewardModel(obj, **kwargs)
     raise TypeError(f"cannot use a {type(obj).__name__} as a reward model: it needs score_steps, "
