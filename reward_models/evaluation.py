@@ -6,12 +6,15 @@ a step **score** is the reward model's output (higher = better) and is *predicte
 
 * :func:`step_metrics` - accuracy, precision/recall/F1 for the **bad-step** class (error
   detection, the class ProcessBench cares about) and for the good-step class, and AUROC.
-* :func:`first_error_f1` - ProcessBench: accuracy on erroneous solutions (predicted first
-  error index == true index), accuracy on correct ones (predicted None), harmonic mean.
+* :func:`first_error_f1` (also named :func:`processbench_f1`) - the ProcessBench F1 (arXiv
+  2412.06559): accuracy on erroneous solutions (predicted first error index == true index),
+  accuracy on correct ones (predicted None), harmonic mean. ``PRMEvaluation.processbench_f1``.
 * :func:`expected_calibration_error`, :func:`reliability_diagram` - calibration of scores
   read as probabilities.
 * :func:`best_of_n_accuracy`, :func:`weighted_majority_vote_accuracy`,
-  :func:`majority_vote_accuracy` - reranking with any reward model (batched ``score`` calls).
+  :func:`majority_vote_accuracy` - reranking with any reward model (batched ``score`` calls);
+  :func:`rerank_report` - best-of-N and weighted vote under each step-score aggregation from
+  scores computed once, with unfinished candidates never picked over finished ones.
 * :func:`evaluate_prm` - all step metrics of a reward model on labeled :class:`StepSample` s.
 
 >>> round(auroc([0.9, 0.2, 0.6, 0.4], [1, 0, 1, 0]), 3)
@@ -190,6 +193,12 @@ def first_error_f1(pred_first_errors: Sequence[int | None], true_first_errors: S
     ok = [p is None for p, t in zip(pred, true) if t is None]
     a, b = _div(sum(err), len(err)), _div(sum(ok), len(ok))
     return FirstErrorResult(acc_erroneous=a, acc_correct=b, f1=_f1(a, b), n_erroneous=len(err), n_correct=len(ok))
+
+
+def processbench_f1(pred_first_errors: Sequence[int | None], true_first_errors: Sequence[int | None]
+                    ) -> FirstErrorResult:
+    """The ProcessBench F1 (arXiv 2412.06559): :func:`first_error_f1` under the benchmark's name."""
+    return first_error_f1(pred_first_errors, true_first_errors)
 
 
 def tune_first_error_threshold(step_scores: Sequence[Sequence[float]], true_first_errors: Sequence[int | None],
@@ -414,12 +423,72 @@ class PRMEvaluation:
     ece: float
     step_scores: list[list[float]] = field(default_factory=list, repr=False)
 
+    @property
+    def processbench_f1(self) -> float:
+        """ProcessBench's F1: ``first_error.f1`` (first error located exactly, correct solutions kept)."""
+        return self.first_error.f1
+
     def to_dict(self, with_scores: bool = False) -> dict[str, Any]:
         """Plain dict for JSON (NaN -> None); ``with_scores`` adds the per-sample step scores."""
         d = asdict(self)
+        d["processbench_f1"] = self.first_error.f1
         if not with_scores:
             d.pop("step_scores")
         return _json_safe(d)
+
+
+RERANK_AGGREGATIONS = ("min", "prod", "mean", "last")
+
+
+def rerank_report(step_scores: Sequence[Sequence[Sequence[float]]], correct: Sequence[Sequence[bool]],
+                  answers: Sequence[Sequence[Any]], gold: Sequence[Any],
+                  aggregations: Sequence[str] = RERANK_AGGREGATIONS) -> dict[str, Any]:
+    """Best-of-N and reward-weighted voting from step scores computed once, per aggregation.
+
+    Args:
+        step_scores: per problem, per candidate, its step scores (probabilities; an empty list
+            for an empty candidate).
+        correct: per problem, per candidate, whether it is right (by a checker).
+        answers: per problem, per candidate, its final answer, or None when it has none
+            (unfinished): such a candidate abstains from votes and is picked by best-of-N only
+            when no candidate of the problem is finished.
+        gold: per problem, the right answer (compared as stripped strings).
+        aggregations: how step scores reduce to a candidate's score (:func:`reward_models.base.aggregate`):
+            ``min`` is blind to length; ``prod`` favours short solutions, ``last`` reads only the
+            final step, ``mean`` dilutes one bad step in a long solution.
+
+    Returns ``{"n", "problems", "pass_at_n", "majority_vote", "best_of_n": {agg: acc},
+    "weighted_vote": {agg: acc}}`` (accuracies in [0, 1]; ties go to the earlier candidate).
+
+    >>> r = rerank_report([[[0.9, 0.2], [0.8, 0.7], [0.6]]], [[False, True, False]], [["5", "7", "5"]], ["7"])
+    >>> r["majority_vote"], r["best_of_n"]["min"], r["weighted_vote"]["min"]
+    (0.0, 1.0, 0.0)
+    """
+    from reward_models.base import aggregate
+
+    n_p = len(step_scores)
+    if not (len(correct) == len(answers) == len(gold) == n_p) or n_p == 0:
+        raise ValueError("step_scores, correct, answers and gold need one entry per problem (and at least one)")
+    for i in range(n_p):
+        if not (len(step_scores[i]) == len(correct[i]) == len(answers[i])) or not step_scores[i]:
+            raise ValueError(f"problem {i}: step_scores, correct and answers need one entry per candidate")
+    gold_n = [_norm(g) for g in gold]
+    out: dict[str, Any] = {"n": max(len(c) for c in correct), "problems": n_p,
+                           "pass_at_n": sum(any(c) for c in correct) / n_p,
+                           "majority_vote": sum(vote([_norm(a) for a in ans], [1.0] * len(ans)) == g
+                                                for ans, g in zip(answers, gold_n)) / n_p,
+                           "best_of_n": {}, "weighted_vote": {}}
+    for how in aggregations:
+        best = weighted = 0
+        for sc, ok, ans, g in zip(step_scores, correct, answers, gold_n):
+            agg = [aggregate(s, how) if s else 0.0 for s in sc]
+            finished = [a is not None for a in ans]
+            pick = max(range(len(agg)), key=lambda k: (finished[k], agg[k], -k))
+            best += bool(ok[pick])
+            weighted += vote([_norm(a) for a in ans], agg) == g
+        out["best_of_n"][how] = best / n_p
+        out["weighted_vote"][how] = weighted / n_p
+    return out
 
 
 def evaluate_prm(reward_model: Any, samples: Sequence[StepSample], threshold: float = 0.5,
@@ -454,5 +523,5 @@ def evaluate_prm(reward_model: Any, samples: Sequence[StepSample], threshold: fl
 
 __all__ = ["CalibrationBin", "FirstErrorResult", "PRMEvaluation", "StepMetrics", "auroc", "average_ranks",
            "best_of_n_accuracy", "calibration_bins", "evaluate_prm", "expected_calibration_error",
-           "first_error_f1", "majority_vote_accuracy", "tune_first_error_threshold", "predict_first_error", "reliability_diagram",
+           "first_error_f1", "majority_vote_accuracy", "processbench_f1", "RERANK_AGGREGATIONS", "rerank_report", "tune_first_error_threshold", "predict_first_error", "reliability_diagram",
            "score_candidates", "step_metrics", "vote", "weighted_majority_vote_accuracy"]

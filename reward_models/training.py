@@ -440,12 +440,32 @@ class PRMConfig(_StepFormatArgs, _AdapterArgs, TrainingArguments):
     last_step_only: bool = field(default=False, metadata={"help": "Train on each example's last step label only."})
     positive_token: str = field(default="+", metadata={"help": "Token backend: the token meaning 'good step'."})
     negative_token: str = field(default="-", metadata={"help": "Token backend: the token meaning 'bad step'."})
+    prompt_template: str | None = field(default=None, metadata={"help": "Verification backend: the question per "
+                                                                        "step, fields {problem}, {previous_steps}, "
+                                                                        "{step} (default: the scorer's)."})
+    yes_token: str = field(default=" Yes", metadata={"help": "Verification backend: the answer meaning 'correct'."})
+    no_token: str = field(default=" No", metadata={"help": "Verification backend: the answer meaning 'wrong'."})
+    lm_loss_weight: float = field(default=0.0, metadata={"help": "Verification backend: weight of a next-token loss "
+                                                                 "on the solutions whose steps are all good (GenRM's "
+                                                                 "joint training); 0 = off."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the trainer builds its own "
                                                                          "features."})
 
     def __post_init__(self) -> None:
-        if self.backend not in ("head", "token"):
-            raise ValueError(f"backend must be 'head' or 'token', got {self.backend!r}")
+        if self.backend not in ("head", "token", "verification"):
+            raise ValueError(f"backend must be 'head', 'token' or 'verification', got {self.backend!r}")
+        if self.backend == "verification":
+            from reward_models.process import DEFAULT_STEP_TEMPLATE
+
+            self.prompt_template = self.prompt_template or DEFAULT_STEP_TEMPLATE
+            if "{step}" not in self.prompt_template:
+                raise ValueError("prompt_template must contain the field {step}")
+            if self.num_labels != 2:
+                raise ValueError("the verification backend answers Yes or No: use num_labels=2")
+            if not self.yes_token or not self.no_token or self.yes_token == self.no_token:
+                raise ValueError("yes_token and no_token must be two different non-empty strings")
+        if self.lm_loss_weight < 0 or (self.lm_loss_weight and self.backend != "verification"):
+            raise ValueError("lm_loss_weight must be >= 0 and applies to backend='verification' only")
         if self.num_labels not in (2, 3):
             raise ValueError(f"num_labels must be 2 or 3, got {self.num_labels}")
         if self.backend == "token" and self.num_labels != 2:
@@ -649,8 +669,14 @@ class PRMTrainer(ReliableTrainerMixin, _RewardConfigOnSave, Trainer):
             from transformers import AutoModelForCausalLM
 
             model = _load_model(model, AutoModelForCausalLM, args, tokenizer)
-            self.positive_id = _single_token_id(tokenizer, args.positive_token, "positive_token")
-            self.negative_id = _single_token_id(tokenizer, args.negative_token, "negative_token")
+            if args.backend == "verification":  # the scorer reads the answers' first tokens: train the same ids
+                from reward_models._hf import token_id
+
+                self.positive_id = token_id(tokenizer, args.yes_token, "yes_token")
+                self.negative_id = token_id(tokenizer, args.no_token, "no_token")
+            else:
+                self.positive_id = _single_token_id(tokenizer, args.positive_token, "positive_token")
+                self.negative_id = _single_token_id(tokenizer, args.negative_token, "negative_token")
             model = _apply_peft(model, args, "CAUSAL_LM", None)
         rows = read_step_rows(_rows_of(train_dataset))
         self.label_scheme = resolve_label_scheme(rows, args.label_scheme, args.num_labels)
@@ -659,14 +685,22 @@ class PRMTrainer(ReliableTrainerMixin, _RewardConfigOnSave, Trainer):
         evals = None
         if eval_dataset is not None:
             evals = _ListDataset(self._features(read_step_rows(_rows_of(eval_dataset)), tokenizer, args, "eval"))
+        collator = NextTokenCollator(_pad_id(tokenizer)) if args.backend == "verification" \
+            else RewardDataCollator(_pad_id(tokenizer))
         super().__init__(model=model, args=args, train_dataset=train, eval_dataset=evals,
-                         processing_class=tokenizer,
-                         data_collator=data_collator or RewardDataCollator(_pad_id(tokenizer)), **kwargs)
+                         processing_class=tokenizer, data_collator=data_collator or collator, **kwargs)
         self.can_return_loss = True
         self.label_names = ["labels"]
 
     def _features(self, rows: list[StepRow], tokenizer, args: PRMConfig, split: str) -> list[dict[str, Any]]:
         stats = _trunc.empty_stats()
+        if args.backend == "verification":
+            feats = build_verification_features(rows, tokenizer, self.step_format, args.prompt_template,
+                                                self.positive_id, self.negative_id, scheme=self.label_scheme,
+                                                neutral=args.neutral, last_step_only=args.last_step_only,
+                                                lm_loss_weight=args.lm_loss_weight, max_length=args.max_length,
+                                                stats=stats)
+            return _checked_features(feats, stats, split, args.max_length, self.truncation_stats)
         feats = build_prm_features(rows, tokenizer, self.step_format, num_labels=args.num_labels,
                                    scheme=self.label_scheme, neutral=args.neutral,
                                    last_step_only=args.last_step_only, max_length=args.max_length,
@@ -676,6 +710,9 @@ class PRMTrainer(ReliableTrainerMixin, _RewardConfigOnSave, Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         logits = out.logits
+        if self.args.backend == "verification":
+            loss = weighted_next_token_loss(logits, inputs["labels"], inputs["weights"])
+            return (loss, {"logits": logits}) if return_outputs else loss
         if self.args.backend == "token":
             logits = token_pair_logits(logits, self.positive_id, self.negative_id)
         loss = masked_step_loss(logits, inputs["labels"], self.args.num_labels)
@@ -689,7 +726,96 @@ class PRMTrainer(ReliableTrainerMixin, _RewardConfigOnSave, Trainer):
             s["neutral"] = a.neutral
         if a.backend == "token":
             s["positive_token"], s["negative_token"] = a.positive_token, a.negative_token
+        if a.backend == "verification":
+            s.update(prompt_template=a.prompt_template, yes_token=a.yes_token, no_token=a.no_token)
         return s
+
+
+def weighted_next_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean next-token cross-entropy.
+
+    Args:
+        logits: [B, T, V]; position ``t`` predicts token ``t + 1``.
+        labels: [B, T] long, the token at each position (``-100``: not a target).
+        weights: [B, T] float, each target's weight.
+
+    >>> lg = torch.zeros(1, 2, 3); round(weighted_next_token_loss(lg, torch.tensor([[-100, 1]]),
+    ...                                                          torch.tensor([[0.0, 1.0]])).item(), 4)
+    1.0986
+    """
+    tgt, w = labels[:, 1:], weights[:, 1:].float()
+    keep = tgt != IGNORE_INDEX
+    if not keep.any():
+        return logits.sum() * 0.0
+    ce = F.cross_entropy(logits[:, :-1][keep].float(), tgt[keep], reduction="none")
+    return (ce * w[keep]).sum() / w[keep].sum().clamp(min=1e-12)
+
+
+@dataclass
+class NextTokenCollator:
+    """Right-pads ``input_ids`` (pad id), ``labels`` (-100) and ``weights`` (0)."""
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(f["input_ids"]) for f in features)
+        b = len(features)
+        ids = torch.full((b, length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((b, length), dtype=torch.long)
+        labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
+        weights = torch.zeros((b, length))
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[i, :n] = torch.as_tensor(f["input_ids"])
+            mask[i, :n] = 1
+            labels[i, :n] = torch.as_tensor(f["labels"])
+            weights[i, :n] = torch.as_tensor(f["weights"], dtype=torch.float)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
+
+
+def build_verification_features(rows: Sequence[StepRow], tokenizer, step_format: StepFormat, template: str,
+                                yes_id: int, no_id: int, *, scheme: str = "binary", neutral: str = "positive",
+                                last_step_only: bool = False, lm_loss_weight: float = 0.0,
+                                max_length: int | None = None, stats=None) -> list[dict[str, Any]]:
+    """One example per labeled step: the verification question (as the scorer lays it out) followed
+    by its answer token (Yes when the step's label is >= 0.5, else No), the answer the only target.
+    With ``lm_loss_weight`` > 0, every all-good solution adds a next-token example over its steps.
+    A question longer than ``max_length`` drops that example (counted)."""
+    from reward_models.process import fill_template
+
+    feats = []
+    for i, row in enumerate(rows):
+        try:
+            targets = step_targets(row, num_labels=2, scheme=scheme, neutral=neutral, last_step_only=last_step_only)
+            for j, step in enumerate(row.steps):
+                step_format.check_step(step, j)
+        except DataError as e:
+            raise e.at(row=i) from None
+        todo = [(j, t) for j, t in enumerate(targets) if t != IGNORE_INDEX]
+        examples = []
+        for j, t in todo:
+            prev = step_format.join(row.steps[:j], complete=False) if j else ""
+            q = list(tokenizer(fill_template(template, problem=row.prompt, previous_steps=prev, step=row.steps[j]),
+                               add_special_tokens=True)["input_ids"])
+            ids = q + [yes_id if t >= 0.5 else no_id]
+            examples.append({"input_ids": ids, "labels": [IGNORE_INDEX] * len(q) + [ids[-1]],
+                             "weights": [0.0] * len(q) + [1.0]})
+        if lm_loss_weight > 0 and all(t >= 0.5 for t in targets if t != IGNORE_INDEX):
+            tok = step_format.tokenize(tokenizer, row.prompt, row.steps)
+            ids = list(tok.input_ids)
+            examples.append({"input_ids": ids, "labels": [IGNORE_INDEX] * tok.prompt_len + ids[tok.prompt_len:],
+                             "weights": [0.0] * tok.prompt_len + [lm_loss_weight] * (len(ids) - tok.prompt_len)})
+        for ex in examples:
+            if stats is not None:
+                stats["examples"] += 1
+            if max_length is not None and len(ex["input_ids"]) > max_length:
+                if stats is not None:
+                    stats["examples_dropped"] += 1
+                logger.warning("row %d: a %d-token verification example is longer than max_length=%d: dropped "
+                               "(counted)", i, len(ex["input_ids"]), max_length)
+                continue
+            feats.append(ex)
+    return feats
 
 
 def _too_long(n_tokens: int, max_length: int, row: int) -> DataError:

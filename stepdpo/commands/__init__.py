@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label": ("label", "label steps by Monte-Carlo rollouts of a policy (Math-Shepherd style)"),
     "build-pairs": ("build_pairs", "sample from a policy, judge steps, write step-level preference pairs"),
     "train": ("train_stepdpo", "train a policy with Stepwise DPO (on pairs, or building them as it goes)"),
-    "evaluate": ("evaluate", "step metrics of a reward model (AUROC, first-error F1, ECE) and policy accuracy"),
+    "evaluate": ("evaluate", "step metrics of a reward model (AUROC, ProcessBench-style F1, ECE) and policy accuracy"),
     "decode": ("decode", "reward-guided decoding: best-of-N or step beam search, to JSONL"),
 }
 

@@ -223,7 +223,7 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     flat = {}
     if "reward_model" in metrics:
         r = metrics["reward_model"]
-        flat.update({"rm_step_auroc": r["steps"]["auroc"], "rm_first_error_f1": r["first_error"]["f1"],
+        flat.update({"rm_step_auroc": r["steps"]["auroc"], "rm_processbench_f1": r["first_error"]["f1"],
                      "rm_ece": r["ece"]})
     for k, v in metrics.get("policy", {}).items():
         if isinstance(v, dict):

@@ -74,7 +74,7 @@ def main(script_args: ScriptArguments, training_args) -> dict:
     if trainer.accelerator.is_main_process:
         if eval_samples:
             m = R.evaluate_saved(training_args.output_dir, eval_samples, "ORM")
-            summary.update({"eval_auroc": m["steps"]["auroc"], "eval_first_error_f1": m["first_error"]["f1"]})
+            summary.update({"eval_auroc": m["steps"]["auroc"], "eval_processbench_f1": m["first_error"]["f1"]})
         C.write_json(f"{training_args.output_dir}/stepdpo_train_orm.json",
                      {**summary, "log_history": trainer.state.log_history})
         C.print_summary(COMMAND, summary)

@@ -27,16 +27,20 @@ likely the step is correct. Data: step-labeled solutions (PRM800K, Math-Shepherd
 TRL stepwise, ProcessBench, RLHFlow, the arith task with injected errors, or labels
 from `stepdpo label`). The loss is read only at each step's end (or its tag token).
 
-Backends: 'head' (a token-classification head on the base model) or 'token' (the
-base causal LM's logits of a good/bad token, e.g. '+'/'-', Math-Shepherd style).
+Backends: 'head' (a token-classification head on the base model), 'token' (the
+base causal LM's logits of a good/bad token, e.g. '+'/'-', Math-Shepherd style) or
+'verification' (a generative verifier: the causal LM learns to answer " Yes"/" No" to
+a question per step with next-token loss, optionally also next-token loss on the
+all-good solutions: --lm_loss_weight). Other kinds (a verifier LM scored by its token
+probabilities, an implicit PRM) are in reward_models.likelihood / implicit_trainer.
 
 Main options:
   --config FILE              a recipe (YAML keys = option names)
   --model_name_or_path NAME  base model: hub id, local folder, or tiny-gpt2
   --dataset_name SRC         arith[:N] | file.jsonl | folder | hub dataset
-  --eval_dataset_name SRC    held-out labeled data: AUROC, first-error F1, ECE after training
+  --eval_dataset_name SRC    held-out labeled data: AUROC, ProcessBench-style F1, ECE after training
   --output_dir DIR           the saved reward model (safetensors + reward_config.json)
-  --backend head|token, --num_labels 2|3, --step_separator, --step_tag
+  --backend head|token|verification, --num_labels 2|3, --step_separator, --step_tag
   --use_peft --lora_r 16 [--load_in_4bit]   LoRA (QLoRA on CUDA)
   --dry_run                  8 examples, 2 steps: checks a recipe end to end
 """
@@ -72,7 +76,7 @@ def main(script_args: ScriptArguments, training_args) -> dict:
     eval_samples = R.labeled_samples(evals, "evaluate") if evals is not None else None
 
     def build_tiny(tok, seed, **spec):
-        if training_args.backend == "token":
+        if training_args.backend in ("token", "verification"):
             return tiny_causal_lm(tok, seed=seed, **spec)
         return tiny_token_classifier(tok, num_labels=training_args.num_labels, seed=seed, **spec)
 
@@ -84,7 +88,7 @@ def main(script_args: ScriptArguments, training_args) -> dict:
     if trainer.accelerator.is_main_process:
         if eval_samples:
             m = R.evaluate_saved(training_args.output_dir, eval_samples, "PRM")
-            summary.update({"eval_auroc": m["steps"]["auroc"], "eval_first_error_f1": m["first_error"]["f1"],
+            summary.update({"eval_auroc": m["steps"]["auroc"], "eval_processbench_f1": m["first_error"]["f1"],
                             "eval_ece": m["ece"]})
         C.write_json(f"{training_args.output_dir}/stepdpo_train_prm.json",
                      {**summary, "log_history": trainer.state.log_history})

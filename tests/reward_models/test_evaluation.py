@@ -211,3 +211,23 @@ def test_arith_checker_is_a_perfect_prm_and_reranker():
     assert best_of_n_accuracy(checker_reward_model(), prompts, cands, correct) == 1.0
     # a reward model that cannot tell them apart picks the first (corrupted) one
     assert best_of_n_accuracy(lambda p, steps: [0.5] * len(steps), prompts, cands, correct) == 0.0
+
+
+def test_rerank_report_numbers_unfinished_and_length():
+    from reward_models.evaluation import processbench_f1, rerank_report
+
+    # problem 0: a long right solution with one doubtful step vs a short wrong one; problem 1: an unfinished
+    # candidate with the best scores must not be picked over finished ones
+    scores = [[[0.9, 0.9, 0.9, 0.6], [0.7]], [[0.99], [0.8, 0.8], [0.3]]]
+    correct = [[True, False], [False, True, False]]
+    answers = [["7", "5"], [None, "3", "4"]]
+    r = rerank_report(scores, correct, answers, ["7", "3"])
+    assert r["n"] == 3 and r["problems"] == 2 and r["pass_at_n"] == 1.0
+    assert r["best_of_n"]["min"] == 0.5  # problem 0: min 0.6 < 0.7 -> the short wrong one; problem 1: right
+    assert r["best_of_n"]["prod"] == 0.5  # 0.437 < 0.7: the product favours the short solution
+    assert r["best_of_n"]["mean"] == 1.0 and r["best_of_n"]["last"] == 0.5
+    assert r["majority_vote"] == 1.0  # ties go to the answer seen first ("7"; "3" in problem 1, None abstains)
+    assert r["weighted_vote"]["min"] == 0.5  # 0.7 for "5" beats 0.6 for "7"; 0.8 for "3" beats 0.3
+    assert processbench_f1([1, None], [1, None]).f1 == 1.0
+    with pytest.raises(ValueError, match="one entry per candidate"):
+        rerank_report([[[0.5]]], [[True, False]], [["1"]], ["1"])

@@ -400,3 +400,50 @@ def test_orm_and_bt_lora_save_adapters_only(tokenizer, tmp_path):
         assert json.loads((out / "reward_config.json").read_text())["type"] == kind
         refuse_pickles(out)
     assert json.loads((tmp_path / "orm" / "reward_config.json").read_text())["reduce"] == "last"
+
+
+# -- verification backend: a generative verifier trained with next-token loss ---------------------
+def test_verification_features_and_next_token_loss(tokenizer):
+    from reward_models.process import DEFAULT_STEP_TEMPLATE, fill_template
+    from reward_models.training import build_verification_features, weighted_next_token_loss
+
+    rows = [StepRow("Q: 2+3\n", ["2+3=5", "Answer: 5"], [True, True]),
+            StepRow("Q: 4-1\n", ["4-1=2", "Answer: 2"], [False, False])]
+    feats = build_verification_features(rows, tokenizer, STEP_FORMAT, DEFAULT_STEP_TEMPLATE, 7, 9,
+                                        lm_loss_weight=0.5)
+    assert len(feats) == 4 + 1  # one question per step, one next-token example for the all-good row
+    q = fill_template(DEFAULT_STEP_TEMPLATE, problem="Q: 4-1\n", previous_steps="4-1=2\n", step="Answer: 2")
+    want = list(tokenizer(q)["input_ids"])
+    assert feats[4]["input_ids"] == want + [9] and feats[4]["labels"] == [-100] * len(want) + [9]
+    lm = feats[2]  # row 0: its two questions, then its next-token example
+    assert lm["labels"][-1] == lm["input_ids"][-1] and set(lm["weights"]) == {0.0, 0.5}
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 1, 2] = math.log(3.0)  # position 1 predicts token 2 with p = 3/6
+    loss = weighted_next_token_loss(logits, torch.tensor([[-100, -100, 2]]), torch.tensor([[0.0, 0.0, 1.0]]))
+    assert loss.item() == pytest.approx(-math.log(0.5), abs=1e-6)
+
+
+def test_verification_backend_learns_and_reloads_as_a_yes_no_prm(tokenizer, tmp_path):
+    from reward_models.base import load_reward_model
+    from reward_models.evaluation import auroc
+
+    test = make_samples(60, seed=1, cfg=EASY, error_rate=0.5)
+    train = make_samples(300, seed=0, cfg=EASY, error_rate=0.5, exclude={s.meta["expression"] for s in test})
+    model = tiny_causal_lm(tokenizer, seed=0)
+    args = _args(PRMConfig, tmp_path, backend="verification", learning_rate=3e-3, max_steps=60,
+                 per_device_train_batch_size=32, lm_loss_weight=0.2)
+    trainer = PRMTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=train, eval_dataset=test)
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    after = trainer.evaluate()["eval_loss"]
+    trainer.save_model(str(tmp_path / "ver"))
+    cfg = json.loads((tmp_path / "ver" / "reward_config.json").read_text())
+    assert (cfg["type"], cfg["backend"], cfg["output"], cfg["yes_token"]) == ("process", "verification", "prob", " Yes")
+    prm = load_reward_model(tmp_path / "ver", device="cpu")
+    scores = prm.score_steps([s.prompt for s in test], [s.steps for s in test])
+    a = auroc([v for r in scores for v in r], [lab for s in test for lab in s.labels])
+    print(f"verification PRM: eval loss {before:.3f} -> {after:.3f}, held-out step AUROC {a:.3f}")
+    assert after < before - 0.3  # from ~log(V) (any token) to the Yes/No decision
+    assert all(0 <= v <= 1 for r in scores for v in r) and a > 0.55
+    with pytest.raises(ValueError, match="lm_loss_weight"):
+        _args(PRMConfig, tmp_path, backend="head", lm_loss_weight=0.5)
