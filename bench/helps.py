@@ -115,8 +115,9 @@ def sizes(mode: str, task: str = "default") -> HelpsSize:
 
 def _sizes(mode: str) -> HelpsSize:
     if mode == "full":
+        # the PRM at the recipe's bench size: 400 steps of next-token training (the demo affords 200 in its 10 minutes)
         return HelpsSize(seeds=[0, 1, 2], workers=3, demo={"n_test": 1000, "n_val": 400, "n_pair_prompts": 4000,
-                                                           "sft_steps": 500})
+                                                           "sft_steps": 500, "prm_steps": 400})
     if mode == "quick":
         protos = {k: replace(v, rounds=2, steps=60, batch=16) for k, v in PROTOCOLS.items()}
         return HelpsSize(seeds=[0], workers=1, protocols=protos, sampling=Sampling(continuations=4),
@@ -228,6 +229,7 @@ def run_stepwise(policy, tok, data, judge, threshold: float, proto: Protocol, sa
     """The default recipe through the trainer's own rounds (prompts in, pairs built each round)."""
     from transformers import TrainerCallback
 
+    from stepdpo.demo import pair_quality
     from stepdpo.tasks.arith import is_correct
     from stepdpo.trainer import StepwiseDPOTrainer
 
@@ -246,7 +248,7 @@ def run_stepwise(policy, tok, data, judge, threshold: float, proto: Protocol, sa
             tr = holder["trainer"]
             evaluate(tr.accelerator.unwrap_model(tr.model),
                      {"pairs": tr.pair_stats[-1]["pairs"], "pair_stats": tr.pair_stats[-1],
-                      **_train_log(state.log_history)})
+                      "pair_quality": pair_quality(tr.last_pairs, data["task"]), **_train_log(state.log_history)})
             tr.model.train()
 
     trainer = StepwiseDPOTrainer(model=policy, args=args, tokenizer=tok, prompts=prompts, reward_model=judge,
@@ -330,9 +332,18 @@ def run_seed(size: HelpsSize, seed: int, work_dir: str, threads: int = 1,
     from transformers import AutoModelForCausalLM, set_seed
 
     from reward_models.base import load_reward_model
-    from reward_models.evaluation import evaluate_prm, tune_first_error_threshold
     from reward_models.testing import tiny_tokenizer
-    from stepdpo.demo import make_data, policy_results, prm_data, sampled_results, train_policy, train_prm
+    from stepdpo.demo import (
+        best_of_n_at_chosen_temperature,
+        evaluate_tuned,
+        make_data,
+        policy_results,
+        prm_baselines,
+        prm_data,
+        sampled_results,
+        train_policy,
+        train_prm,
+    )
     from stepdpo.tasks.arith import checker_reward_model
 
     torch.set_num_threads(threads)
@@ -398,18 +409,26 @@ def run_seed(size: HelpsSize, seed: int, work_dir: str, threads: int = 1,
         tick(key, t0)
         (out / "result.partial.json").write_text(json.dumps(arms, default=str) + "\n")
 
-    prm_eval, threshold = None, None
+    prm_eval, threshold, prm_report = None, None, None
 
     def prm_judge():  # trained when the first arm that needs it starts
-        nonlocal prm_eval, threshold
+        nonlocal prm_eval, threshold, prm_report
         t0 = time.time()
         prm_train, prm_val, prm_test = prm_data(cfg, policy, tok, data)
         prm_dir, _ = train_prm(cfg, tok, sft_dir, prm_train, out)
         prm = load_reward_model(prm_dir)
-        val_scores = prm.score_steps([s.prompt for s in prm_val], [s.steps for s in prm_val])
-        threshold, _ = tune_first_error_threshold(val_scores, [s.first_error for s in prm_val])
-        prm_eval = evaluate_prm(prm, prm_test, threshold=threshold).to_dict()
+        ev, threshold = evaluate_tuned(prm, prm_val, prm_test)
+        prm_eval = ev.to_dict()
         tick("prm", t0)
+        t0 = time.time()
+        # beside it: the baselines on the same samples, and reranking the SFT policy's samples (best-of-8 at the
+        # temperature chosen on validation problems vs majority vote over the same 8)
+        bon_cfg = replace(cfg, best_of_n=8, n_best_of_n=len(data["test"]), n_best_of_n_val=min(200, len(data["val"])))
+        prm_report = {"kind": cfg.prm_kind, "steps": cfg.prm_steps, "baselines": prm_baselines(policy, tok, prm_val,
+                                                                                               prm_test),
+                      "n_val_samples": len(prm_val), "n_test_samples": len(prm_test),
+                      "best_of_n": best_of_n_at_chosen_temperature(bon_cfg, policy, tok, data, prm)}
+        tick("prm_report", t0)
         return prm, threshold
 
     t0 = time.time()
@@ -435,7 +454,7 @@ def run_seed(size: HelpsSize, seed: int, work_dir: str, threads: int = 1,
     assert [int(x) for x in sft_right] == arms["sft"]["test_right"], "the SFT policy reloaded must score the same"
     timings["total"] = round(time.time() - t_all, 1)
     result = {"seed": seed, "config": asdict(cfg), "arms": arms, "prm": prm_eval, "prm_threshold": threshold,
-              "timings_s": timings}
+              "prm_report": prm_report, "timings_s": timings}
     (out / "result.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     return result
 
@@ -533,8 +552,38 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     trained = [r["prm"] for r in per_seed if r.get("prm")]  # the PRM is trained only when an arm uses it
     prm = {"first_error_f1": _mean_sd([p["first_error"]["f1"] for p in trained]),
            "step_auroc": _mean_sd([p["steps"]["auroc"] for p in trained])}
+    reports = [r["prm_report"] for r in per_seed if r.get("prm_report")]
+    if reports and len(reports) == len(trained):
+        prm["kind"] = reports[0]["kind"]
+        for name in ("position", "policy_likelihood"):
+            prm[name] = {"first_error_f1": _mean_sd([r["baselines"][name]["first_error"]["f1"] for r in reports]),
+                         "step_auroc": _mean_sd([r["baselines"][name]["steps"]["auroc"] for r in reports])}
+        prm["best_of_n"] = [{k: r["best_of_n"][k] for k in ("temperature", "problems", "n", "best_of_n_prm",
+                                                            "prm_weighted_vote", "majority_vote", "pass_at_n",
+                                                            "best_of_n", "weighted_vote")} for r in reports]
+    if "stepwise/prm" in arms:
+        prm["pairs_right"] = [[rd["pair_quality"]["both"] for rd in r["arms"]["stepwise/prm"]["rounds"]
+                               if "pair_quality" in rd] for r in per_seed]
     return {"arms": arms, "comparisons": comparisons, "prm": prm, "seeds": [r["seed"] for r in per_seed],
-            "n_test": per_seed[0]["arms"]["sft"]["n"], "targets": targets(arms, comparisons)}
+            "n_test": per_seed[0]["arms"]["sft"]["n"], "targets": targets(arms, comparisons),
+            "prm_targets": prm_targets(prm, arms)}
+
+
+def prm_targets(prm: dict[str, Any], arms: dict[str, Any]) -> dict[str, Any]:
+    """Issue 13's bar for the default PRM recipe: ProcessBench-style F1 >= 0.8 and step AUROC >= 0.95 (mean over
+    seeds), best-of-8 by the PRM above majority vote on every seed, pairs built with the PRM as judge right >= 90% of
+    the time (every round of every seed), Stepwise DPO with the PRM as judge within 1 point of the checker judge."""
+    out: dict[str, Any] = {}
+    if prm["step_auroc"][0] == prm["step_auroc"][0]:
+        out["f1_auroc"] = prm["first_error_f1"][0] >= 0.8 and prm["step_auroc"][0] >= 0.95
+    if prm.get("best_of_n"):
+        out["best_of_8_beats_vote"] = all(b["best_of_n_prm"] > b["majority_vote"] for b in prm["best_of_n"])
+    if prm.get("pairs_right") and all(prm["pairs_right"]):
+        out["pairs_right_90"] = min(min(r) for r in prm["pairs_right"]) >= 0.9
+    if "stepwise/prm" in arms and "stepwise/checker" in arms:
+        out["within_1_point"] = abs(arms["stepwise/prm"]["accuracy"][0] - arms["stepwise/checker"]["accuracy"][0]) \
+            <= 0.01
+    return out
 
 
 def targets(arms: dict[str, Any], comparisons: list[dict[str, Any]]) -> dict[str, Any]:
@@ -550,6 +599,12 @@ def targets(arms: dict[str, Any], comparisons: list[dict[str, Any]]) -> dict[str
         out[comp["b"]] = {"every_seed": all(d >= bar if bar else d > 0 for d in diffs), "mean_above_sd": mean > sd,
                           "bar": bar}
     return out
+
+
+def _f3(ms: tuple[float, float]) -> str:
+    """Mean ± SD with 3 decimals ('n/a' when undefined, e.g. no erroneous solution in a smoke run)."""
+    m, s = ms
+    return "n/a" if m != m else f"{m:.3f} ± {s:.3f}"
 
 
 def _pct(ms: tuple[float, float], signed: bool = False) -> str:
@@ -596,9 +651,31 @@ def render(summary: dict[str, Any], per_seed: list[dict[str, Any]], size: HelpsS
         f"{LABELS[key]}: {_protocol_text(proto)}" for key, proto in size.protocols.items() if key in summary["arms"])
         + "."]
     p = summary["prm"]
-    lines += [] if math.isnan(p["step_auroc"][0]) else [f"- PRM (the `stepwise/prm` judge; held-out policy samples, validation-tuned threshold): first-error "
-                  f"F1 {p['first_error_f1'][0]:.3f} ± {p['first_error_f1'][1]:.3f}, step AUROC "
-                  f"{p['step_auroc'][0]:.3f} ± {p['step_auroc'][1]:.3f}."]
+    lines += [] if math.isnan(p["step_auroc"][0]) and "kind" not in p else [
+        f"- PRM (the `stepwise/prm` judge{', kind ' + repr(p['kind']) if 'kind' in p else ''}; held-out policy "
+        f"samples, validation-tuned threshold): ProcessBench-style F1 {_f3(p['first_error_f1'])}, step AUROC "
+        f"{_f3(p['step_auroc'])}" + (
+            f"; beside it on the same samples, the step position alone: F1 {_f3(p['position']['first_error_f1'])}, "
+            f"AUROC {_f3(p['position']['step_auroc'])}; the SFT policy's own token probabilities (no training): "
+            f"F1 {_f3(p['policy_likelihood']['first_error_f1'])}, AUROC {_f3(p['policy_likelihood']['step_auroc'])}"
+            if "position" in p else "") + "."]
+    if p.get("best_of_n"):
+        lines.append("- Reranking the SFT policy's samples with the PRM (per seed; best-of-8 / PRM-weighted vote / "
+                     "majority vote / pass@8, at the temperature chosen on validation problems): " + "; ".join(
+                         f"T={b['temperature']}: {b['best_of_n_prm']:.1%} / {b['prm_weighted_vote']:.1%} / "
+                         f"{b['majority_vote']:.1%} / {b['pass_at_n']:.1%}" for b in p["best_of_n"])
+                     + ". Best-of-8 by aggregation (min / prod / mean / last), seed " + str(summary["seeds"][0]) + ": "
+                     + " / ".join(f"{v:.1%}" for v in p["best_of_n"][0]["best_of_n"].values()) + ".")
+    if p.get("pairs_right") and all(p["pairs_right"]):
+        lines.append("- Pairs built with the PRM as judge that are right by the checker (chosen valid, rejected "
+                     "invalid), per round, per seed: " + "; ".join(
+                         " / ".join(f"{x:.1%}" for x in r) for r in p["pairs_right"]) + ".")
+    if summary.get("prm_targets"):
+        names = {"f1_auroc": "F1 >= 0.8 and AUROC >= 0.95", "best_of_8_beats_vote": "best-of-8 > majority vote, "
+                 "every seed", "pairs_right_90": "PRM pairs right >= 90%", "within_1_point":
+                 "Stepwise DPO with the PRM within 1 point of the checker"}
+        lines.append("- PRM targets (issue 13): " + "; ".join(
+            f"{names[k]}: {'met' if v else '**not met**'}" for k, v in summary["prm_targets"].items()) + ".")
     lines.append("- Accuracy per round (test, then validation, correct problems; round 0 = SFT):")
     for key in summary["arms"]:
         if key == "sft":
@@ -665,6 +742,23 @@ def rerender(path: str) -> None:
     Path(path).write_text(json.dumps(res, indent=2) + "\n")
 
 
+def merge_arms(old: dict[str, Any], new: dict[str, Any], size: HelpsSize) -> dict[str, Any]:
+    """``new`` (a run of some arms) laid over ``old`` (an earlier result of the same seeds): per seed, the arms
+    of ``new`` replace those of ``old`` and the others are kept; the PRM entries come from ``new`` when it
+    trained one. Summary and table are rebuilt."""
+    by_seed = {r["seed"]: r for r in old.get("per_seed", [])}
+    merged = []
+    for r in new["per_seed"]:
+        o = by_seed.get(r["seed"], {})
+        row = {**o, **r, "arms": {**o.get("arms", {}), **r["arms"]},
+               "timings_s": {**o.get("timings_s", {}), **r.get("timings_s", {})}}
+        for key in ("prm", "prm_threshold", "prm_report"):
+            row[key] = r.get(key) if r.get(key) is not None else o.get(key)
+        merged.append(row)
+    summary = summarize(merged)
+    return {**new, "per_seed": merged, "summary": summary, "markdown": render(summary, merged, size)}
+
+
 def _cuda() -> bool:
     import torch
 
@@ -714,6 +808,10 @@ def main(argv: list[str] | None = None) -> int:
             merged = {**json.loads(old.read_text())["select"]["select"], **res["select"]["select"]}
             res["select"]["select"] = {k: merged[k] for k in sorted(merged, key=_entry_order)}
             res["markdown"] = render_select(res["select"])
+    if args.mode != "select" and arms:  # keep the other arms of an earlier run of the same seeds
+        old = Path(args.out) if args.out else common.RESULTS_DIR / f"{name}.json"
+        if old.exists():
+            res = merge_arms(json.loads(old.read_text()), res, sizes(args.mode, args.task))
     print(res["markdown"])
     payload = {"name": name, "benchmark": "helps", "mode": args.mode,
                "command": "python -m bench.helps " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -8,10 +8,15 @@ From nothing, in one run:
    solutions with TRL's ``SFTTrainer`` (:func:`stepdpo.sft.train_sft`).
 3. **Accuracy before** - greedy solutions of the held-out problems, checked by the task's
    safe checker.
-4. **PRM** - a 2-class head on the policy's backbone, trained by
-   :class:`reward_models.training.PRMTrainer` on the policy's own sampled solutions labeled by
-   the checker (step ``i`` is good when steps ``0..i`` are all valid), plus gold solutions with
-   one injected error. Evaluated on held-out policy samples: first-error F1, step AUROC, ECE.
+4. **PRM** - by default a *verifier LM*: a copy of the policy trained further with next-token loss
+   on gold solutions of its own problems, scoring each step by the probability it gives the step's
+   tokens (:class:`reward_models.likelihood.LikelihoodRewardModel`: the least probable token,
+   running minimum over steps). ``prm_kind`` picks the others: ``head`` (a 2-class head trained by
+   :class:`reward_models.training.PRMTrainer` on checker-labeled policy samples),
+   ``implicit`` (:class:`reward_models.implicit_trainer.ImplicitPRMTrainer`) or ``verification``
+   (a Yes/No generative verifier trained with next-token loss). Evaluated on held-out policy
+   samples: ProcessBench-style first-error F1, step AUROC, ECE, beside two baselines: the step
+   position alone and the SFT policy's own token probabilities (no training).
 5. **Stepwise DPO, the default recipe** - :class:`stepdpo.trainer.StepwiseDPOTrainer` from the
    training prompts, for ``rounds`` rounds: each round the *current* policy solves every problem
    greedily, the judge (the task's checker by default, or the PRM) finds the first wrong step of
@@ -21,7 +26,8 @@ From nothing, in one run:
    reference, which is the policy as the round starts). The checker measures how often the pairs
    are right.
 7. **Accuracy after** - same held-out problems, same greedy decoding; plus best-of-N with the
-   PRM vs majority vote.
+   PRM and PRM-weighted voting vs majority vote over the same samples, at the sampling temperature
+   that works best on validation problems, under each step-score aggregation.
 8. **Report** - ``metrics.json``, ``report.md`` and PNG plots in the output directory.
 """
 
@@ -49,7 +55,8 @@ class DemoConfig:
     task: dict = field(default_factory=dict)  # ArithConfig fields; {} = the default difficulty
     n_test: int = 1000
     n_sft: int = 4000
-    n_prm_prompts: int = 600
+    n_prm_prompts: int = 600  # problems whose policy samples train the label-trained PRM kinds
+    n_prm_gold: int = 4000  # problems whose gold solutions train the verifier LM (drawn last: other sets unchanged)
     n_pair_prompts: int = 700
     n_val: int = 200
     # who scores steps when building pairs: "checker" (the task's verifier, as a rules reward model) or "prm"
@@ -67,13 +74,20 @@ class DemoConfig:
     sft_steps: int = 500  # measured: 56% held-out accuracy after 500 steps (seed 0), 78-97% after 700 (3 seeds)
     sft_lr: float = 1e-3
     sft_batch: int = 64
+    # the PRM recipe (chosen on validation problems, issue 13; BENCHMARKS.md "A PRM that checks steps"):
+    # "likelihood" = a verifier LM (prm_backbone, trained prm_steps more with next-token loss on the gold
+    # solutions of n_prm_gold problems) scoring steps by token probability; "head" / "implicit" / "verification"
+    # train on checker-labeled policy samples of the n_prm_prompts problems (+ their gold, injected errors)
+    prm_kind: str = "likelihood"
+    prm_backbone: str = "policy"  # "policy": start from the SFT policy; "fresh": a new model of the policy's size
     prm_samples_per_prompt: int = 2
     prm_injected: int = 600
-    prm_steps: int = 400
+    prm_steps: int = 200
     prm_lr: float = 1e-3
-    prm_batch: int = 32
+    prm_batch: int = 64
+    prm_eval_temperature: float = 0.7  # held-out policy samples the PRM is evaluated on (val: 2 per problem)
     k: int = 4
-    temperature: float = 1.0
+    temperature: float = 1.0  # sampling temperature of the label-trained PRMs' training solutions
     # Stepwise DPO, the default recipe (bench helps: chosen on validation problems; see BENCHMARKS.md)
     rounds: int = 3
     steps_per_round: int = 70
@@ -89,18 +103,21 @@ class DemoConfig:
     dpo_batch: int = 32
     dpo_scheduler: str = "cosine"
     dpo_warmup: float = 0.1  # warm-up steps (a float below 1: that share of the steps)
-    best_of_n: int = 4
+    best_of_n: int = 8
     n_best_of_n: int = 200
+    best_of_n_temperatures: tuple = (0.4, 0.7, 1.0)  # chosen among on n_best_of_n_val validation problems
+    n_best_of_n_val: int = 64
     threads: int = 1
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoConfig:
         """A smoke-sized run (well under 2 minutes)."""
         easy = {"min_steps": 1, "max_steps": 2, "start_min": 2, "start_max": 19, "min_operand": 1, "max_operand": 9}
-        return cls(seed=seed, task=easy, n_test=100, n_sft=1000, n_prm_prompts=80, n_pair_prompts=200, n_val=100,
-                   policy_layers=2, policy_width=64, policy_heads=2, sft_steps=800, sft_batch=32, sft_lr=3e-3,
-                   prm_injected=100, prm_steps=150, rounds=2, steps_per_round=40, continuations=4, dpo_batch=16,
-                   n_best_of_n=40)
+        return cls(seed=seed, task=easy, n_test=100, n_sft=1000, n_prm_prompts=80, n_prm_gold=600, n_pair_prompts=200,
+                   n_val=100, policy_layers=2, policy_width=64, policy_heads=2, sft_steps=800, sft_batch=32, sft_lr=3e-3,
+                   prm_injected=100, prm_steps=100, prm_batch=32, rounds=2, steps_per_round=40,
+                   continuations=4, dpo_batch=16, n_best_of_n=40, n_best_of_n_val=24,
+                   best_of_n_temperatures=(0.7, 1.0))
 
     def arith(self):
         from stepdpo.tasks.arith import ArithConfig
@@ -110,7 +127,8 @@ class DemoConfig:
 
 # -- stages (reused by the benchmarks) -------------------------------------------------------------
 def make_data(cfg: DemoConfig, task=None) -> dict[str, Any]:
-    """Disjoint problem sets: test, SFT (gold), PRM prompts, PRM gold/injected-error solutions, pair prompts."""
+    """Disjoint problem sets: test, SFT (gold), PRM prompts, PRM gold/injected-error solutions, pair prompts,
+    validation, and the verifier LM's gold problems (drawn last, so its size leaves the other sets unchanged)."""
     from stepdpo.tasks.arith import make_samples
 
     task = task or cfg.arith()
@@ -126,8 +144,10 @@ def make_data(cfg: DemoConfig, task=None) -> dict[str, Any]:
     pairs = make_samples(cfg.n_pair_prompts, seed=40_000 + cfg.seed, cfg=task, exclude=used)
     used |= {s.meta["expression"] for s in pairs}
     val = make_samples(cfg.n_val, seed=50_000 + cfg.seed, cfg=task, exclude=used)
+    used |= {s.meta["expression"] for s in val}
+    prm_gold = make_samples(cfg.n_prm_gold, seed=60_000 + cfg.seed, cfg=task, exclude=used)
     return {"task": task, "test": test, "sft": sft, "prm_prompts": prm_prompts, "injected": injected,
-            "pair_prompts": pairs, "val": val}
+            "pair_prompts": pairs, "val": val, "prm_gold": prm_gold}
 
 
 def train_policy(cfg: DemoConfig, tokenizer, sft_samples, output_dir: Path):
@@ -204,35 +224,103 @@ def checker_labeled(samples, solutions_per_prompt) -> list:
 
 
 def prm_data(cfg: DemoConfig, policy, tokenizer, data) -> tuple[list, list, list]:
-    """Checker-labeled PRM data: (train, validation, test). Train = the policy's own samples on the PRM
-    prompts (error-rich at temperature 1), their gold solutions and gold solutions with injected
-    errors; validation/test = one policy sample per validation/test problem."""
-    prm_sols = solve(policy, tokenizer, [s.prompt for s in data["prm_prompts"]], k=cfg.prm_samples_per_prompt,
+    """PRM data: (train, validation, test), each drawn on its own problems with its own seed.
+
+    Train: for the verifier LM (``likelihood``), the gold solutions of the ``prm_gold`` problems; for the
+    label-trained kinds, the policy's own samples on the ``prm_prompts`` at ``temperature``
+    (error-rich) labeled by the checker, their gold solutions and gold solutions with injected errors.
+    Validation (2 samples per problem) and test (1 per problem): the policy's samples at
+    ``prm_eval_temperature`` on the validation / test problems, labeled by the checker, so that
+    both erroneous and fully correct solutions are plentiful."""
+    if cfg.prm_kind == "likelihood":
+        train = list(data["prm_gold"])
+    else:
+        label_prompts = list(data["prm_prompts"])
+        sols = solve(policy, tokenizer, [s.prompt for s in label_prompts], k=cfg.prm_samples_per_prompt,
                      temperature=cfg.temperature, seed=cfg.seed + 1)
-    train = checker_labeled(data["prm_prompts"], prm_sols) + list(data["prm_prompts"]) + list(data["injected"])
-    val_sols = solve(policy, tokenizer, [s.prompt for s in data["val"]], k=1, temperature=cfg.temperature,
+        train = checker_labeled(label_prompts, sols) + label_prompts + list(data["injected"])
+    val_sols = solve(policy, tokenizer, [s.prompt for s in data["val"]], k=2, temperature=cfg.prm_eval_temperature,
                      seed=cfg.seed + 5)
-    test_sols = solve(policy, tokenizer, [s.prompt for s in data["test"]], k=1, temperature=cfg.temperature,
-                      seed=cfg.seed + 2)
+    test_sols = solve(policy, tokenizer, [s.prompt for s in data["test"]], k=1,
+                      temperature=cfg.prm_eval_temperature, seed=cfg.seed + 2)
     return train, checker_labeled(data["val"], val_sols), checker_labeled(data["test"], test_sols)
 
 
+PRM_KINDS = ("likelihood", "head", "implicit", "verification")
+
+
 def train_prm(cfg: DemoConfig, tokenizer, policy_dir: Path, train_samples, output_dir: Path):
-    """A 2-class PRM head on the SFT policy's backbone, trained with PRMTrainer; returns (path, log)."""
-    from transformers import AutoModelForTokenClassification
+    """Train the PRM of kind ``cfg.prm_kind`` on ``cfg.prm_backbone`` (the SFT policy in ``policy_dir``,
+    or a fresh model of the policy's size); save it to ``output_dir/prm``; returns (path, log history)."""
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
-    from reward_models.training import PRMConfig, PRMTrainer
+    from reward_models.testing import tiny_causal_lm, tiny_token_classifier
+    from stepdpo.tasks.arith import STEP_FORMAT
 
-    model = AutoModelForTokenClassification.from_pretrained(policy_dir, num_labels=2, use_safetensors=True)
-    args = PRMConfig(output_dir=str(output_dir / "prm_run"), backend="head", num_labels=2, step_separator="\n",
-                     max_steps=cfg.prm_steps, learning_rate=cfg.prm_lr,
-                     per_device_train_batch_size=cfg.prm_batch, logging_steps=10, save_strategy="no",
-                     report_to=[], seed=cfg.seed, use_cpu=not _cuda(), disable_tqdm=True,
-                     lr_scheduler_type="cosine", warmup_steps=10)
-    trainer = PRMTrainer(model=model, args=args, train_dataset=train_samples, processing_class=tokenizer)
+    if cfg.prm_kind not in PRM_KINDS:
+        raise ValueError(f"prm_kind must be one of {PRM_KINDS}, got {cfg.prm_kind!r}")
+    if cfg.prm_backbone not in ("policy", "fresh"):
+        raise ValueError(f"prm_backbone must be 'policy' or 'fresh', got {cfg.prm_backbone!r}")
+    size = dict(seed=cfg.seed + 11, n_layer=cfg.policy_layers, n_embd=cfg.policy_width, n_head=cfg.policy_heads,
+                n_positions=128)
+    head = cfg.prm_kind == "head"
+    if cfg.prm_backbone == "fresh":
+        model = tiny_token_classifier(tokenizer, num_labels=2, **size) if head else tiny_causal_lm(tokenizer, **size)
+    elif head:
+        model = AutoModelForTokenClassification.from_pretrained(policy_dir, num_labels=2, use_safetensors=True)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(policy_dir, use_safetensors=True)
+    run_dir, prm_dir = output_dir / "prm_run", output_dir / "prm"
+    common = dict(output_dir=str(run_dir), max_steps=cfg.prm_steps, learning_rate=cfg.prm_lr,
+                  per_device_train_batch_size=cfg.prm_batch, logging_steps=10, save_strategy="no", report_to=[],
+                  seed=cfg.seed, use_cpu=not _cuda(), disable_tqdm=True, lr_scheduler_type="cosine",
+                  warmup_steps=10, step_separator="\n")
+    if cfg.prm_kind == "likelihood":
+        from reward_models.likelihood import LikelihoodRewardModel
+        from stepdpo.sft import train_sft
+
+        gold = [s for s in train_samples if s.first_error is None]
+        trainer = train_sft(model, tokenizer, gold, output_dir=str(run_dir), step_format=STEP_FORMAT,
+                            max_steps=cfg.prm_steps, learning_rate=cfg.prm_lr, batch_size=cfg.prm_batch, seed=cfg.seed)
+        LikelihoodRewardModel.from_model(trainer.model.eval(), tokenizer, step_format=STEP_FORMAT).save(prm_dir)
+        return prm_dir, trainer.state.log_history
+    if cfg.prm_kind == "implicit":
+        from reward_models.implicit_trainer import ImplicitPRMConfig, ImplicitPRMTrainer
+
+        trainer = ImplicitPRMTrainer(model=model, args=ImplicitPRMConfig(beta=0.5, **common),
+                                     train_dataset=train_samples, processing_class=tokenizer)
+    else:
+        from reward_models.training import PRMConfig, PRMTrainer
+
+        extra = dict(backend="head", num_labels=2) if head else dict(backend="verification", lm_loss_weight=1.0)
+        trainer = PRMTrainer(model=model, args=PRMConfig(**extra, **common), train_dataset=train_samples,
+                             processing_class=tokenizer)
     trainer.train()
-    trainer.save_model(str(output_dir / "prm"))
-    return output_dir / "prm", trainer.state.log_history
+    trainer.save_model(str(prm_dir))
+    return prm_dir, trainer.state.log_history
+
+
+def prm_baselines(policy, tokenizer, val, test) -> dict[str, Any]:
+    """What a PRM must beat, on the same held-out samples with thresholds tuned on the same validation
+    samples: the step's position alone (score = minus its index) and the SFT policy's own token
+    probabilities (:class:`~reward_models.likelihood.LikelihoodRewardModel`, no training)."""
+    from reward_models.likelihood import LikelihoodRewardModel
+    from reward_models.rules import FunctionRewardModel
+    from stepdpo.tasks.arith import STEP_FORMAT
+
+    scorers = {"position": FunctionRewardModel(lambda p, steps: [-float(j) for j in range(len(steps))],
+                                               name="position"),
+               "policy_likelihood": LikelihoodRewardModel.from_model(policy, tokenizer, step_format=STEP_FORMAT)}
+    return {name: evaluate_tuned(rm, val, test)[0].to_dict() for name, rm in scorers.items()}
+
+
+def evaluate_tuned(rm, val, test):
+    """``(evaluation on test, threshold)``: the first-error threshold tuned on ``val`` (never on test)."""
+    from reward_models.evaluation import evaluate_prm, tune_first_error_threshold
+
+    val_scores = rm.score_steps([s.prompt for s in val], [s.steps for s in val])
+    threshold, _ = tune_first_error_threshold(val_scores, [s.first_error for s in val])
+    return evaluate_prm(rm, test, threshold=threshold, progress=False), threshold
 
 
 def pair_quality(pairs, task) -> dict[str, float]:
@@ -317,29 +405,37 @@ def stepwise_dpo_rounds(policy, tokenizer, prompts, answers, judge, *, output_di
     return trainer
 
 
-def best_of_n_vs_vote(model, tokenizer, samples, prm, n: int, seed: int) -> dict[str, float]:
-    """On ``samples``: accuracy of best-of-n by PRM (min aggregation), majority vote, PRM-weighted vote."""
-    from stepdpo.decode import vote_answers
+def best_of_n_vs_vote(model, tokenizer, samples, prm, n: int, seed: int, temperature: float = 1.0) -> dict[str, Any]:
+    """On ``samples``, ``n`` solutions each at ``temperature``: best-of-n by the PRM and PRM-weighted
+    voting under each aggregation (:func:`reward_models.evaluation.rerank_report`; unfinished solutions
+    are never picked over finished ones), majority vote and pass@n over the same solutions."""
+    from reward_models.evaluation import rerank_report
     from stepdpo.tasks.arith import extract_answer, is_correct
 
     prompts = [s.prompt for s in samples]
-    sols = solve(model, tokenizer, prompts, k=n, temperature=1.0, seed=seed)
+    sols = solve(model, tokenizer, prompts, k=n, temperature=temperature, seed=seed)
     flat = [(i, sol) for i, row in enumerate(sols) for sol in row if sol]
     scores = prm.score_steps([prompts[i] for i, _ in flat], [sol for _, sol in flat])
-    agg: list[list[tuple[float, list[str]]]] = [[] for _ in prompts]
-    for (i, sol), sc in zip(flat, scores):
-        agg[i].append((min(sc), sol))
-    best = sum(bool(a) and is_correct(s.meta["expression"], max(a, key=lambda t: t[0])[1])
-               for s, a in zip(samples, agg))
-    plain = vote_answers([[sol for _, sol in a] for a in agg], extract_answer)
-    weighted = vote_answers([[sol for _, sol in a] for a in agg], extract_answer, [[w for w, _ in a] for a in agg])
-    gold = [int(s.answer) for s in samples]
-    any_correct = sum(any(is_correct(s.meta["expression"], sol) for _, sol in a) for s, a in zip(samples, agg))
-    n_s = len(samples)
-    return {"n": n, "problems": n_s, "best_of_n_prm": best / n_s,
-            "majority_vote": sum(v == g for v, g in zip(plain, gold)) / n_s,
-            "prm_weighted_vote": sum(v == g for v, g in zip(weighted, gold)) / n_s,
-            "pass_at_n": any_correct / n_s}
+    by_sol = {id(sol): sc for (_, sol), sc in zip(flat, scores)}
+    rep = rerank_report([[by_sol.get(id(sol), []) for sol in row] for row in sols],
+                        [[is_correct(s.meta["expression"], sol) for sol in row] for s, row in zip(samples, sols)],
+                        [[extract_answer(sol) for sol in row] for row in sols], [s.answer for s in samples])
+    return {**rep, "temperature": temperature, "best_of_n_prm": rep["best_of_n"]["min"],
+            "prm_weighted_vote": rep["weighted_vote"]["min"]}
+
+
+def best_of_n_at_chosen_temperature(cfg: DemoConfig, model, tokenizer, data, prm) -> dict[str, Any]:
+    """Pick the sampling temperature of best-of-n on validation problems (best-of-n by the PRM, min
+    aggregation), then report on the test problems at it; ``validation`` keeps every candidate's result."""
+    val = data["val"][: cfg.n_best_of_n_val]
+    tried = {t: best_of_n_vs_vote(model, tokenizer, val, prm, cfg.best_of_n, cfg.seed + 6, t)
+             for t in cfg.best_of_n_temperatures}
+    best_t = max(tried, key=lambda t: (tried[t]["best_of_n_prm"], -t))
+    out = best_of_n_vs_vote(model, tokenizer, data["test"][: cfg.n_best_of_n], prm, cfg.best_of_n, cfg.seed + 4,
+                            best_t)
+    out["validation"] = {str(t): {"best_of_n_prm": r["best_of_n_prm"], "majority_vote": r["majority_vote"],
+                                  "pass_at_n": r["pass_at_n"], "problems": r["problems"]} for t, r in tried.items()}
+    return out
 
 
 # -- the whole run -----------------------------------------------------------------------------------
@@ -350,7 +446,7 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     from transformers import set_seed
 
     from reward_models.base import load_reward_model
-    from reward_models.evaluation import evaluate_prm, tune_first_error_threshold
+    from reward_models.evaluation import evaluate_prm
     from reward_models.testing import tiny_tokenizer
     from stepdpo import report
     from stepdpo.tasks.arith import checker_reward_model
@@ -399,18 +495,22 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     with stage("prm_data"):
         prm_train, prm_val, prm_test = prm_data(cfg, policy, tok, data)
     n_bad = sum(s.first_error is not None for s in prm_train)
-    print(f"[demo] PRM data: {len(prm_train)} labeled solutions ({n_bad} with an error)")
+    print(f"[demo] PRM data: {len(prm_train)} training solutions ({n_bad} with an error); held-out policy samples "
+          f"at T={cfg.prm_eval_temperature}: {len(prm_val)} validation, {len(prm_test)} test "
+          f"({sum(s.first_error is None for s in prm_test)} fully correct)")
     with stage("prm"):
         prm_dir, prm_log = train_prm(cfg, tok, out / "policy_sft", prm_train, out)
         prm = load_reward_model(prm_dir)
         # the step threshold is tuned for first-error F1 on validation samples, never on test ones
-        val_scores = prm.score_steps([s.prompt for s in prm_val], [s.steps for s in prm_val])
-        threshold, _ = tune_first_error_threshold(val_scores, [s.first_error for s in prm_val])
-        ev = evaluate_prm(prm, prm_test, threshold=threshold)
-        ev_half = evaluate_prm(prm, prm_test, threshold=0.5)
-    print(f"[demo] PRM on {len(prm_test)} held-out policy solutions: first-error F1 {_f(ev.first_error.f1)} "
-          f"at the validation-tuned threshold {threshold:.3f} ({_f(ev_half.first_error.f1)} at 0.5), "
-          f"step AUROC {_f(ev.steps.auroc)}, ECE {_f(ev.ece)}")
+        ev, threshold = evaluate_tuned(prm, prm_val, prm_test)
+        ev_half = evaluate_prm(prm, prm_test, threshold=0.5, progress=False)
+        baselines = prm_baselines(policy, tok, prm_val, prm_test)
+    print(f"[demo] PRM ({cfg.prm_kind}) on {len(prm_test)} held-out policy solutions: ProcessBench-style F1 "
+          f"{_f(ev.first_error.f1)} at the validation-tuned threshold {threshold:.3f} ({_f(ev_half.first_error.f1)} "
+          f"at 0.5), step AUROC {_f(ev.steps.auroc)}, ECE {_f(ev.ece)}; baselines: step position AUROC "
+          f"{_f(baselines['position']['steps']['auroc'])}, the SFT policy's own token probabilities AUROC "
+          f"{_f(baselines['policy_likelihood']['steps']['auroc'])} / F1 "
+          f"{_f(baselines['policy_likelihood']['first_error']['f1'])}")
 
     with stage("stepwise_dpo"):
         if cfg.judge == "prm":
@@ -466,8 +566,9 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     print(f"[demo] after Stepwise DPO: {c1}/{n1} = {c1 / n1:.1%} held-out accuracy (greedy), "
           f"was {c0 / n0:.1%}")
     with stage("best_of_n"):
-        bon = best_of_n_vs_vote(policy, tok, data["test"][: cfg.n_best_of_n], prm, cfg.best_of_n, cfg.seed + 4)
-    print(f"[demo] best-of-{cfg.best_of_n} by PRM {bon['best_of_n_prm']:.1%} vs majority vote "
+        bon = best_of_n_at_chosen_temperature(cfg, policy, tok, data, prm)
+    print(f"[demo] best-of-{cfg.best_of_n} at T={bon['temperature']} (chosen on validation): by PRM "
+          f"{bon['best_of_n_prm']:.1%}, PRM-weighted vote {bon['prm_weighted_vote']:.1%}, majority vote "
           f"{bon['majority_vote']:.1%} (pass@{cfg.best_of_n} {bon['pass_at_n']:.1%}) on {bon['problems']} problems")
 
     # -- report ----------------------------------------------------------------------------------
@@ -478,6 +579,7 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
             "correct_before": c0, "correct_after": c1,
             "change": change, "rounds": rounds, "loss": loss,
             "prm": ev.to_dict(), "prm_threshold": threshold, "prm_at_0.5": ev_half.to_dict(),
+            "prm_baselines": baselines,
             "pairs": {"count": sum(r["pairs"] for r in rounds), "per_round": pair_stats, "checker_last_round": quality},
             "best_of_n": bon, "timings_s": timings,
         }
@@ -572,16 +674,26 @@ def _report_sections(cfg, data, m, sols0, sols1):
             {"metric": "change, paired on the same problems (95% band)",
              "value": f"{c['diff'] * 100:+.1f} ± {1.96 * c['se'] * 100:.1f} points ({c['gained']} problems gained, "
                       f"{c['lost']} lost)"},
-            {"metric": "PRM first-error F1 (held-out policy samples)", "value": _f(prm["first_error"]["f1"])},
+            {"metric": f"PRM ({m['config']['prm_kind']}) ProcessBench-style F1 (held-out policy samples)",
+             "value": _f(prm["first_error"]["f1"])},
             {"metric": "PRM step AUROC", "value": _f(prm["steps"]["auroc"])},
+            {"metric": "baselines, step AUROC / F1: step position alone; the SFT policy's token probabilities",
+             "value": " ; ".join(f"{_f(b['steps']['auroc'])} / {_f(b['first_error']['f1'])}"
+                                 for b in (m["prm_baselines"]["position"], m["prm_baselines"]["policy_likelihood"]))},
             {"metric": "PRM ECE", "value": _f(prm["ece"])},
             {"metric": "step pairs built (all rounds)", "value": str(m["pairs"]["count"])},
             {"metric": "last round's pairs right by the checker (chosen valid, rejected invalid)",
              "value": f"{m['pairs']['checker_last_round']['both']:.1%}"},
-            {"metric": f"best-of-{m['best_of_n']['n']} by PRM / majority vote / pass@n (final policy)",
-             "value": f"{m['best_of_n']['best_of_n_prm']:.1%} / {m['best_of_n']['majority_vote']:.1%} / "
-                      f"{m['best_of_n']['pass_at_n']:.1%}"},
+            {"metric": f"best-of-{m['best_of_n']['n']} by PRM / PRM-weighted vote / majority vote / pass@n "
+                       f"(final policy, T={m['best_of_n']['temperature']} chosen on validation)",
+             "value": f"{m['best_of_n']['best_of_n_prm']:.1%} / {m['best_of_n']['prm_weighted_vote']:.1%} / "
+                      f"{m['best_of_n']['majority_vote']:.1%} / {m['best_of_n']['pass_at_n']:.1%}"},
         ])),
+        ("Reranking by aggregation", "Best-of-n and PRM-weighted vote when a solution's score is the min, product, "
+         "mean or last of its step scores (unfinished solutions are never picked over finished ones):\n\n"
+         + report.markdown_table([{"aggregation": a, "best-of-n": f"{m['best_of_n']['best_of_n'][a]:.1%}",
+                                   "weighted vote": f"{m['best_of_n']['weighted_vote'][a]:.1%}"}
+                                  for a in m["best_of_n"]["best_of_n"]])),
         ("Reading the result", _reading(m)),
         ("Task", f"Problems like `{ex.prompt.strip()}` with gold steps `{' | '.join(ex.steps)}`. "
                  f"{m['n_test']} held-out problems (never trained on); accuracy is measured by the safe checker "
@@ -625,6 +737,7 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-__all__ = ["DemoConfig", "best_of_n_vs_vote", "checker_labeled", "make_data", "pair_quality", "policy_accuracy",
+__all__ = ["DemoConfig", "PRM_KINDS", "best_of_n_at_chosen_temperature", "best_of_n_vs_vote", "checker_labeled",
+           "evaluate_tuned", "prm_baselines", "make_data", "pair_quality", "policy_accuracy",
            "policy_results", "prm_data", "sampled_results",
            "run_demo", "run_stepwise_dpo", "solve", "train_policy", "train_prm"]

@@ -79,7 +79,20 @@ def test_helps_runs_only_the_arms_asked_for(tmp_path):
     res = json.loads(out.read_text())
     assert set(res["per_seed"][0]["arms"]) == {"sft", "rft/checker"} and res["per_seed"][0]["prm"] is None
     assert [c["a"] + " - " + c["b"] for c in res["summary"]["comparisons"]] == ["rft/checker - sft"]
-    assert "first-error F1" not in res["markdown"]
+    assert "ProcessBench-style F1" not in res["markdown"]
+    # a later run of another arm into the same file keeps the earlier arms; the PRM arm brings the PRM's report
+    proc = subprocess.run([sys.executable, "-m", "bench.helps", "--mode", "smoke", "--arms", "stepwise/prm",
+                           "--work-dir", str(tmp_path / "work"), "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    seed = res["per_seed"][0]
+    assert set(seed["arms"]) == {"sft", "rft/checker", "stepwise/prm"}
+    report = seed["prm_report"]
+    assert set(report["baselines"]) == {"position", "policy_likelihood"} and report["kind"] == "likelihood"
+    assert report["best_of_n"]["n"] == 8 and set(report["best_of_n"]["best_of_n"]) == {"min", "prod", "mean", "last"}
+    assert all("pair_quality" in r for r in seed["arms"]["stepwise/prm"]["rounds"][1:])
+    assert "ProcessBench-style F1" in res["markdown"] and "PRM targets (issue 13)" in res["markdown"]
     bad = subprocess.run([sys.executable, "-m", "bench.helps", "--mode", "smoke", "--arms", "rft"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown --arms ['rft']" in bad.stderr

@@ -10,9 +10,9 @@ from stepdpo.demo import DemoConfig, pair_quality, run_demo
 @pytest.mark.smoke
 def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, capsys):
     cfg = DemoConfig.quick(seed=0)
-    cfg.n_test, cfg.n_sft, cfg.n_prm_prompts, cfg.n_pair_prompts, cfg.n_val = 20, 600, 20, 30, 20
+    cfg.n_test, cfg.n_sft, cfg.n_prm_prompts, cfg.n_pair_prompts, cfg.n_val, cfg.n_prm_gold = 20, 600, 20, 30, 20, 100
     cfg.prm_injected, cfg.sft_steps, cfg.prm_steps, cfg.n_best_of_n, cfg.best_of_n = 20, 400, 20, 10, 2
-    cfg.steps_per_round = 4
+    cfg.steps_per_round, cfg.n_best_of_n_val = 4, 6
     m = run_demo(output_dir=str(tmp_path), cfg=cfg)
     out = capsys.readouterr().out
     assert "held-out accuracy" in out and "report:" in out
@@ -26,7 +26,17 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, capsys):
     assert "held-out accuracy before" in report and "![Accuracy](accuracy.png)" in report
     assert (tmp_path / "policy_sft" / "model.safetensors").exists()
     assert (tmp_path / "prm" / "reward_config.json").exists()
-    assert m["prm"]["n_samples"] == 20
+    assert m["prm"]["n_samples"] == 20 and m["prm"]["processbench_f1"] == m["prm"]["first_error"]["f1"]
+    assert json.loads((tmp_path / "prm" / "reward_config.json").read_text())["type"] == "likelihood"
+    assert set(m["prm_baselines"]) == {"position", "policy_likelihood"}
+    # best-of-n at the temperature that did best on validation problems, every aggregation reported
+    bon = m["best_of_n"]
+    assert bon["temperature"] in cfg.best_of_n_temperatures and set(bon["validation"]) == \
+        {str(t) for t in cfg.best_of_n_temperatures}
+    assert bon["problems"] == 10 and set(bon["best_of_n"]) == {"min", "prod", "mean", "last"}
+    assert bon["validation"][str(bon["temperature"])]["best_of_n_prm"] == \
+        max(r["best_of_n_prm"] for r in bon["validation"].values())
+    assert "ProcessBench-style F1" in report and "Reranking by aggregation" in report
     # the default recipe ran its rounds on the policy's own errors, and the trained policy reloads with its tokenizer
     assert [r["round"] for r in m["rounds"]] == [0, 1] and all(r["pairs"] > 0 for r in m["rounds"])
     assert m["change"]["diff"] == pytest.approx(m["accuracy_after"] - m["accuracy_before"])
@@ -51,3 +61,35 @@ def test_pair_quality_uses_the_checker():
     bad = StepPair(prompt="Q: 2+3*4\n", prefix_steps=[], chosen="2+3=5", rejected="3*4=12")
     q = pair_quality([good, bad], task)
     assert q == {"chosen_valid": 0.5, "rejected_invalid": 0.5, "both": 0.5}
+
+
+@pytest.mark.parametrize("kind", ["likelihood", "head", "implicit", "verification"])
+def test_every_prm_kind_trains_saves_and_scores(tmp_path, kind):
+    """train_prm builds each kind on a fresh backbone of the policy's size; the saved folder reloads
+    through the registry and scores every step."""
+    from reward_models.base import load_reward_model
+    from reward_models.testing import tiny_tokenizer
+    from stepdpo.demo import make_data, prm_data, train_prm
+
+    tok = tiny_tokenizer()
+    cfg = DemoConfig.quick(seed=0)
+    cfg.n_test, cfg.n_sft, cfg.n_prm_prompts, cfg.n_prm_gold, cfg.n_pair_prompts, cfg.n_val = 8, 50, 10, 40, 4, 6
+    cfg.prm_injected, cfg.prm_steps, cfg.prm_batch = 10, 3, 8
+    cfg.prm_kind, cfg.prm_backbone = kind, "fresh"
+    data = make_data(cfg)
+    from reward_models.testing import tiny_causal_lm
+
+    policy = tiny_causal_lm(tok, seed=0, n_layer=cfg.policy_layers, n_embd=cfg.policy_width,
+                            n_head=cfg.policy_heads, n_positions=128)
+    train, val, test = prm_data(cfg, policy, tok, data)
+    assert len(val) == 2 * cfg.n_val and len(test) == cfg.n_test  # separate draws: 2 per validation problem
+    n_gold = cfg.n_prm_gold if kind == "likelihood" else cfg.n_prm_prompts
+    assert len(train) >= n_gold and (kind == "likelihood") == all(s.first_error is None for s in train)
+    path, log = train_prm(cfg, tok, tmp_path / "unused", train, tmp_path)
+    assert any("train_loss" in h for h in log)
+    rm = load_reward_model(path, device="cpu")
+    want = {"likelihood": "likelihood", "implicit": "implicit"}.get(kind, "process")
+    assert json.loads((path / "reward_config.json").read_text())["type"] == want
+    scores = rm.score_steps([s.prompt for s in test], [s.steps for s in test])
+    assert [len(r) for r in scores] == [len(s.steps) for s in test]
+    assert all(0.0 <= v <= 1.0 for r in scores for v in r)  # one scale for every kind: probabilities
