@@ -96,3 +96,22 @@ def test_helps_runs_only_the_arms_asked_for(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "bench.helps", "--mode", "smoke", "--arms", "rft"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown --arms ['rft']" in bad.stderr
+
+
+@pytest.mark.smoke
+def test_prm_probe_scores_each_candidate_on_validation_samples(tmp_path):
+    from bench import prm_probe
+    from reward_models.testing import save_tiny, tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    policy = save_tiny(tiny_causal_lm(tok, seed=0, n_positions=128), tok, tmp_path / "policy")
+    assert prm_probe.main(["--seed", "0", "--arms", "pos,V2", "--policy", str(policy),
+                           "--out-dir", str(tmp_path / "results")]) == 0
+    res = json.loads((tmp_path / "results" / "prm-probe-seed0.json").read_text())
+    assert {"machine", "rows", "markdown"} <= set(res) and 300 < res["n_eval_solutions"] <= 400  # empty ones skipped
+    pos, verifier = res["arms"]
+    # an untrained policy's samples are (almost) all wrong, so AUROC may be undefined here: plumbing only
+    assert pos["arm"].startswith("position") and {"step_auroc", "processbench_f1", "threshold"} <= set(pos)
+    assert 0.0 <= verifier["acc_erroneous"] <= 1.0 and verifier["train_s"] > 0
+    assert verifier["arm"] == "likelihood, 2 steps"
+    assert "| position (minus the step index) |" in res["markdown"]
