@@ -449,7 +449,7 @@ def run_seed(size: HelpsSize, seed: int, work_dir: str, threads: int = 1,
         else:
             model = run_baseline(fresh(), tok, data, proto, size.sampling, seed, out / key.replace("/", "_"), ev)
         finish(key, model, ev, proto, t0)
-    del policy
+    policy = None  # free it (prm_judge, the one other user, ran before)
     sft_right, _ = policy_results(fresh(), tok, data["test"])
     assert [int(x) for x in sft_right] == arms["sft"]["test_right"], "the SFT policy reloaded must score the same"
     timings["total"] = round(time.time() - t_all, 1)
