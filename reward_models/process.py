@@ -423,8 +423,14 @@ class ProcessRewardModel(PretrainedRewardModel):
             probe = [x for x, g in zip(ids, groups) if g == groups[0]][:16]
             s = self.settings
             want, _ = _yes_no_from_ids(self.model, probe, self.candidate_ids, self.pad_token_id, s.batch_size, False)
-            got, _ = _yes_no_from_ids(self.model, probe, self.candidate_ids, self.pad_token_id, s.batch_size, True,
-                                      force=True)
+            try:
+                got, _ = _yes_no_from_ids(self.model, probe, self.candidate_ids, self.pad_token_id, s.batch_size,
+                                          True, force=True)
+            except (RuntimeError, TypeError, ValueError) as e:  # e.g. an attention kernel that rejects the mask
+                self._shared_prefix_ok = False
+                logger.warning("verification: shared-prefix scoring failed on %s (%s: %s); scoring one sequence per "
+                               "question", type(self.model).__name__, type(e).__name__, str(e)[:200])
+                return False
             diff = float((want - got).abs().max())
             tol = exactness_tolerance(self.model) * max(1.0, float(want.abs().max()))
             self._shared_prefix_ok = diff <= tol

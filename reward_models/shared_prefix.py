@@ -266,12 +266,21 @@ def tree_inputs(rows: Sequence[PackedRow], pad_id: int) -> tuple[torch.Tensor, t
     return ids, pos, torch.from_numpy(mask)
 
 
+def activation_dtype(model) -> torch.dtype:
+    """The dtype the model computes in: its input embeddings' (transformers builds its masks in
+    that dtype; a quantized model keeps its embeddings in its compute dtype), else float32."""
+    try:
+        dtype = model.get_input_embeddings().weight.dtype
+    except (AttributeError, NotImplementedError):
+        dtype = getattr(model, "dtype", torch.float32)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+
+
 def _mask_for(model, mask: torch.Tensor) -> torch.Tensor:
-    """The bool mask as an additive float mask in the model's dtype (0 where attended, the dtype's
-    minimum elsewhere), as transformers builds its own eager masks: eager attention adds it, and
-    SDPA takes it as is (on CPU faster than a bool mask)."""
-    dtype = getattr(model, "dtype", torch.float32)
-    dtype = dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+    """The bool mask as an additive float mask in the model's compute dtype (0 where attended, the
+    dtype's minimum elsewhere), as transformers builds its own eager masks: eager attention adds
+    it, and SDPA takes it as is (on CPU faster than a bool mask)."""
+    dtype = activation_dtype(model)
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
 
 
@@ -282,6 +291,8 @@ def tree_next_token_logits(model, packed: PackedTrees, token_ids: Sequence[int],
 
     ``logits_to_keep`` (when the model takes it) computes vocabulary logits only for the last
     positions of each row, where the query ends are."""
+    from tqdm.auto import tqdm
+
     from reward_models import _hf
 
     dev = _hf.model_device(model)
@@ -291,8 +302,6 @@ def tree_next_token_logits(model, packed: PackedTrees, token_ids: Sequence[int],
         by_row.setdefault(r, []).append(q)
     out = torch.zeros((len(packed.ends), len(cand)), dtype=torch.float32)
     groups = row_batches(packed.rows, token_budget)
-    from tqdm.auto import tqdm
-
     for rows in tqdm(groups, desc=desc, disable=len(groups) < 8, leave=False):
         batch = [packed.rows[r] for r in rows]
         ids, pos, mask = tree_inputs(batch, pad_id)
@@ -318,9 +327,8 @@ def exactness_tolerance(model) -> float:
     and per-query scores when checking a model at first use: 1e-4 in float32/64; in half
     precision the two layouts round differently (bf16 keeps 8 bits), so there it only catches
     a model that ignores the mask or the positions (0.1)."""
-    dtype = getattr(model, "dtype", torch.float32)
-    return 1e-4 if dtype in (torch.float32, torch.float64) else 1e-1
+    return 1e-4 if activation_dtype(model) in (torch.float32, torch.float64) else 1e-1
 
 
-__all__ = ["PackedRow", "PackedTrees", "exactness_tolerance", "pack_token_trees", "row_batches",
+__all__ = ["PackedRow", "PackedTrees", "activation_dtype", "exactness_tolerance", "pack_token_trees", "row_batches",
            "tree_attention_supported", "tree_inputs", "tree_next_token_logits"]

@@ -207,6 +207,21 @@ def test_first_use_check_falls_back_when_scores_differ(tokenizer, monkeypatch, c
     assert flat(got) == pytest.approx(flat(want), abs=1e-6)
 
 
+def test_first_use_check_falls_back_when_the_model_rejects_the_mask(tokenizer, monkeypatch, caplog):
+    lm = tiny_causal_lm(tokenizer, seed=5)
+    import reward_models.process as process
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("attn_mask is not supported by this kernel")
+
+    monkeypatch.setattr(process, "tree_next_token_logits", broken)
+    prm = ProcessRewardModel.from_model(lm, tokenizer, backend="verification")
+    with caplog.at_level(logging.WARNING):
+        got = prm.score_steps(PROMPTS, STEPS)
+    assert "shared-prefix scoring failed" in caplog.text and prm.last_verification["path"] == "per_query"
+    assert flat(got) == pytest.approx(flat(seed004_loop(lm, tokenizer, prm, PROMPTS, STEPS)), abs=1e-4)
+
+
 def test_live_policy_keeps_training_mode(tokenizer):
     lm = tiny_causal_lm(tokenizer, seed=1).train()
     prm = ProcessRewardModel.from_model(lm, tokenizer, backend="verification")
