@@ -413,7 +413,14 @@ class StepSampler(_BaseSampler):
     def _generate_call(self, batch: list[list[int]], ids: torch.Tensor, mask: torch.Tensor, device, kwargs):
         """``model.generate`` on one left-padded chunk, each distinct context prefilled once when
         ``prefix_cache`` is on and some context repeats."""
-        extra = shared_prefill(self.model, batch, ids, mask, device) if self.prefix_cache else None
+        extra = None
+        if self.prefix_cache:
+            try:
+                extra = shared_prefill(self.model, batch, ids, mask, device)
+            except (AttributeError, NotImplementedError, RuntimeError, TypeError, ValueError) as e:
+                self.prefix_cache = False  # e.g. a cache type that cannot be copied row by row: plain generate
+                logger.warning("prefix_cache: prefilling %s once per context failed (%s: %s); prefilling every row",
+                               type(self.model).__name__, type(e).__name__, str(e)[:200])
         self.num_rows += len(batch)
         self.num_prefill_rows += len(batch) if extra is None else len({tuple(c) for c in batch})
         out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs, **(extra or {}))

@@ -241,3 +241,22 @@ def test_prefix_cache_is_skipped_when_nothing_repeats():
     sampler = StepSampler(model, tok, max_new_tokens=4, seed=0)
     sampler.sample_next_steps(["Q: 1\n", "Q: 22\n"], k=1)
     assert sampler.num_prefill_rows == sampler.num_rows == 2
+
+
+def test_prefix_cache_failure_falls_back_to_plain_generate(monkeypatch, caplog):
+    import logging
+
+    import stepdpo.sampling as sampling
+
+    def broken(*args, **kwargs):
+        raise NotImplementedError("this cache cannot be reordered")
+
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=4)
+    want = StepSampler(model, tok, max_new_tokens=6, seed=1, prefix_cache=False).sample_next_steps(["Q: 1+1\n"], k=3)
+    monkeypatch.setattr(sampling, "shared_prefill", broken)
+    sampler = StepSampler(model, tok, max_new_tokens=6, seed=1)
+    with caplog.at_level(logging.WARNING):
+        got = sampler.sample_next_steps(["Q: 1+1\n"], k=3)
+    assert "prefilling every row" in caplog.text and not sampler.prefix_cache
+    assert _sampled(got) == _sampled(want)
