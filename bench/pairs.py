@@ -16,14 +16,15 @@ policy rarely emits the separator early, so both generate about ``max_new_tokens
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from bench.common import clock_for, comparison, interleaved, medians, run_sizes
-from bench.scoring import BACKBONES, subset
+from bench.common import clock_for, comparison, for_backbones, interleaved, medians, run_sizes
+from bench.scoring import subset
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +38,20 @@ class PairSize:
     baseline_contexts: int  # subset of contexts for the one-by-one loop
     repeats: int
     batch_size: int = 64
+    dtype: torch.dtype = torch.float32
 
 
-def sizes(mode: str, device: torch.device) -> list[PairSize]:
+def sizes(mode: str, device: torch.device, backbones: list[str] | None = None,
+          dtype: torch.dtype = torch.float32) -> list[PairSize]:
     gpu = device.type == "cuda"
     if mode == "smoke":
-        return [PairSize("tiny", 4, 2, 4, 4, 1)]
-    if mode == "quick":
-        return [PairSize("tiny", 32, 4, 16, 32, 5)]
-    return [PairSize("tiny", 64, 4, 24, 64, 5),
-            PairSize("gpt2-100m", 64, 4, 24, 64 if gpu else 8, 3 if gpu else 2)]
+        out = [PairSize("tiny", 4, 2, 4, 4, 1)]
+    elif mode == "quick":
+        out = [PairSize("tiny", 32, 4, 16, 32, 5)]
+    else:
+        out = [PairSize("tiny", 64, 4, 24, 64, 5),
+               PairSize("gpt2-100m", 64, 4, 24, 64 if gpu else 8, 3 if gpu else 2)]
+    return [dataclasses.replace(sz, dtype=dtype) for sz in for_backbones(out, backbones)]
 
 
 def make_contexts(n: int, seed: int = 1) -> tuple[list[str], list[list[str]]]:
@@ -67,19 +72,20 @@ def one_by_one(sampler, prompts, prefixes, k: int):
 
 
 def run_size(sz: PairSize, device: torch.device) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from reward_models.testing import tiny_causal_lm, tiny_tokenizer
+    from bench import models
+    from reward_models.testing import tiny_tokenizer
     from stepdpo.sampling import StepSampler
 
     tok = tiny_tokenizer()
-    model = tiny_causal_lm(tok, seed=0, n_positions=512, **BACKBONES[sz.backbone]).to(device).eval()
-    n_params = sum(p.numel() for p in model.parameters())
+    model = models.build("causal_lm", sz.backbone, tok, device=device, dtype=sz.dtype)
+    n_params = models.n_params(model)
     prompts, prefixes = make_contexts(sz.n_contexts)
     idx = subset(len(prompts), sz.baseline_contexts)
     bp, bpre = [prompts[i] for i in idx], [prefixes[i] for i in idx]
     sampler = StepSampler(model, tok, max_new_tokens=sz.max_new_tokens, temperature=1.0,
                           batch_size=sz.batch_size, seed=0)
     out: dict[str, Any] = {}
-    label = f"{sz.backbone} ({n_params / 1e6:.1f}M params)"
+    label = models.label(sz.backbone, model, sz.dtype)
     logger.info("pairs %s: %d contexts x %d candidates, one-by-one on %d", label, len(prompts), sz.k, len(bp))
     calls = {}
 
@@ -114,5 +120,6 @@ def run_size(sz: PairSize, device: torch.device) -> tuple[list[dict[str, Any]], 
     return rows, details
 
 
-def run(mode: str, device: torch.device) -> dict[str, Any]:
-    return run_sizes(sizes(mode, device), run_size, device)
+def run(mode: str, device: torch.device, dtype: torch.dtype = torch.float32,
+        backbones: list[str] | None = None) -> dict[str, Any]:
+    return run_sizes(sizes(mode, device, backbones, dtype), run_size, device)

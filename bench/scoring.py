@@ -2,9 +2,10 @@
 
 Data: arithmetic problems with 6 operations (``stepdpo.tasks.arith``), each solution laid out
 as 8 steps (6 operation steps, a check step, the answer; 30% carry an injected error).
-Backbones: the tiny GPT-2 of the tests and a GPT-2-small-sized one (12 layers, 768 wide,
-about 85 M parameters with the 353-token vocabulary), random weights: speed does not depend
-on what the weights say.
+Backbones (:mod:`bench.models`): the tiny GPT-2 of the tests and a GPT-2-small-sized one (12
+layers, 768 wide, about 85 M parameters with the 353-token vocabulary), or any other named
+with ``--backbones`` (e.g. a Qwen2-1.5B-shaped model on a GPU); random weights: speed does
+not depend on what the weights say.
 
 Contenders, timed interleaved (see :mod:`bench.common`):
 
@@ -16,9 +17,14 @@ Contenders, timed interleaved (see :mod:`bench.common`):
   last token (:func:`seed004_head_loop`).
 * **bare forward** - only ``model(input_ids, attention_mask)`` over exactly the padded chunks
   ours builds, already on the device: the practical limit of any scorer.
-* **verification, ours** - ``backend="verification"``: one Yes/No query per step, batched
-  in left-padded chunks. **verification, seed-004 loop** - the same query texts, one forward
-  per query at batch 1, ``log_softmax`` of the last logits (:func:`seed004_verification_loop`).
+* **verification, ours** - ``backend="verification"`` as it runs by default: one Yes/No query
+  per step, the queries of a solution packed as one token tree that computes the problem and
+  the previous steps once (``shared_prefix=True``, :mod:`reward_models.shared_prefix`).
+  **verification, per-question batches** - the same backend with ``shared_prefix=False``
+  (before issue 17: every query its own sequence, left-padded chunks). **verification,
+  seed-004 loop** - the same query texts, one forward per query at batch 1, ``log_softmax`` of
+  the last logits (:func:`seed004_verification_loop`). All three compute the same scores
+  (checked: ``max_abs_diff``).
 
 Throughput is scored steps per second. A per-item loop's cost is linear in the number of
 items, so on slow backbones the loop runs on an evenly spaced subset of the solutions.
@@ -27,6 +33,7 @@ The loops' scores are checked against ours (``max_abs_diff``): they do the same 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -35,14 +42,18 @@ from typing import Any
 
 import torch
 
-from bench.common import clock_for, comparison, interleaved, med, medians, run_sizes
+from bench.common import (
+    check_same_scores,
+    clock_for,
+    comparison,
+    for_backbones,
+    interleaved,
+    med,
+    medians,
+    run_sizes,
+)
 
 logger = logging.getLogger(__name__)
-
-BACKBONES = {
-    "tiny": {},  # tiny_gpt2_config defaults: 2 layers, 64 wide
-    "gpt2-100m": {"n_embd": 768, "n_layer": 12, "n_head": 12},
-}
 
 
 @dataclass
@@ -51,20 +62,23 @@ class ScoringSize:
     n_solutions: int
     n_steps: int
     baseline_solutions: int  # subset for the batch-1 loops
-    verification_solutions: int  # subset for both verification contenders
+    verification_solutions: int  # subset for the batched verification contenders
     repeats: int
     batch_size: int = 16
+    dtype: torch.dtype = torch.float32
 
 
-def sizes(mode: str, device: torch.device) -> list[ScoringSize]:
+def sizes(mode: str, device: torch.device, backbones: list[str] | None = None,
+          dtype: torch.dtype = torch.float32) -> list[ScoringSize]:
     gpu = device.type == "cuda"
     if mode == "smoke":
-        return [ScoringSize("tiny", 8, 4, 8, 8, 1)]
-    if mode == "quick":
-        return [ScoringSize("tiny", 64, 8, 64, 64, 5)] + (
-            [ScoringSize("gpt2-100m", 64, 8, 64, 64, 3)] if gpu else [])
-    return [ScoringSize("tiny", 256, 8, 256, 256, 5),
-            ScoringSize("gpt2-100m", 256, 8, 256 if gpu else 8, 256 if gpu else 8, 3 if gpu else 2)]
+        out = [ScoringSize("tiny", 8, 4, 8, 8, 1)]
+    elif mode == "quick":
+        out = [ScoringSize("tiny", 64, 8, 64, 64, 5)] + ([ScoringSize("gpt2-100m", 64, 8, 32, 64, 3)] if gpu else [])
+    else:
+        out = [ScoringSize("tiny", 256, 8, 256, 256, 5),
+               ScoringSize("gpt2-100m", 256, 8, 32 if gpu else 8, 256 if gpu else 8, 3 if gpu else 2)]
+    return [dataclasses.replace(sz, dtype=dtype) for sz in for_backbones(out, backbones)]
 
 
 def make_solutions(n: int, n_steps: int = 8, seed: int = 0) -> tuple[list[str], list[list[str]]]:
@@ -93,13 +107,13 @@ def make_solutions(n: int, n_steps: int = 8, seed: int = 0) -> tuple[list[str], 
     return prompts, steps
 
 
-def build_models(backbone: str, device: torch.device):
-    from reward_models.testing import tiny_causal_lm, tiny_token_classifier, tiny_tokenizer
+def build_models(backbone: str, device: torch.device, dtype: torch.dtype = torch.float32):
+    from bench import models
+    from reward_models.testing import tiny_tokenizer
 
-    kw = dict(BACKBONES[backbone], n_positions=512)
     tok = tiny_tokenizer()
-    head = tiny_token_classifier(tok, num_labels=2, seed=0, **kw).to(device).eval()
-    lm = tiny_causal_lm(tok, seed=0, **kw).to(device).eval()
+    head = models.build("token_classifier", backbone, tok, device=device, dtype=dtype, num_labels=2)
+    lm = models.build("causal_lm", backbone, tok, device=device, dtype=dtype)
     return tok, head, lm
 
 
@@ -183,14 +197,17 @@ def _logit(p: float) -> float:
 
 # -- one backbone ---------------------------------------------------------------------------------------
 def run_size(sz: ScoringSize, device: torch.device) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from bench import models
     from reward_models.process import ProcessRewardModel
 
-    tok, head, lm = build_models(sz.backbone, device)
-    n_params = sum(p.numel() for p in head.parameters())
+    tok, head, lm = build_models(sz.backbone, device, sz.dtype)
+    n_params = models.n_params(head)
     prompts, steps = make_solutions(sz.n_solutions, sz.n_steps)
     n_scored = sum(len(s) for s in steps)
     prm = ProcessRewardModel.from_model(head, tok, backend="head", batch_size=sz.batch_size)
     vprm = ProcessRewardModel.from_model(lm, tok, backend="verification", batch_size=sz.batch_size)
+    vprm_batched = ProcessRewardModel.from_model(lm, tok, backend="verification", batch_size=sz.batch_size,
+                                                 shared_prefix=False)
     fmt = prm.step_format
     chunks = padded_chunks(tok, fmt, prompts, steps, sz.batch_size, prm.pad_token_id, device)
     b_idx = subset(len(prompts), sz.baseline_solutions)
@@ -201,23 +218,27 @@ def run_size(sz: ScoringSize, device: torch.device) -> tuple[list[dict[str, Any]
     w = slice(0, 2)  # warm-up on two solutions
 
     results: dict[str, Any] = {}
-    label = f"{sz.backbone} ({n_params / 1e6:.1f}M params)"
+    label = models.label(sz.backbone, head, sz.dtype)
     logger.info("scoring %s: %d solutions x %d steps, loops on %d, verification on %d", label, len(prompts),
                 sz.n_steps, len(bp), len(vp))
+    vprm.score_steps(vp[:1], vs[:1])  # first use: the shared-prefix path checks itself against per-question scores
     t0 = time.perf_counter()
     times = interleaved(
         {"head": lambda: results.__setitem__("head", prm.score_steps(prompts, steps)),
          "bare": lambda: bare_forward(head, chunks),
          "head_loop": lambda: results.__setitem__("head_loop", seed004_head_loop(head, tok, fmt, bp, bs)),
          "verif": lambda: results.__setitem__("verif", vprm.score_steps(vp, vs)),
-         "verif_loop": lambda: results.__setitem__("verif_loop", seed004_verification_loop(lm, tok, vprm, vp, vs))},
+         "verif_batched": lambda: results.__setitem__("verif_batched", vprm_batched.score_steps(vp, vs)),
+         "verif_loop": lambda: results.__setitem__("verif_loop", seed004_verification_loop(lm, tok, vprm, bp, bs))},
         sz.repeats, device,
         warmups={"head": lambda: prm.score_steps(prompts[w], steps[w]),
                  "bare": lambda: bare_forward(head, chunks[:1]),
                  "head_loop": lambda: seed004_head_loop(head, tok, fmt, bp[w], bs[w]),
                  "verif": lambda: vprm.score_steps(vp[w], vs[w]),
-                 "verif_loop": lambda: seed004_verification_loop(lm, tok, vprm, vp[w], vs[w])})
+                 "verif_batched": lambda: vprm_batched.score_steps(vp[w], vs[w]),
+                 "verif_loop": lambda: seed004_verification_loop(lm, tok, vprm, bp[w], bs[w])})
     wall = time.perf_counter() - t0
+    shared_info = dict(vprm.last_verification)
     # where the head backend's time goes besides the forward: piecewise tokenization + layout
     now = time.perf_counter if clock_for(device) == "wall" else time.process_time
     tok_times = []
@@ -231,7 +252,10 @@ def run_size(sz: ScoringSize, device: torch.device) -> tuple[list[dict[str, Any]
     # same work: the loops' scores equal ours (head probabilities compared as log-odds)
     ours_head = [[_logit(x) for x in results["head"][i]] for i in b_idx]
     head_diff = _max_diff(ours_head, results["head_loop"])
-    verif_diff = _max_diff(results["verif"], results["verif_loop"])
+    verif_at = dict(zip(v_idx, results["verif"]))
+    common = [k for k, i in enumerate(b_idx) if i in verif_at]
+    verif_diff = _max_diff([verif_at[b_idx[k]] for k in common], [results["verif_loop"][k] for k in common])
+    shared_vs_batched = _max_diff(results["verif"], results["verif_batched"])
 
     # tokens through the model per scored step
     padded_tokens = sum(ids.numel() for ids, _ in chunks)
@@ -242,8 +266,9 @@ def run_size(sz: ScoringSize, device: torch.device) -> tuple[list[dict[str, Any]
 
     t = medians(times, device)
     thr = {"head": n_scored / t["head"], "bare": n_scored / t["bare"], "head_loop": n_b / t["head_loop"],
-           "verif": n_v / t["verif"], "verif_loop": n_v / t["verif_loop"]}
+           "verif": n_v / t["verif"], "verif_batched": n_v / t["verif_batched"], "verif_loop": n_b / t["verif_loop"]}
     tok_ratio = (loop_tokens / n_b) / (padded_tokens / n_scored)
+    v_ratio = shared_info["query_tokens"] / shared_info["model_tokens"]
     gpu = device.type == "cuda"
     rows = [
         comparison(f"PRM head scoring, {label}", ours=("batched head", thr["head"], "steps/s"),
@@ -260,23 +285,43 @@ def run_size(sz: ScoringSize, device: torch.device) -> tuple[list[dict[str, Any]
                           f"{t['head'] * 1e3:.0f} ms ({100 * tokenize_s / t['head']:.0f}%); the bare forward "
                           f"takes {t['bare'] * 1e3:.0f} ms; padding {100 * (1 - real_tokens / padded_tokens):.0f}% "
                           "of tokens")),
-        comparison(f"PRM verification scoring, {label}", ours=("batched verification", thr["verif"], "steps/s"),
-                   baseline=("seed-004 loop", thr["verif_loop"], "steps/s"), target=8.0,
-                   notes=(f"{len(vp)} solutions x {sz.n_steps} steps on both sides, the same {v_tokens / n_v:.1f} "
-                          "tokens per query: the gain is batching alone")),
+        comparison(f"PRM verification scoring (shared prefix), {label}",
+                   ours=("shared-prefix verification", thr["verif"], "steps/s"),
+                   baseline=("seed-004 loop", thr["verif_loop"], "steps/s"), target=4.0 if sz.backbone == "tiny" else 3.0,
+                   notes=(f"{len(vp)} solutions x {sz.n_steps} steps (loop on {len(bp)}); tokens through the model "
+                          f"per step: loop {v_tokens / n_v:.1f} (each question whole), shared prefix "
+                          f"{shared_info['model_tokens'] / n_v:.1f} (the problem and previous steps once per "
+                          f"solution) = {v_ratio:.2f}x fewer, in {shared_info['forwards']} forwards; same scores "
+                          f"(max difference {verif_diff:.1e})"
+                          + ("" if gpu else "; on CPU the ratio tends to the token ratio times what batching gains"))),
+        comparison(f"PRM verification, shared prefix vs per-question batches, {label}",
+                   ours=("shared-prefix verification", thr["verif"], "steps/s"),
+                   baseline=("per-question batches (before)", thr["verif_batched"], "steps/s"), target=None,
+                   notes=(f"the same backend with shared_prefix=False: every question its own sequence in "
+                          f"left-padded chunks of {sz.batch_size}; the same scores (max difference "
+                          f"{shared_vs_batched:.1e})")),
     ]
-    details = {"backbone": sz.backbone, "params": n_params, "n_solutions": len(prompts), "n_steps": sz.n_steps,
+    diffs = {"head_vs_loop_logodds": head_diff, "verification_vs_loop_logodds": verif_diff,
+             "verification_shared_vs_batched_logodds": shared_vs_batched}
+    details = {"backbone": sz.backbone, "params": n_params, "dtype": str(sz.dtype).replace("torch.", ""),
+               "n_solutions": len(prompts), "n_steps": sz.n_steps,
                "baseline_solutions": len(bp), "verification_solutions": len(vp), "batch_size": sz.batch_size,
-               "repeats": sz.repeats, "clock": clock_for(device), "times_s": times, "steps_per_s": thr, "tokenize_s": tokenize_s,
+               "repeats": sz.repeats, "clock": clock_for(device), "times_s": times, "steps_per_s": thr,
+               "tokenize_s": tokenize_s,
                "tokens_per_step": {"ours_padded": padded_tokens / n_scored, "ours_real": real_tokens / n_scored,
-                                   "head_loop": loop_tokens / n_b, "verification_query": v_tokens / n_v},
-               "max_abs_diff": {"head_vs_loop_logodds": head_diff, "verification_vs_loop_logodds": verif_diff},
-               "wall_s": wall}
-    if max(head_diff, verif_diff) > 1e-2:
-        raise AssertionError(f"the loops and ours disagree (head {head_diff}, verification {verif_diff}): "
-                             "the comparison would not be of the same work")
+                                   "head_loop": loop_tokens / n_b, "verification_query": v_tokens / n_v,
+                                   "verification_shared": shared_info["model_tokens"] / n_v},
+               "verification_shared": shared_info, "max_abs_diff": diffs, "wall_s": wall}
+    details["same_scores"] = check_same_scores(diffs, sz.dtype)
+    if sz.dtype == torch.float32 and shared_vs_batched > 1e-4:  # the issue's bar for the shared-prefix path
+        raise AssertionError(f"shared-prefix scores differ from per-question scores by {shared_vs_batched}")
+    if shared_info["path"] != "shared_prefix":  # the first-use check fell back (logged): say so in the table
+        logger.warning("scoring %s: the shared-prefix path was not used: %s", label, shared_info)
+        rows[2]["notes"] = rows[3]["notes"] = ("NOTE: the model failed the shared-prefix check at first use, so "
+                                               "'ours' ran one sequence per question; " + rows[2]["notes"])
     return rows, details
 
 
-def run(mode: str, device: torch.device) -> dict[str, Any]:
-    return run_sizes(sizes(mode, device), run_size, device)
+def run(mode: str, device: torch.device, dtype: torch.dtype = torch.float32,
+        backbones: list[str] | None = None) -> dict[str, Any]:
+    return run_sizes(sizes(mode, device, backbones, dtype), run_size, device)

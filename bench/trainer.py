@@ -36,7 +36,6 @@ from typing import Any
 import torch
 
 from bench.common import ROOT, comparison, med
-from bench.scoring import BACKBONES
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +49,8 @@ class TrainerRun:
     batch_size: int = 8
     skip_steps: int = 2  # warm-up steps left out of the median
     threads: int = 1
+    dtype: str = "float32"  # weights (bf16: trained with bf16=True)
+    device: str | None = None  # None: CUDA when available, else CPU
 
 
 def make_pairs(n: int, seed: int = 0):
@@ -95,14 +96,17 @@ def worker(cfg: TrainerRun) -> dict[str, Any]:
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from reward_models.testing import tiny_causal_lm, tiny_tokenizer
+    from bench import models
+    from reward_models.testing import tiny_tokenizer
     from stepdpo.config import StepwiseDPOConfig
     from stepdpo.trainer import StepwiseDPOTrainer
 
     torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tok = tiny_tokenizer()
-    model = tiny_causal_lm(tok, seed=0, n_positions=512, **BACKBONES[cfg.backbone])
+    dtype = models.DTYPES[cfg.dtype]
+    # built on the GPU directly (a 1.5B model is not initialised on the CPU first); peak memory is reset below
+    model = models.build("causal_lm", cfg.backbone, tok, device=device, dtype=dtype).train()
     pairs = make_pairs(cfg.max_steps * cfg.batch_size)
     step_times: list[float] = []
 
@@ -126,16 +130,17 @@ def worker(cfg: TrainerRun) -> dict[str, Any]:
     if cfg.lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["c_attn", "c_proj", "c_fc"],
-                                 fan_in_fan_out=True, task_type="CAUSAL_LM")
+        b = models.spec(cfg.backbone)
+        peft_config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=list(b.lora_targets),
+                                 fan_in_fan_out=b.lora_fan_in_fan_out, task_type="CAUSAL_LM")
     with tempfile.TemporaryDirectory() as out:
         common = dict(output_dir=out, report_to=[], max_steps=cfg.max_steps,
                       per_device_train_batch_size=cfg.batch_size, learning_rate=1e-5, save_strategy="no",
                       gradient_checkpointing=False, logging_steps=10_000, disable_tqdm=True, seed=0,
-                      bf16=False, dataloader_num_workers=0)
+                      bf16=dtype == torch.bfloat16, use_cpu=device.type == "cpu" and (torch.cuda.is_available() or dtype != torch.float32),
+                      dataloader_num_workers=0)
         gc.collect()
         if device.type == "cuda":
-            model.to(device)
             torch.cuda.reset_peak_memory_stats(device)
         before = _peak_bytes(device) if device.type == "cuda" else _current_rss()
         t_init = time.perf_counter()
@@ -188,6 +193,7 @@ def run_worker(cfg: TrainerRun, isolate: bool = True) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", WANDB_DISABLED="true", OMP_NUM_THREADS=str(cfg.threads))
+
     proc = subprocess.run([sys.executable, "-m", "bench.trainer", "--worker", json.dumps(asdict(cfg))], cwd=ROOT,
                           env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -196,28 +202,36 @@ def run_worker(cfg: TrainerRun, isolate: bool = True) -> dict[str, Any]:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def sizes(mode: str) -> dict[str, Any]:
+def sizes(mode: str, backbones: list[str] | None = None) -> dict[str, Any]:
+    """``time``: (backbone, steps, repeats, warm-up steps skipped); ``memory``: (backbone, steps).
+    With ``backbones`` both run on the first one named (two repeats: a large model on a GPU)."""
     if mode == "smoke":
-        return {"time": ("tiny", 3, 1, 1), "memory": ("tiny", 3)}
-    if mode == "quick":
-        return {"time": ("tiny", 20, 3, 2), "memory": ("tiny", 4)}
-    return {"time": ("tiny", 20, 3, 2), "memory": ("gpt2-100m", 4)}
+        out = {"time": ("tiny", 3, 1, 1), "memory": ("tiny", 3)}
+    elif mode == "quick":
+        out = {"time": ("tiny", 20, 3, 2), "memory": ("tiny", 4)}
+    else:
+        out = {"time": ("tiny", 20, 3, 2), "memory": ("gpt2-100m", 4)}
+    if backbones:
+        (_, steps, repeats, skip), (_, mem_steps) = out["time"], out["memory"]
+        out = {"time": (backbones[0], steps, min(repeats, 2), skip), "memory": (backbones[0], mem_steps)}
+    return out
 
 
 def _mib(b: float) -> float:
     return b / 2**20
 
 
-def run(mode: str, device: torch.device, threads: int = 1) -> dict[str, Any]:
-    sz = sizes(mode)
+def run(mode: str, device: torch.device, threads: int = 1, dtype: torch.dtype = torch.float32,
+        backbones: list[str] | None = None) -> dict[str, Any]:
+    sz = sizes(mode, backbones)
     isolate = mode != "smoke"
+    opts = {"threads": threads, "dtype": str(dtype).replace("torch.", ""), "device": str(device)}
     backbone, steps, repeats, skip = sz["time"]
     runs: dict[str, list[dict[str, Any]]] = {"trl": [], "stepwise": []}
     for r in range(repeats):  # alternate the two contenders
         for name in (("trl", "stepwise") if r % 2 == 0 else ("stepwise", "trl")):
             logger.info("trainer %s, repeat %d", name, r)
-            runs[name].append(run_worker(TrainerRun(name, False, backbone, steps, skip_steps=skip, threads=threads),
-                                         isolate))
+            runs[name].append(run_worker(TrainerRun(name, False, backbone, steps, skip_steps=skip, **opts), isolate))
     step = {k: med([x["median_step_s"] for x in v]) for k, v in runs.items()}
     peak = {k: med([x["peak_bytes"] for x in v]) for k, v in runs.items()}
     inc = {k: med([x["trainer_peak_increase_bytes"] for x in v]) for k, v in runs.items()}
@@ -226,8 +240,8 @@ def run(mode: str, device: torch.device, threads: int = 1) -> dict[str, Any]:
     if (mem_backbone, mem_steps) == (backbone, steps):  # the same run: reuse it
         full = runs["stepwise"][0]
     else:
-        full = run_worker(TrainerRun("stepwise", False, mem_backbone, mem_steps, skip_steps=1, threads=threads), isolate)
-    lora = run_worker(TrainerRun("stepwise", True, mem_backbone, mem_steps, skip_steps=1, threads=threads), isolate)
+        full = run_worker(TrainerRun("stepwise", False, mem_backbone, mem_steps, skip_steps=1, **opts), isolate)
+    lora = run_worker(TrainerRun("stepwise", True, mem_backbone, mem_steps, skip_steps=1, **opts), isolate)
     mem_unit = "MiB peak allocated (GPU)" if device.type == "cuda" else "MiB peak RSS"
     rows = [
         comparison(f"DPO time per step, {backbone} backbone", ours=("StepwiseDPOTrainer", step["stepwise"] * 1e3, "ms"),

@@ -10,8 +10,13 @@ means ``verification``; a ``...ForTokenClassification`` directory means ``head``
   Math-Shepherd / OpenRLHF convention; ``layout="chat"`` reads the answer of chat turns (each
   step a user turn answered ``"+"``, the RLHFlow convention). See :func:`token_convention`.
 * ``verification`` - a Yes/No question per step (seed 004): reward ``log p(Yes) - log p(No)``;
-  the step is judged with the problem and previous steps as context, and all questions of a
-  batch go through left-padded chunks.
+  the step is judged with the problem and previous steps as context. The questions of one
+  problem share their prefix (the problem and the previous steps), so by default
+  (``shared_prefix=True``) they go through the model as one token tree per problem: each shared
+  prefix once, each question attending only to its own prefix (a 4D attention mask, see
+  :mod:`reward_models.shared_prefix`); the scores equal those of each question run alone. With
+  ``shared_prefix=False``, or a model that takes no custom 4D mask, every question is its own
+  sequence in left-padded chunks.
 
 Scores are probabilities (``output="prob"``) or log-odds (``"logodds"``); a 3-class head maps
 the neutral class by ``neutral``: ``"positive"`` (counts as good), ``"negative"`` or ``"half"``.
@@ -35,6 +40,13 @@ from reward_models.base import (
     read_reward_config,
     register_reward_model,
     write_reward_config,
+)
+from reward_models.shared_prefix import (
+    exactness_tolerance,
+    pack_token_trees,
+    row_batches,
+    tree_attention_supported,
+    tree_next_token_logits,
 )
 from reward_models.steps import DEFAULT_STEP_FORMAT, MATH_SHEPHERD_FORMAT, StepFormat
 from reward_models.types import DataError
@@ -95,7 +107,12 @@ class ProcessSettings:
     no_token: str = field(default=" No", metadata={"help": "verification: answer token read as 'wrong'"})
     max_length: int | None = field(default=None, metadata={"help": "longest sequence accepted (also capped by "
                                                                      "the model's positions); longer raises"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per forward pass"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per forward pass (verification with "
+                                                                "shared_prefix: as many tokens as this many queries)"})
+    shared_prefix: bool = field(default=True, metadata={"help": "verification: score the questions of one problem as "
+                                                                 "one token tree, each shared prefix computed once "
+                                                                 "(same scores; falls back to one sequence per "
+                                                                 "question where the model does not allow it)"})
     aggregation: str = field(default="min", metadata={"help": "how score() reduces step scores"})
 
     def __post_init__(self) -> None:
@@ -123,6 +140,8 @@ class ProcessSettings:
             raise ValueError(f"max_length must be a positive int or None, got {self.max_length!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if not isinstance(self.shared_prefix, bool):
+            raise ValueError(f"shared_prefix must be true or false, got {self.shared_prefix!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {self.aggregation!r}; expected one of {AGGREGATIONS}")
 
@@ -270,6 +289,8 @@ class ProcessRewardModel(PretrainedRewardModel):
         self.device = _hf.model_device(model)
         self.pad_token_id = _hf.pad_id(tokenizer)
         self.max_length = _hf.max_positions(model, settings.max_length)
+        self._shared_prefix_ok: bool | None = None  # verification: checked at first use
+        self.last_verification: dict[str, Any] = {}  # what the last verification call ran (benchmarks, tests)
         s = settings
         if s.backend == "head":
             n = int(getattr(model.config, "num_labels", s.num_labels))
@@ -367,7 +388,7 @@ class ProcessRewardModel(PretrainedRewardModel):
                 for j in range(len(steps))]
 
     def _score_verification(self, prompts, steps, rows: list[int]) -> list[list[float]]:
-        queries, owner = [], []
+        queries, owner, groups = [], [], []
         for i, (p, st) in enumerate(zip(prompts, steps)):
             try:
                 for j, step in enumerate(st):
@@ -377,14 +398,46 @@ class ProcessRewardModel(PretrainedRewardModel):
                 raise e.at(row=rows[i]) from None
             queries += qs
             owner += [rows[i]] * len(qs)
-        flat = yes_no_logodds(self.model, self.tokenizer, queries, self.candidate_ids, self.pad_token_id,
-                              self.settings.batch_size, self.max_length, owner)
+            groups += [p] * len(qs)  # the questions about one problem share their prefix
+        ids = tokenize_queries(self.tokenizer, queries, self.max_length, owner)
+        shared = self.settings.shared_prefix and self._shared_prefix_works(ids, groups)
+        flat, self.last_verification = _yes_no_from_ids(self.model, ids, self.candidate_ids, self.pad_token_id,
+                                                        self.settings.batch_size, shared, groups)
         vals = _hf.to_output(flat, self.settings.output)
         out, k = [], 0
         for st in steps:
             out.append(vals[k:k + len(st)])
             k += len(st)
         return out
+
+    def _shared_prefix_works(self, ids: list[list[int]], groups: list[str]) -> bool:
+        """Whether shared-prefix scoring applies to this model: it takes a custom 4D mask, and (checked
+        once, on the questions of the first problem) gives the per-question scores within
+        :func:`~reward_models.shared_prefix.exactness_tolerance`; otherwise warn and score per question."""
+        if self._shared_prefix_ok is None:
+            if not tree_attention_supported(self.model):
+                self._shared_prefix_ok = False
+                logger.info("verification: %s takes no custom 4D attention mask; scoring one sequence per question",
+                            type(self.model).__name__)
+                return False
+            probe = [x for x, g in zip(ids, groups) if g == groups[0]][:16]
+            s = self.settings
+            want, _ = _yes_no_from_ids(self.model, probe, self.candidate_ids, self.pad_token_id, s.batch_size, False)
+            try:
+                got, _ = _yes_no_from_ids(self.model, probe, self.candidate_ids, self.pad_token_id, s.batch_size,
+                                          True, force=True)
+            except (RuntimeError, TypeError, ValueError) as e:  # e.g. an attention kernel that rejects the mask
+                self._shared_prefix_ok = False
+                logger.warning("verification: shared-prefix scoring failed on %s (%s: %s); scoring one sequence per "
+                               "question", type(self.model).__name__, type(e).__name__, str(e)[:200])
+                return False
+            diff = float((want - got).abs().max())
+            tol = exactness_tolerance(self.model) * max(1.0, float(want.abs().max()))
+            self._shared_prefix_ok = diff <= tol
+            if not self._shared_prefix_ok:
+                logger.warning("verification: shared-prefix scores differ from per-question scores by %.3g (> %.3g) "
+                               "on %s; scoring one sequence per question", diff, tol, type(self.model).__name__)
+        return self._shared_prefix_ok
 
     # -- persistence -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -396,14 +449,10 @@ class ProcessRewardModel(PretrainedRewardModel):
         return f"ProcessRewardModel(backend={self.backend!r}, model={getattr(self, 'name_or_path', None)!r})"
 
 
-def yes_no_logodds(model, tokenizer, queries: list[str], candidate_ids: list[int], pad_token_id: int,
-                   batch_size: int, max_length: int | None, owner: list[int] | None = None) -> torch.Tensor:
-    """``logit(yes) - logit(no)`` (= log p(Yes) - log p(No)) at the token after each query.
-
-    Queries are tokenized alone and left-padded by hand (with matching position ids) in chunks
-    of ``batch_size``, so each score equals the score of its query run unpadded.
-    """
-    ids = [list(tokenizer(q, add_special_tokens=True)["input_ids"]) for q in queries]
+def tokenize_queries(tokenizer, queries: list[str], max_length: int | None,
+                     owner: list[int] | None = None) -> list[list[int]]:
+    """Each query tokenized whole (special tokens added), checked against ``max_length``."""
+    ids = [list(x) for x in tokenizer(list(queries), add_special_tokens=True)["input_ids"]] if queries else []
     for k, q_ids in enumerate(ids):
         if max_length is not None and len(q_ids) > max_length:
             who = owner[k] if owner is not None else k
@@ -411,18 +460,69 @@ def yes_no_logodds(model, tokenizer, queries: list[str], candidate_ids: list[int
                              f"model's maximum of {max_length}; shorten it (no truncation is applied)")
         if not q_ids:
             raise ValueError(f"query {k} tokenizes to no tokens")
+    return ids
+
+
+def yes_no_logodds(model, tokenizer, queries: list[str], candidate_ids: list[int], pad_token_id: int,
+                   batch_size: int, max_length: int | None, owner: list[int] | None = None, *,
+                   shared_prefix: bool = False, groups: list[Any] | None = None) -> torch.Tensor:
+    """``logit(yes) - logit(no)`` (= log p(Yes) - log p(No)) at the token after each query.
+
+    Queries are tokenized alone. With ``shared_prefix=False`` they are left-padded by hand (with
+    matching position ids) in chunks of ``batch_size``, so each score equals the score of its
+    query run unpadded. With ``shared_prefix=True`` the queries of each ``groups`` key (all in
+    one group when None) are packed as token trees (:mod:`reward_models.shared_prefix`): each
+    shared prefix runs once; the scores are the same. The model must take a custom 4D mask
+    (:func:`~reward_models.shared_prefix.tree_attention_supported`).
+    """
+    ids = tokenize_queries(tokenizer, queries, max_length, owner)
+    if shared_prefix and not tree_attention_supported(model):
+        raise ValueError(f"{type(model).__name__} takes no custom 4D attention mask: use shared_prefix=False")
+    return _yes_no_from_ids(model, ids, candidate_ids, pad_token_id, batch_size, shared_prefix,
+                            groups if groups is not None else [0] * len(ids))[0]
+
+
+# a packed row holds the trees of one problem up to this many tokens (or the longest query)
+SHARED_ROW_TOKENS = 1024
+
+
+def _yes_no_from_ids(model, ids: list[list[int]], candidate_ids: list[int], pad_token_id: int, batch_size: int,
+                     shared_prefix: bool, groups: list[Any] | None = None,
+                     force: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Yes/No log-odds of tokenized queries, and what went through the model (``path``,
+    ``queries``, ``query_tokens``, ``model_tokens``, ``forwards``). The shared-prefix path is
+    skipped (unless ``force``) when sharing would save under 10% of the tokens."""
     out = torch.zeros(len(ids), dtype=torch.float64)
+    query_tokens = sum(len(x) for x in ids)
+    info: dict[str, Any] = {"path": "per_query", "queries": len(ids), "query_tokens": query_tokens,
+                            "model_tokens": query_tokens, "forwards": 0}
+    if not ids:
+        return out, info
+    keep = _hf.supports_logits_to_keep(model)  # no vocabulary logits where no score is read
+    longest = max(len(x) for x in ids)
+    if shared_prefix:
+        packed = pack_token_trees(ids, groups, max_row_tokens=SHARED_ROW_TOKENS)
+        if force or packed.num_tokens <= 0.9 * packed.num_query_tokens:
+            budget = batch_size * longest  # the padded tokens of one per-query chunk
+            with _hf.scoring_mode(model):
+                logits = tree_next_token_logits(model, packed, candidate_ids, pad_token_id, budget,
+                                                logits_to_keep=keep)
+            out[:] = _hf.class_logodds(logits, [1.0, 0.0])
+            info.update(path="shared_prefix", model_tokens=packed.num_tokens,
+                        forwards=len(row_batches(packed.rows, budget)))
+            return out, info
     order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # similar lengths share a chunk: less padding
-    keep = {"logits_to_keep": 1} if _hf.supports_logits_to_keep(model) else {}  # no vocab logits elsewhere
+    extra = {"logits_to_keep": 1} if keep else {}
     with _hf.scoring_mode(model):
         dev = _hf.model_device(model)
         for idx in _hf.batches(len(order), batch_size):
             rows = [order[k] for k in idx]
             x, mask = _hf.pad_left([ids[i] for i in rows], pad_token_id)
             logits = model(input_ids=x.to(dev), attention_mask=mask.to(dev),
-                           position_ids=_hf.position_ids(mask).to(dev), **keep).logits[:, -1, candidate_ids]
+                           position_ids=_hf.position_ids(mask).to(dev), **extra).logits[:, -1, candidate_ids]
             out[rows] = _hf.class_logodds(logits.float(), [1.0, 0.0]).cpu()
-    return out
+            info["forwards"] += 1
+    return out, info
 
 
 def chat_layout(tokenizer, prompt: str, steps: list[str], answer: str) -> tuple[list[int], list[int]]:
@@ -457,4 +557,4 @@ def chat_layout(tokenizer, prompt: str, steps: list[str], answer: str) -> tuple[
 
 
 __all__ = ["BACKENDS", "DEFAULT_STEP_TEMPLATE", "ProcessRewardModel", "ProcessSettings", "chat_layout",
-           "fill_template", "token_convention", "yes_no_logodds"]
+           "fill_template", "token_convention", "tokenize_queries", "yes_no_logodds"]

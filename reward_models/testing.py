@@ -86,6 +86,34 @@ def tiny_sequence_classifier(tokenizer=None, *, num_labels: int = 1, seed: int =
     return _build(GPT2ForSequenceClassification, tokenizer, seed, num_labels=num_labels, **config_kwargs)
 
 
+def tiny_qwen2_config(tokenizer=None, *, hidden_size: int = 64, num_hidden_layers: int = 2,
+                      num_attention_heads: int = 4, num_key_value_heads: int = 2, intermediate_size: int = 128,
+                      max_position_embeddings: int = 512, **kwargs):
+    """A ``Qwen2Config`` (rotary positions, grouped-query attention: the Llama/Qwen family) sized
+    for CPU tests, with vocabulary and special ids from ``tokenizer``."""
+    from transformers import Qwen2Config
+
+    tok = tokenizer or tiny_tokenizer()
+    return Qwen2Config(
+        vocab_size=len(tok), hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+        intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        attention_dropout=0.0, **kwargs,
+    )
+
+
+def tiny_qwen2_causal_lm(tokenizer=None, *, seed: int = 0, **config_kwargs):
+    """A randomly initialised tiny ``Qwen2ForCausalLM`` (deterministic in ``seed``)."""
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(tiny_qwen2_config(tokenizer, **config_kwargs))
+    model.generation_config.pad_token_id = model.config.pad_token_id
+    model.generation_config.eos_token_id = model.config.eos_token_id
+    return model
+
+
 def save_tiny(model, tokenizer, path: str | Path) -> Path:
     """Save model (safetensors) and tokenizer to ``path`` so ``from_pretrained(path)`` reloads both."""
     path = Path(path)
@@ -95,5 +123,5 @@ def save_tiny(model, tokenizer, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["CHAT_TEMPLATE", "TOKENIZER_FILE", "save_tiny", "tiny_causal_lm", "tiny_gpt2_config",
-           "tiny_sequence_classifier", "tiny_token_classifier", "tiny_tokenizer"]
+__all__ = ["CHAT_TEMPLATE", "TOKENIZER_FILE", "save_tiny", "tiny_causal_lm", "tiny_gpt2_config", "tiny_qwen2_causal_lm",
+           "tiny_qwen2_config", "tiny_sequence_classifier", "tiny_token_classifier", "tiny_tokenizer"]

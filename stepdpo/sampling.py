@@ -4,7 +4,10 @@ Every context is tokenized piecewise by the :class:`~reward_models.steps.StepFor
 (``fmt.tokenize(tok, prompt, prefix, complete=False)``): the ids the policy generates from
 are exactly the ids :class:`~stepdpo.trainer.StepwiseDPOTrainer` trains on. All contexts of a
 call (prompts x K) go through one batched, left-padded ``generate`` call (chunked by
-``batch_size``); each sequence stops at the separator (``stop_strings``) or at EOS.
+``batch_size``); each sequence stops at the separator (``stop_strings``) or at EOS. When
+several rows of a call sample from the same context (K continuations of one prefix), the
+context is prefilled once and its KV cache is copied to those rows (``prefix_cache=True``,
+the default): the same logits, so the same samples for the same seed, without K prefills.
 
 * :class:`StepSampler` - the transformers backend (any ``AutoModelForCausalLM``).
 * :class:`VLLMStepSampler` - the same interface on vLLM (prefix caching on); constructing it
@@ -20,6 +23,7 @@ call (prompts x K) go through one batched, left-padded ``generate`` call (chunke
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -232,7 +236,7 @@ class StepSampler(_BaseSampler):
 
     def __init__(self, model, tokenizer, step_format: StepFormat | None = None, *, max_new_tokens: int = 64,
                  temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, seed: int | None = None,
-                 whole_solutions: bool = True):
+                 whole_solutions: bool = True, prefix_cache: bool = True):
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         if temperature < 0 or not 0 < top_p <= 1:
@@ -249,6 +253,8 @@ class StepSampler(_BaseSampler):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
         self.num_generate_calls = 0  # for tests and benchmarks: batched, not one call per candidate
+        self.prefix_cache = prefix_cache
+        self.num_prefill_rows = self.num_rows = 0  # rows prefilled vs rows sampled (prefix_cache shares prefills)
         self.whole_solutions = whole_solutions
         self.num_steps_whole = self.num_steps_stepwise_fallback = 0  # steps kept from whole-solution generation
         self._sep = _separator_tokens(tokenizer, self.step_format) if whole_solutions else None
@@ -307,8 +313,7 @@ class StepSampler(_BaseSampler):
                       eos_token_id=self.eos_id, stopping_criteria=StoppingCriteriaList([Rounds()]))
         if not greedy:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
-        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-        self.num_generate_calls += 1
+        out = self._generate_call(batch, ids, mask, device, kwargs)
         return out[:, width:].tolist()
 
     def _parse_whole(self, prompt, sol, gen, left, ending, odd) -> int:
@@ -405,6 +410,23 @@ class StepSampler(_BaseSampler):
             self.model.train(was_training)
         return out
 
+    def _generate_call(self, batch: list[list[int]], ids: torch.Tensor, mask: torch.Tensor, device, kwargs):
+        """``model.generate`` on one left-padded chunk, each distinct context prefilled once when
+        ``prefix_cache`` is on and some context repeats."""
+        extra = None
+        if self.prefix_cache:
+            try:
+                extra = shared_prefill(self.model, batch, ids, mask, device)
+            except (AttributeError, NotImplementedError, RuntimeError, TypeError, ValueError) as e:
+                self.prefix_cache = False  # e.g. a cache type that cannot be copied row by row: plain generate
+                logger.warning("prefix_cache: prefilling %s once per context failed (%s: %s); prefilling every row",
+                               type(self.model).__name__, type(e).__name__, str(e)[:200])
+        self.num_rows += len(batch)
+        self.num_prefill_rows += len(batch) if extra is None else len({tuple(c) for c in batch})
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs, **(extra or {}))
+        self.num_generate_calls += 1
+        return out
+
     def _generate_chunk(self, batch: list[list[int]], device) -> list[SampledStep]:
         ids, mask = left_pad(batch, self.pad_id)
         greedy = self.temperature == 0
@@ -413,8 +435,7 @@ class StepSampler(_BaseSampler):
                       tokenizer=self.tokenizer)
         if not greedy:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
-        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-        self.num_generate_calls += 1
+        out = self._generate_call(batch, ids, mask, device, kwargs)
         new = out[:, ids.shape[1]:].tolist()
         steps = []
         sep = self.step_format.separator
@@ -434,6 +455,63 @@ class StepSampler(_BaseSampler):
             steps.append(SampledStep(text=step, is_final=is_final, truncated=truncated, context_ids=list(ctx),
                                      token_ids=gen))
         return steps
+
+
+def _base_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def cache_argument(model) -> str | None:
+    """The name under which ``model.forward`` (and ``generate``) takes a KV cache: ``"cache"``
+    (transformers >= 5.2x) or ``"past_key_values"``; None when it takes neither."""
+    try:
+        params = inspect.signature(_base_model(model).forward).parameters
+    except (TypeError, ValueError):
+        return None
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    return None
+
+
+def shared_prefill(model, batch: Sequence[Sequence[int]], ids: torch.Tensor, mask: torch.Tensor,
+                   device) -> dict | None:
+    """Prefill each distinct context of a left-padded chunk once, and copy its KV cache to every
+    row that samples from it.
+
+    ``ids``/``mask`` are the chunk as :func:`left_pad` builds it from ``batch``. The contexts
+    without their last token go through one forward (one row per distinct context, the
+    position ids ``generate`` would use); the cache is then expanded to the chunk's rows, and
+    ``generate`` given the full ids and this cache runs only the last token before sampling.
+    Returns the ``generate`` keyword argument holding the cache, or None when no context
+    repeats or the model's cache cannot be expanded (plain ``generate`` then)."""
+    index: list[int] = []  # per row, its distinct context
+    first_row: list[int] = []  # per distinct context, its first row
+    seen: dict[tuple[int, ...], int] = {}
+    for r, c in enumerate(batch):
+        key = tuple(c)
+        if key not in seen:
+            seen[key] = len(first_row)
+            first_row.append(r)
+        index.append(seen[key])
+    if len(first_row) == len(batch) or ids.shape[1] < 2:
+        return None
+    name = cache_argument(model)
+    gen_cfg = getattr(model, "generation_config", None)
+    if name is None or getattr(gen_cfg, "cache_implementation", None) not in (None, "dynamic") \
+            or getattr(getattr(_base_model(model), "config", None), "is_encoder_decoder", False):
+        return None
+    rows = torch.tensor(first_row)
+    u_ids, u_mask = ids[rows, :-1], mask[rows, :-1]
+    pos = (u_mask.cumsum(-1) - 1).clamp(min=0)  # as generate derives them from the mask
+    out = model(input_ids=u_ids.to(device), attention_mask=u_mask.to(device), position_ids=pos.to(device),
+                use_cache=True)
+    cache = getattr(out, "cache", None)
+    cache = cache if cache is not None else getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "reorder_cache"):
+        return None
+    cache.reorder_cache(torch.tensor(index, device=device))
+    return {name: cache}
 
 
 _SEPARATOR_CACHE: dict[tuple[int, int, str], tuple[set[int], set[int]] | None] = {}
@@ -515,4 +593,4 @@ class VLLMStepSampler(_BaseSampler):
 
 
 __all__ = ["SampledSolution", "SampledStep", "StepSampler", "VLLMStepSampler", "cut_step", "left_pad",
-           "pick_device", "step_piece_ids"]
+           "pick_device", "shared_prefill", "step_piece_ids"]

@@ -19,7 +19,7 @@ def test_bench_smoke_writes_results_and_table(tmp_path):
                            "--markdown", str(md)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     suffix = "smoke-cuda" if "-cuda.json" in proc.stdout else "smoke"
-    expected_rows = {"scoring": 3, "pairs": 1, "trainer": 3}
+    expected_rows = {"scoring": 4, "sampling": 1, "pairs": 1, "trainer": 3}
     for name, n_rows in expected_rows.items():
         res = json.loads((tmp_path / "results" / f"{name}-{suffix}.json").read_text())
         assert res["mode"] == "smoke" and res["benchmark"] == name
@@ -31,8 +31,16 @@ def test_bench_smoke_writes_results_and_table(tmp_path):
             assert row["ours"]["value"] > 0 and row["baseline"]["value"] > 0
             assert row["ratio"] == pytest.approx(row["ours"]["value"] / row["baseline"]["value"], rel=1e-2)
     scoring = json.loads((tmp_path / "results" / f"scoring-{suffix}.json").read_text())
-    # the seed-004 loops computed the same scores as the batched backends
+    # the seed-004 loops computed the same scores as the batched backends; shared-prefix verification ran
     assert max(scoring["details"][0]["max_abs_diff"].values()) < 1e-2
+    assert scoring["details"][0]["max_abs_diff"]["verification_shared_vs_batched_logodds"] < 1e-4
+    shared = scoring["details"][0]["verification_shared"]
+    assert shared["path"] == "shared_prefix" and shared["model_tokens"] < shared["query_tokens"]
+    sampling = json.loads((tmp_path / "results" / f"sampling-{suffix}.json").read_text())
+    d = sampling["details"][0]  # K continuations prefilled once, the same samples as today's batched sampling
+    assert d["prefill_rows"]["cached"][0] < d["prefill_rows"]["batched"][0]
+    if suffix == "smoke":  # on CPU in float32; on a GPU another kernel's rounding may flip a draw
+        assert d["identical_samples"] == d["candidates"]
     text = md.read_text()
     assert "| benchmark | ours | baseline | ratio | target | met? |" in text
     assert "python -m bench.run --smoke" in text
@@ -115,3 +123,23 @@ def test_prm_probe_scores_each_candidate_on_validation_samples(tmp_path):
     assert 0.0 <= verifier["acc_erroneous"] <= 1.0 and verifier["train_s"] > 0
     assert verifier["arm"] == "likelihood, 2 steps"
     assert "| position (minus the step index) |" in res["markdown"]
+
+
+@pytest.mark.smoke
+def test_gpu_script_dry_run_on_cpu(tmp_path):
+    """``bench/gpu.sh`` runs every step (a 2-layer Qwen2 in bf16, seconds-long sizes) and leaves at
+    most 8 files: one JSON per benchmark, the log, the summary and the markdown."""
+    out = tmp_path / "out"
+    env = dict(os.environ, BENCH_GPU_DRY_RUN="1", OUT=str(out), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8
+    for name, n_rows in {"scoring": 4, "sampling": 1, "trainer": 3}.items():
+        res = json.loads((out / f"{name}-smoke-bfloat16-qwen2-tiny.json").read_text())
+        assert res["machine"]["dtype"] == "bfloat16" and len(res["rows"]) == n_rows
+        assert "qwen2-tiny" in res["rows"][0]["benchmark"]
+    summary = (out / "summary.txt").read_text()
+    assert summary.count("ok  ") == 3 and "exit status 0" in summary
+    assert "| benchmark | ours | baseline |" in (out / "BENCHMARKS-gpu.md").read_text()

@@ -83,15 +83,21 @@ def test_head_length_sorted_chunks_keep_input_order(tokenizer):
         assert prm.score_steps([p], [st])[0] == pytest.approx(row, abs=1e-5)
 
 
-def test_verification_computes_only_last_position_logits(tokenizer):
+@pytest.mark.parametrize("shared_prefix", [False, True])
+def test_verification_computes_only_last_position_logits(tokenizer, shared_prefix):
     lm = tiny_causal_lm(tokenizer, seed=5)
+    prm = ProcessRewardModel.from_model(lm, tokenizer, backend="verification", shared_prefix=shared_prefix)
+    prm.score_steps(PROMPTS[:1], STEPS[:1])  # (with shared_prefix, the first call also checks it per question)
     seen = []
     handle = lm.register_forward_hook(lambda m, a, kw, out: seen.append((kw.get("logits_to_keep"), out.logits.shape)),
                                       with_kwargs=True)
-    prm = ProcessRewardModel.from_model(lm, tokenizer, backend="verification")
     prm.score_steps(PROMPTS[:2], STEPS[:2])
     handle.remove()
-    assert seen and all(keep == 1 and shape[1] == 1 for keep, shape in seen)
+    if not shared_prefix:
+        assert seen and all(keep == 1 and shape[1] == 1 for keep, shape in seen)
+    else:  # one packed row per solution, its question ends laid out last: logits of those positions only
+        assert seen and all(keep == shape[1] <= 3 for keep, shape in seen)
+        assert sum(shape[0] for _, shape in seen) == 2
 
 
 def test_head_probabilities_and_neutral_rules(tokenizer):
@@ -167,7 +173,7 @@ def test_token_backend_extra0_and_chat(tokenizer):
 
 def test_verification_backend_batched_left_padding(tokenizer):
     lm = tiny_causal_lm(tokenizer, seed=5)
-    prm = ProcessRewardModel.from_model(lm, tokenizer, backend="verification", batch_size=4)
+    prm = ProcessRewardModel.from_model(lm, tokenizer, backend="verification", batch_size=4, shared_prefix=False)
     assert prm.settings.output == "logodds"
     counter = ForwardCounter(lm.transformer)
     batch = prm.score_steps(PROMPTS, STEPS)

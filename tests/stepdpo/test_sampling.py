@@ -178,3 +178,85 @@ def test_whole_solution_parse_falls_back_at_a_token_spanning_a_step_boundary():
     answer = tok("Answer: 3", add_special_tokens=False)["input_ids"]
     assert sampler._parse_whole("Q: 1+2\n", done, answer + nl + [tok.eos_token_id], 4, ending, odd) == 0
     assert done.steps == ["1+2=3", "Answer: 3"] and done.finished
+
+
+# -- prefix cache: K continuations of one context prefilled once ------------------------------------------------
+def _sampled(res):
+    return [[(s.text, s.is_final, s.truncated, s.token_ids, s.context_ids) for s in row] for row in res]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_prefix_cache_gives_the_same_samples_with_fewer_prefills(family, temperature):
+    from reward_models.testing import tiny_qwen2_causal_lm
+
+    tok = tiny_tokenizer()
+    model = (tiny_causal_lm if family == "gpt2" else tiny_qwen2_causal_lm)(tok, seed=2)
+    prompts, prefixes = ["Q: 2+3*4\n", "Q: 12-1-1\n", "Q: 5\n"], [["3*4=12", "2+12=14"], [], ["5"]]
+    out, counts = {}, {}
+    for cached in (False, True):
+        sampler = StepSampler(model, tok, max_new_tokens=10, temperature=temperature, batch_size=8, seed=7,
+                              prefix_cache=cached)
+        steps = sampler.sample_next_steps(prompts, prefixes, k=4)  # 12 rows: chunks of 8 and 4
+        assert (sampler.num_prefill_rows, sampler.num_rows) == ((3, 12) if cached else (12, 12))
+        sols = sampler.sample_solution_details(prompts, k=3, max_steps=3)  # whole solutions, then step by step
+        out[cached] = (_sampled(steps), [[(s.steps, s.finished, s.truncated) for s in row] for row in sols])
+        counts[cached] = (sampler.num_prefill_rows, sampler.num_rows, sampler.num_generate_calls)
+    assert out[True] == out[False]  # same seed, same samples
+    assert counts[True][1:] == counts[False][1:]  # the same rows in the same generate calls
+    assert counts[False][0] == counts[False][1]  # today: every row prefilled
+    assert counts[True][0] < counts[True][1]  # cached: each distinct context of a call once
+
+
+def test_prefix_cache_rows_are_valid_and_seeded():
+    """Every continuation starts from its own context: a context's K rows differ from each other
+    (sampled independently) and each continues its own context, as without the cache."""
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=4)
+    prompts = ["Q: 1+1\n", "Q: 99-9*9\n"]
+    a = StepSampler(model, tok, max_new_tokens=12, seed=1).sample_next_steps(prompts, k=6)
+    b = StepSampler(model, tok, max_new_tokens=12, seed=1).sample_next_steps(prompts, k=6)
+    c = StepSampler(model, tok, max_new_tokens=12, seed=2).sample_next_steps(prompts, k=6)
+    assert _sampled(a) == _sampled(b) and _sampled(a) != _sampled(c)
+    for p, row in zip(prompts, a):
+        assert len({tuple(s.token_ids) for s in row}) > 1  # independent samples, not one copied K times
+        assert all(s.context_ids == tok(p)["input_ids"] for s in row)
+        assert all(len(s.token_ids) <= 12 for s in row)
+
+
+def test_prefix_cache_is_skipped_when_nothing_repeats():
+    from stepdpo.sampling import shared_prefill
+
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0).eval()
+    batch = [tok("Q: 1\n")["input_ids"], tok("Q: 22\n")["input_ids"]]
+    ids, mask = left_pad(batch, tok.pad_token_id)
+    assert shared_prefill(model, batch, ids, mask, torch.device("cpu")) is None
+    with torch.no_grad():
+        extra = shared_prefill(model, batch + batch[:1], *left_pad(batch + batch[:1], tok.pad_token_id),
+                               torch.device("cpu"))
+    (name, cache), = extra.items()
+    assert name in ("cache", "past_key_values")
+    assert cache.get_seq_length() == ids.shape[1] - 1  # all but the last column, which generate runs
+    sampler = StepSampler(model, tok, max_new_tokens=4, seed=0)
+    sampler.sample_next_steps(["Q: 1\n", "Q: 22\n"], k=1)
+    assert sampler.num_prefill_rows == sampler.num_rows == 2
+
+
+def test_prefix_cache_failure_falls_back_to_plain_generate(monkeypatch, caplog):
+    import logging
+
+    import stepdpo.sampling as sampling
+
+    def broken(*args, **kwargs):
+        raise NotImplementedError("this cache cannot be reordered")
+
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=4)
+    want = StepSampler(model, tok, max_new_tokens=6, seed=1, prefix_cache=False).sample_next_steps(["Q: 1+1\n"], k=3)
+    monkeypatch.setattr(sampling, "shared_prefill", broken)
+    sampler = StepSampler(model, tok, max_new_tokens=6, seed=1)
+    with caplog.at_level(logging.WARNING):
+        got = sampler.sample_next_steps(["Q: 1+1\n"], k=3)
+    assert "prefilling every row" in caplog.text and not sampler.prefix_cache
+    assert _sampled(got) == _sampled(want)
