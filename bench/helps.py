@@ -415,20 +415,31 @@ def run_seed(size: HelpsSize, seed: int, work_dir: str, threads: int = 1,
         nonlocal prm_eval, threshold, prm_report
         t0 = time.time()
         prm_train, prm_val, prm_test = prm_data(cfg, policy, tok, data)
-        prm_dir, _ = train_prm(cfg, tok, sft_dir, prm_train, out)
-        prm = load_reward_model(prm_dir)
+        # a rerun of the same seed with the same PRM settings reuses the trained PRM and its report
+        prm_key = json.dumps({k: v for k, v in asdict(cfg).items() if k in SFT_FIELDS or k.startswith("prm_")
+                              or k in ("n_prm_gold", "n_prm_prompts", "temperature")}, sort_keys=True)
+        cached = out / "prm_report.json"
+        if cached.exists() and json.loads(cached.read_text()).get("key") == prm_key:
+            prm = load_reward_model(out / "prm")
+            prm_report = json.loads(cached.read_text())["report"]
+        else:
+            prm_dir, _ = train_prm(cfg, tok, sft_dir, prm_train, out)
+            prm = load_reward_model(prm_dir)
         ev, threshold = evaluate_tuned(prm, prm_val, prm_test)
         prm_eval = ev.to_dict()
         tick("prm", t0)
-        t0 = time.time()
-        # beside it: the baselines on the same samples, and reranking the SFT policy's samples (best-of-8 at the
-        # temperature chosen on validation problems vs majority vote over the same 8)
-        bon_cfg = replace(cfg, best_of_n=8, n_best_of_n=len(data["test"]), n_best_of_n_val=min(200, len(data["val"])))
-        prm_report = {"kind": cfg.prm_kind, "steps": cfg.prm_steps, "baselines": prm_baselines(policy, tok, prm_val,
-                                                                                               prm_test),
-                      "n_val_samples": len(prm_val), "n_test_samples": len(prm_test),
-                      "best_of_n": best_of_n_at_chosen_temperature(bon_cfg, policy, tok, data, prm)}
-        tick("prm_report", t0)
+        if prm_report is None:
+            t0 = time.time()
+            # beside it: the baselines on the same samples, and reranking the SFT policy's samples (best-of-8 at the
+            # temperature chosen on validation problems vs majority vote over the same 8)
+            bon_cfg = replace(cfg, best_of_n=8, n_best_of_n=len(data["test"]),
+                              n_best_of_n_val=min(200, len(data["val"])))
+            prm_report = {"kind": cfg.prm_kind, "steps": cfg.prm_steps,
+                          "baselines": prm_baselines(policy, tok, prm_val, prm_test),
+                          "n_val_samples": len(prm_val), "n_test_samples": len(prm_test),
+                          "best_of_n": best_of_n_at_chosen_temperature(bon_cfg, policy, tok, data, prm)}
+            cached.write_text(json.dumps({"key": prm_key, "report": prm_report}, default=str) + "\n")
+            tick("prm_report", t0)
         return prm, threshold
 
     t0 = time.time()

@@ -93,6 +93,9 @@ class StepwiseDPOConfig(DPOConfig):
     max_pass_rate: float = field(default=1.0, metadata={
         "help": "With answers: skip problems whose sampled solutions are right more often than this (PRIME keeps "
                 "0.2-0.8; needs num_solutions > 1)."})
+    error_in_wrong: str = field(default="lowest", metadata={
+        "help": "With answers, a wrong solution whose steps the judge all scores good: 'lowest' takes its "
+                "lowest-scoring step as the error (the answer says there is one), 'skip' builds no pair from it."})
     ref_update: str = field(default="previous_round", metadata={
         "help": "With rounds > 1: the reference of each round, 'previous_round' (the policy as the round starts, "
                 "as in Iterative RPO) or 'initial' (the policy before round 0)."})
@@ -152,6 +155,8 @@ class StepwiseDPOConfig(DPOConfig):
                              "the pairs of a batch, so per-pair weights would be misaligned")
         if self.chosen_rule not in CHOSEN_RULES:
             raise ValueError(f"chosen_rule must be one of {CHOSEN_RULES}, got {self.chosen_rule!r}")
+        if self.error_in_wrong not in ("lowest", "skip"):
+            raise ValueError(f"error_in_wrong must be 'lowest' or 'skip', got {self.error_in_wrong!r}")
         if self.ref_update not in REF_UPDATES:
             raise ValueError(f"ref_update must be one of {REF_UPDATES}, got {self.ref_update!r}")
         for name in ("num_solutions", "num_continuations", "max_pairs_per_prompt"):
@@ -200,7 +205,7 @@ class StepwiseDPOConfig(DPOConfig):
                 "chosen_rule": self.chosen_rule, "pairs_per_error": self.pairs_per_error,
                 "max_pairs_per_prompt": self.max_pairs_per_prompt,
                 "skip_correct_solutions": self.skip_correct_solutions, "max_logp_gap": self.max_logp_gap,
-                "pass_rate_range": rate}
+                "pass_rate_range": rate, "error_in_wrong": self.error_in_wrong}
 
 
 __all__ = ["CHOSEN_RULES", "JUDGES", "MARGIN_WEIGHTINGS", "PAIR_STRATEGIES", "REF_UPDATES", "REPLAY_SOURCES",

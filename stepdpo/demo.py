@@ -82,7 +82,7 @@ class DemoConfig:
     prm_backbone: str = "policy"  # "policy": start from the SFT policy; "fresh": a new model of the policy's size
     prm_samples_per_prompt: int = 2
     prm_injected: int = 600
-    prm_steps: int = 150  # the demo's size (10 minutes); bench helps trains 400
+    prm_steps: int = 100  # the demo's size (10 minutes); bench helps trains 400
     prm_lr: float = 1e-3
     prm_batch: int = 64
     prm_eval_temperature: float = 0.7  # held-out policy samples the PRM is evaluated on (val: 2 per problem)

@@ -53,7 +53,7 @@ STRATEGIES = ("first_error", "per_depth")
 STAT_KEYS = ("n_prompts", "n_solutions", "n_groups", "pairs", "skipped_all_good", "skipped_all_bad", "skipped_tie",
              "skipped_uncertain", "rejected_nan", "empty_steps", "truncated_steps", "solutions_without_error",
              "correct_solutions", "duplicate_errors", "skipped_unverified", "skipped_pass_rate", "capped_per_prompt",
-             "chosen_verified", "chosen_judge_only", "dropped_logp_gap")
+             "chosen_verified", "chosen_judge_only", "dropped_logp_gap", "error_at_lowest_score")
 
 
 @dataclass
@@ -72,6 +72,7 @@ class PairBuildResult:
 
 
 CHOSEN_RULES = ("verified", "prefer_verified", "judge")
+ERROR_IN_WRONG = ("lowest", "skip")
 
 
 @dataclass
@@ -99,6 +100,11 @@ class ErrorPairOptions:
             the sampler has them.
         pass_rate_range: with answers, keep only problems whose sampled solutions are right at a
             rate in ``[lo, hi]`` (PRIME keeps 0.2-0.8); ``None`` keeps all.
+        error_in_wrong: with answers, what to do with a solution whose answer is wrong but whose
+            steps all score at least the threshold: ``"lowest"`` - its lowest-scoring step is the
+            error (the answer says there is one; a learned judge misses most often the errors
+            the policy is surest of, the ones worth fixing), counted as ``error_at_lowest_score``;
+            ``"skip"`` - no pair (counted as ``solutions_without_error``).
     """
 
     num_solutions: int | None = None
@@ -110,10 +116,13 @@ class ErrorPairOptions:
     skip_correct_solutions: bool = True
     max_logp_gap: float | None = None
     pass_rate_range: tuple[float, float] | None = None
+    error_in_wrong: str = "lowest"
 
     def __post_init__(self):
         if self.chosen_rule not in CHOSEN_RULES:
             raise ValueError(f"chosen_rule must be one of {CHOSEN_RULES}, got {self.chosen_rule!r}")
+        if self.error_in_wrong not in ERROR_IN_WRONG:
+            raise ValueError(f"error_in_wrong must be one of {ERROR_IN_WRONG}, got {self.error_in_wrong!r}")
         for name in ("num_solutions", "num_continuations", "max_pairs_per_prompt"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -309,6 +318,7 @@ def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps,
     stats["n_solutions"] = sum(len(row) for row in sols)
     record: list[list[Any]] = [[] for _ in prompts]
     flat = []  # (prompt index, solution) of the solutions searched for an error
+    wrong_ids: set[int] = set()  # solutions whose answer is known to be wrong
     for i, row in enumerate(sols):
         right = [bool(checker(prompts[i], s.steps, answers[i])) for s in row] if verify else [False] * len(row)
         record[i] += [_recorded(s, "solution", ok if verify else None) for s, ok in zip(row, right)]
@@ -319,11 +329,15 @@ def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps,
                 stats["skipped_pass_rate"] += 1
                 continue
         flat += [(i, s) for s, ok in zip(row, right) if s.steps and not (ok and opts.skip_correct_solutions)]
+        wrong_ids.update(id(s) for s, ok in zip(row, right) if verify and not ok)
     scores, unc = _score(rm, [prompts[i] for i, _ in flat], [s.steps for _, s in flat], max_uncertainty is not None)
     # locate the first error of each solution; the same error in several solutions is one group
     errors, seen_errors = [], set()  # errors: (prompt index, solution, error index, rejected score, rejected std)
     for n, ((i, sol), row) in enumerate(zip(flat, scores)):
         first = next((d for d, v in enumerate(row) if math.isnan(v) or v < threshold), None)
+        if first is None and opts.error_in_wrong == "lowest" and id(sol) in wrong_ids and row:
+            first = min(range(len(row)), key=lambda d: (row[d], d))
+            stats["error_at_lowest_score"] += 1
         if first is None:
             stats["solutions_without_error"] += 1
             continue

@@ -361,3 +361,29 @@ def test_a_verified_chosen_step_needs_no_judge_approval():
     judge = build_step_pairs([p], RolloutSampler(sols, conts), rm, k=2, answers=["2+3"], answer_checker=_exact,
                              chosen_rule="judge")
     assert [(x.chosen, x.chosen_score) for x in judge.pairs] == [("3+2=5", 0.9)]
+
+
+def test_a_wrong_answer_with_no_flagged_step_puts_the_error_at_the_lowest_score():
+    """A learned judge may score every step of a wrong solution above the threshold (the policy's most
+    confident slips); with answers known, the lowest-scoring step is taken as the error, unless 'skip'."""
+    p = "Q: 9-4+1\n"
+    sols = {p: [["9-4=5", "5+1=7", "Answer: 7"]]}  # wrong at step 1
+    conts = {(p, 1): [["5+1=6", "Answer: 6"]]}
+    scores = {"9-4=5": 0.95, "5+1=7": 0.6, "Answer: 7": 0.7, "5+1=6": 0.9}
+
+    def judge(prompt, steps):  # misses the slip at threshold 0.5, but ranks it lowest
+        return [scores[s] for s in steps]
+
+    common = dict(k=1, answers=["9-4+1"], answer_checker=_exact, num_continuations=1)
+    res = build_step_pairs([p], RolloutSampler(sols, conts), judge, threshold=0.5, **common)
+    assert res.stats["error_at_lowest_score"] == 1 and res.stats["solutions_without_error"] == 0
+    (pair,) = res.pairs
+    assert (pair.prefix_steps, pair.rejected, pair.chosen) == (["9-4=5"], "5+1=7", "5+1=6")
+    skipped = build_step_pairs([p], RolloutSampler(sols, conts), judge, threshold=0.5, error_in_wrong="skip",
+                               **common)
+    assert skipped.pairs == [] and skipped.stats["solutions_without_error"] == 1
+    # without answers nothing says the solution is wrong: no error is invented
+    blind = build_step_pairs([p], RolloutSampler(sols, conts), judge, threshold=0.5, k=1, num_continuations=1)
+    assert blind.pairs == [] and blind.stats["error_at_lowest_score"] == 0
+    with pytest.raises(ValueError, match="error_in_wrong"):
+        build_step_pairs([p], RolloutSampler(sols, conts), judge, error_in_wrong="first", **common)
