@@ -117,7 +117,7 @@ def _sizes(mode: str) -> HelpsSize:
     if mode == "full":
         # the PRM at the recipe's bench size: 400 steps of next-token training (the demo affords 200 in its 10 minutes)
         return HelpsSize(seeds=[0, 1, 2], workers=3, demo={"n_test": 1000, "n_val": 400, "n_pair_prompts": 4000,
-                                                           "sft_steps": 500, "prm_steps": 400})
+                                                           "sft_steps": 500, "prm_steps": 400, "prm_lr": 1e-3})
     if mode == "quick":
         protos = {k: replace(v, rounds=2, steps=60, batch=16) for k, v in PROTOCOLS.items()}
         return HelpsSize(seeds=[0], workers=1, protocols=protos, sampling=Sampling(continuations=4),
@@ -251,12 +251,21 @@ def run_stepwise(policy, tok, data, judge, threshold: float, proto: Protocol, sa
                       "pair_quality": pair_quality(tr.last_pairs, data["task"]), **_train_log(state.log_history)})
             tr.model.train()
 
-    trainer = StepwiseDPOTrainer(model=policy, args=args, tokenizer=tok, prompts=prompts, reward_model=judge,
-                                 answers=answers, answer_checker=lambda p, steps, a: is_correct(a, steps),
-                                 callbacks=[RoundEnd()])
-    holder["trainer"] = trainer
-    trainer.train()
-    return trainer.accelerator.unwrap_model(trainer.model)
+    from stepdpo.trainer import NoPairsError
+
+    try:
+        trainer = StepwiseDPOTrainer(model=policy, args=args, tokenizer=tok, prompts=prompts, reward_model=judge,
+                                     answers=answers, answer_checker=lambda p, steps, a: is_correct(a, steps),
+                                     callbacks=[RoundEnd()])
+        holder["trainer"] = trainer
+        trainer.train()
+        model = trainer.accelerator.unwrap_model(trainer.model)
+    except NoPairsError as e:  # a round without pairs ends the arm: the rounds left are recorded untrained
+        logger.warning("%s", e)
+        model = holder["trainer"].accelerator.unwrap_model(holder["trainer"].model) if "trainer" in holder else policy
+        while len(evaluate.rounds) <= proto.rounds:
+            evaluate(model, {"pairs": 0, "no_pairs": str(e)})
+    return model
 
 
 def run_baseline(policy, tok, data, proto: Protocol, sampling: Sampling, seed: int, out: Path,

@@ -10,7 +10,7 @@ Candidates (``--arms``, comma-separated):
 
 * ``pos`` - no model: score = minus the step index;
 * ``L0`` - no training: the SFT policy's token probabilities (each ``token_score``);
-* ``V<steps>`` - a verifier LM: the policy trained ``steps`` more with next-token loss on the gold solutions
+* ``V<steps>[lr<lr>]`` - a verifier LM: the policy trained ``steps`` more with next-token loss on the gold solutions
   of the demo's verifier problems (``prm_gold``), scored by token probability;
 * ``I<steps>b<beta>`` - an implicit PRM (:class:`reward_models.implicit_trainer.ImplicitPRMTrainer`) trained
   from the policy on checker-labeled policy samples (2 per PRM prompt at T=0.7) + gold + injected errors;
@@ -95,13 +95,15 @@ def run(seed: int, arms: list[str], policy_dir: str | None = None) -> dict[str, 
                 report(f"SFT policy likelihood, {ts} (no training)",
                        LikelihoodRewardModel.from_model(policy, tok, step_format=STEP_FORMAT, token_score=ts))
             continue
-        m = re.fullmatch(r"([VIHG])(\d+)(?:b([\d.]+))?", arm)
+        m = re.fullmatch(r"([VIHG])(\d+)(?:b([\d.]+))?(?:lr([\d.e-]+))?", arm)
         if not m:
             raise SystemExit(f"unknown arm {arm!r}")
         kind = {"V": "likelihood", "I": "implicit", "H": "head", "G": "verification"}[m.group(1)]
         c = replace(cfg, prm_kind=kind, prm_steps=int(m.group(2)),
                     **({} if kind == "likelihood" else {"prm_batch": 32, "prm_lr": 3e-4 if kind == "implicit"
                                                         else 1e-3}))
+        if m.group(4):
+            c = replace(c, prm_lr=float(m.group(4)))
         train = list(data["prm_gold"]) if kind == "likelihood" else labeled_data()
         t0 = time.time()
         where = out / arm
@@ -121,7 +123,8 @@ def run(seed: int, arms: list[str], policy_dir: str | None = None) -> dict[str, 
             path = where / "prm"
         else:
             path, _ = train_prm(c, tok, Path(policy_dir), train, where)
-        report(f"{kind}, {c.prm_steps} steps" + (f", beta {m.group(3)}" if m.group(3) else ""),
+        report(f"{kind}, {c.prm_steps} steps" + (f", beta {m.group(3)}" if m.group(3) else "")
+               + (f", lr {m.group(4)}" if m.group(4) else ""),
                load_reward_model(path, device="cpu"), time.time() - t0)
     return {"seed": seed, "policy": policy_dir, "n_tune_solutions": len(tune), "n_eval_solutions": len(ev),
             "n_eval_with_error": sum(s.first_error is not None for s in ev), "arms": arms_out}
