@@ -37,8 +37,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import math
+import os
 import statistics
 import sys
 import time

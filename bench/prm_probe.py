@@ -38,7 +38,12 @@ def run(seed: int, arms: list[str], policy_dir: str | None = None) -> dict[str, 
     import transformers
     from transformers import AutoModelForCausalLM
 
-    from reward_models.evaluation import auroc, first_error_f1, predict_first_error, tune_first_error_threshold
+    from reward_models.evaluation import (
+        auroc,
+        first_error_f1,
+        predict_first_error,
+        tune_first_error_threshold,
+    )
     from reward_models.likelihood import TOKEN_SCORES, LikelihoodRewardModel
     from reward_models.testing import tiny_tokenizer
     from stepdpo.demo import DemoConfig, checker_labeled, make_data, solve, train_prm

@@ -210,6 +210,19 @@ def read_reward_config(path: str | os.PathLike) -> dict[str, Any]:
     return cfg
 
 
+def saved_settings(path: str | os.PathLike, kind: str) -> dict[str, Any]:
+    """The settings in ``path/reward_config.json`` (without ``type``/``format_version``), checking that
+    it holds a ``kind`` reward model; ``{}`` when the directory has no such file (a plain model)."""
+    path = Path(path)
+    if not (path / CONFIG_NAME).exists():
+        return {}
+    cfg = read_reward_config(path)
+    if cfg["type"] != kind:
+        raise DataError(f"holds a {cfg['type']!r} reward model, not {kind!r}", source=str(path / CONFIG_NAME),
+                        field="type")
+    return {k: v for k, v in cfg.items() if k not in ("type", "format_version")}
+
+
 def refuse_pickles(path: str | os.PathLike) -> None:
     """Raise if ``path`` holds weight files that would need unpickling (only safetensors load)."""
     path = Path(path)
@@ -383,5 +396,5 @@ def as_reward_model(obj: Any, **kwargs) -> RewardModel:
 
 
 __all__ = ["AGGREGATIONS", "CONFIG_NAME", "FORMAT_VERSION", "AdaptedRewardModel", "PretrainedRewardModel", "RewardModel", "aggregate",
-           "as_reward_model", "check_scores", "load_reward_model", "read_reward_config", "refuse_pickles",
+           "as_reward_model", "check_scores", "load_reward_model", "read_reward_config", "refuse_pickles", "saved_settings",
            "register_reward_model", "registered_types", "write_reward_config"]

@@ -23,8 +23,8 @@ from reward_models import _hf
 from reward_models.base import (
     CONFIG_NAME,
     PretrainedRewardModel,
-    read_reward_config,
     register_reward_model,
+    saved_settings,
     write_reward_config,
 )
 from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat
@@ -64,13 +64,7 @@ class BradleyTerryRewardModel(PretrainedRewardModel):
         from transformers import AutoModelForSequenceClassification
 
         path = Path(model_name_or_path)
-        saved: dict[str, Any] = {}
-        if (path / CONFIG_NAME).exists():
-            cfg = read_reward_config(path)
-            if cfg["type"] != "bradley_terry":
-                raise DataError(f"holds a {cfg['type']!r} reward model, not 'bradley_terry'",
-                                source=str(path / CONFIG_NAME), field="type")
-            saved = {k: v for k, v in cfg.items() if k not in ("type", "format_version")}
+        saved = saved_settings(path, "bradley_terry")
         archs = _hf.architectures(path)
         if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
             raise ValueError(f"{path} holds a {archs[0]}, not a ...ForSequenceClassification model with a scalar "

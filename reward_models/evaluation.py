@@ -35,7 +35,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from reward_models.base import as_reward_model
+from reward_models.base import aggregate, as_reward_model
 from reward_models.types import DataError, StepSample
 
 logger = logging.getLogger(__name__)
@@ -464,8 +464,6 @@ def rerank_report(step_scores: Sequence[Sequence[Sequence[float]]], correct: Seq
     >>> r["majority_vote"], r["best_of_n"]["min"], r["weighted_vote"]["min"]
     (0.0, 1.0, 0.0)
     """
-    from reward_models.base import aggregate
-
     n_p = len(step_scores)
     if not (len(correct) == len(answers) == len(gold) == n_p) or n_p == 0:
         raise ValueError("step_scores, correct, answers and gold need one entry per problem (and at least one)")

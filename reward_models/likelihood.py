@@ -48,8 +48,8 @@ from reward_models.base import (
     AGGREGATIONS,
     CONFIG_NAME,
     PretrainedRewardModel,
-    read_reward_config,
     register_reward_model,
+    saved_settings,
     write_reward_config,
 )
 from reward_models.process import build_settings
@@ -356,13 +356,7 @@ def _saved_settings(path: Path, kind: str) -> dict[str, Any]:
     """Settings saved in ``path/reward_config.json`` (type checked), or {} for a plain LM directory."""
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist")
-    if not (path / CONFIG_NAME).exists():
-        return {}
-    cfg = read_reward_config(path)
-    if cfg["type"] != kind:
-        raise DataError(f"holds a {cfg['type']!r} reward model, not {kind!r}", source=str(path / CONFIG_NAME),
-                        field="type")
-    return {k: v for k, v in cfg.items() if k not in ("type", "format_version")}
+    return saved_settings(path, kind)
 
 
 __all__ = ["ImplicitRewardModel", "ImplicitSettings", "LikelihoodRewardModel", "LikelihoodSettings", "TOKEN_SCORES",

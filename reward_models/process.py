@@ -37,8 +37,8 @@ from reward_models.base import (
     AGGREGATIONS,
     CONFIG_NAME,
     PretrainedRewardModel,
-    read_reward_config,
     register_reward_model,
+    saved_settings,
     write_reward_config,
 )
 from reward_models.shared_prefix import (
@@ -205,13 +205,10 @@ def settings_from_dir(path: Path, cls_type: str, default_backend: str) -> dict[s
                 raise DataError("missing key or not a string", source=str(legacy), field="verification_prompt")
             return {"backend": "verification", "prompt_template": prompt + "{step}"}
         return {"backend": default_backend}
-    cfg = read_reward_config(path)
-    if cfg["type"] != cls_type:
-        raise DataError(f"holds a {cfg['type']!r} reward model, not {cls_type!r}", source=str(path / CONFIG_NAME),
-                        field="type")
+    cfg = saved_settings(path, cls_type)
     if "backend" not in cfg:
         raise DataError("missing key", source=str(path / CONFIG_NAME), field="backend")
-    return {k: v for k, v in cfg.items() if k not in _META_KEYS}
+    return cfg
 
 
 def backend_for_architectures(path: Path) -> str:

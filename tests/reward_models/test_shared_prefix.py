@@ -18,12 +18,6 @@ STEPS = [["3*4=12", "2+12=14", "Answer: 14"], ["7-5=2", "Answer: 2"], ["Answer: 
          ["1+1=2", "2+1=3", "3+1=4", "Answer: 4"]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def seed004_loop(model, tokenizer, prm, prompts, steps):
