@@ -8,8 +8,9 @@ bases, adds:
   would pick. Here every process writes into ``output_dir/.tmp-checkpoint-N/checkpoint-N``;
   after a barrier the main process alone renames it to ``output_dir/checkpoint-N``
   (``os.replace`` on the same file system), so ``checkpoint-N`` exists only complete.
-  ``resume_from_checkpoint=True`` resumes from the newest *complete* checkpoint
-  (:func:`latest_complete_checkpoint`) and ignores temporary or partial folders.
+  ``resume_from_checkpoint=True`` (or the string ``"true"``, as a command line gives it)
+  resumes from the newest *complete* checkpoint (:func:`latest_complete_checkpoint`) and
+  ignores temporary or partial folders.
   Optimizer/scheduler/RNG states are ``torch.save`` files that ``transformers`` reads back
   with ``weights_only=True`` (no arbitrary unpickling); model weights are safetensors.
 * **A finite-loss guard.** A NaN or infinite training loss stops training at once with
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-"
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1", "last", "latest"), ("false", "no", "0", "none", "")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -124,6 +126,10 @@ class ReliableTrainerMixin:
     # -- resume + metrics -------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         self._micro_batch = 0
+        if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.strip().lower() in TRUE_WORDS:
+            resume_from_checkpoint = True  # `--resume_from_checkpoint true` on a command line
+        elif isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.strip().lower() in FALSE_WORDS:
+            resume_from_checkpoint = None
         if resume_from_checkpoint is True:
             resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)  # type: ignore[attr-defined]
             if resume_from_checkpoint is None:

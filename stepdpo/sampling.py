@@ -232,11 +232,17 @@ class StepSampler(_BaseSampler):
             where they differ (a token spanning a step boundary), the solution goes on step by
             step from its last exact step. Used when the separator is a single token and there is
             no scoring tag; greedy decoding gives the same solutions either way.
+        prefix_cache: prefill each distinct context once (see the module docstring).
+        synced_gpus: passed to ``generate`` when not None. ``transformers`` turns it on by itself
+            under DeepSpeed ZeRO-3 and FSDP with several processes, which makes every ``generate``
+            call a collective; :class:`~stepdpo.trainer.StepwiseDPOTrainer` samples with the
+            parameters gathered and sets it False, so each process makes the calls its own prompts
+            need.
     """
 
     def __init__(self, model, tokenizer, step_format: StepFormat | None = None, *, max_new_tokens: int = 64,
                  temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, seed: int | None = None,
-                 whole_solutions: bool = True, prefix_cache: bool = True):
+                 whole_solutions: bool = True, prefix_cache: bool = True, synced_gpus: bool | None = None):
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         if temperature < 0 or not 0 < top_p <= 1:
@@ -254,6 +260,7 @@ class StepSampler(_BaseSampler):
         self.eos_id = tokenizer.eos_token_id
         self.num_generate_calls = 0  # for tests and benchmarks: batched, not one call per candidate
         self.prefix_cache = prefix_cache
+        self.synced_gpus = synced_gpus
         self.num_prefill_rows = self.num_rows = 0  # rows prefilled vs rows sampled (prefix_cache shares prefills)
         self.whole_solutions = whole_solutions
         self.num_steps_whole = self.num_steps_stepwise_fallback = 0  # steps kept from whole-solution generation
@@ -423,6 +430,8 @@ class StepSampler(_BaseSampler):
                                type(self.model).__name__, type(e).__name__, str(e)[:200])
         self.num_rows += len(batch)
         self.num_prefill_rows += len(batch) if extra is None else len({tuple(c) for c in batch})
+        if self.synced_gpus is not None:
+            kwargs = {**kwargs, "synced_gpus": self.synced_gpus}
         out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs, **(extra or {}))
         self.num_generate_calls += 1
         return out

@@ -34,6 +34,7 @@ checkpoints - is TRL's own code path):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -41,7 +42,9 @@ import json
 import logging
 import math
 import os
+import tempfile
 import weakref
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +59,7 @@ from reward_models._reliability import ReliableTrainerMixin
 from reward_models.base import as_reward_model
 from reward_models.steps import StepFormat
 from reward_models.types import DataError, StepPair
+from stepdpo import distributed as dist
 from stepdpo.config import StepwiseDPOConfig
 from stepdpo.losses import PairLogps, dpop_penalty, get_loss, sequence_logps
 from stepdpo.pairs import OutcomePair, build_step_pairs, pair_from_row, right_samples, save_pairs
@@ -274,6 +278,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
                             "fields (it subclasses trl.DPOConfig)")
         self.step_format = args.step_format
         self.pair_stats: list[dict[str, int]] = []
+        self.shard_log: list[dict[str, Any]] = []  # per round: the prompts this process sampled, its generate calls
         self._round_replay: list = []
         self._answers, self._answer_checker = answers, answer_checker
         self._reward_model_arg = reward_model
@@ -323,7 +328,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
 
                 processing_class = AutoTokenizer.from_pretrained(model.config.name_or_path,
                                                                  trust_remote_code=args.trust_remote_code)
-            train_dataset = self._build_pair_dataset(model, processing_class, args, round_index=0)
+            # round 0's pairs are built below, once TRL/transformers have placed the policy on its device
         elif args.rounds > 1:
             raise ValueError("rounds > 1 needs prompts to regenerate pairs from (a dataset with only a 'prompt' "
                              "column, or prompts=)")
@@ -354,6 +359,8 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
                          quantization_config=quantization_config, peft_config=peft_config)
         self._pair_weights: torch.Tensor | None = None
         self._captured: list[torch.Tensor] | None = None
+        if self._pair_prompts is not None:
+            train_dataset = self._build_round(0)
         self._probe = self._probe_set(probe_dataset, train_dataset, args)
         self._replay, replaying = None, False
         if args.replay_weight and args.replay_source == "round_samples":
@@ -390,37 +397,114 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
             return default_judge(model, tokenizer, args.step_format, args.verification_prompt)
         return as_reward_model(self._reward_model_arg)
 
+    @contextlib.contextmanager
+    def _generation_model(self):
+        """The policy as pair building uses it: unwrapped, on this process's device, with every
+        parameter present, so that sampling and judging make no collective call and each
+        process can make as many ``generate`` calls as its shard needs.
+
+        * DDP / one device: the unwrapped module (the Trainer placed it on its device).
+        * DeepSpeed: ZeRO-3 parameters are gathered for the block, engine hooks removed (TRL's
+          ``unwrap_model_for_generation``, as in its GRPO and online-DPO trainers); before the
+          engine exists (round 0) a policy still on the CPU (ZeRO-1/2, or ZeRO-3 without
+          ``zero3_init_flag``) is first moved to the process's GPU, where DeepSpeed puts it anyway.
+        * FSDP: refused (its layers gather their shards in every forward: a collective per call).
+        """
+        from trl.distributed import DistributedBackend
+        from trl.models.utils import unwrap_model_for_generation
+
+        backend = DistributedBackend(self.accelerator)
+        if backend.is_fsdp:
+            raise NotImplementedError(
+                "building pairs from prompts under FSDP is not supported: FSDP gathers each layer's shards in every "
+                "forward pass, a collective that needs every process to generate in lockstep. Build the pairs with "
+                "`stepdpo build-pairs` (sharded over any number of GPUs) and train on the pairs file under FSDP, or "
+                "build them online under DDP or DeepSpeed ZeRO-2/3 (configs/accelerate/)")
+        model = self.accelerator.unwrap_model(self.model)
+        device = self.accelerator.device
+        params = list(model.parameters())
+        if (self.is_deepspeed_enabled and device.type != "cpu" and params and params[0].device.type == "cpu"
+                and not hasattr(params[0], "ds_id") and not getattr(model, "is_loaded_in_4bit", False)
+                and not getattr(model, "is_loaded_in_8bit", False)):
+            model.to(device)
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator, gather_deepspeed3_params=True) as m:
+            yield m
+
+    def _build_round(self, round_index: int) -> Dataset:
+        """Build, tokenize (and, with ``precompute_ref_log_probs``, score with the reference) one
+        round's pairs; they become ``self.train_dataset``."""
+        with self._generation_model() as model:
+            ds = self._build_pair_dataset(model, self.processing_class, self.args, round_index)
+        name = "train" if round_index == 0 else f"train_round{round_index}"
+        ds = self._prepare_dataset(ds, self.processing_class, self.args, name)
+        if self.precompute_ref_logps:
+            ds = self._precompute_ref_logps(ds, name, self.args.precompute_ref_batch_size
+                                            or self.args.per_device_train_batch_size)
+        self.train_dataset = ds
+        return ds
+
     def _build_pair_dataset(self, model, tokenizer, args: StepwiseDPOConfig, round_index: int) -> Dataset:
+        """Pairs from this process's shard of the prompts, gathered from every process in
+        process order (the same dataset on each), checked by hash."""
         tok = getattr(tokenizer, "tokenizer", tokenizer)
+        prompts, answers = self._pair_prompts, self._answers
+        if round_index == 0:
+            dist.check_same([prompts, None if answers is None else [repr(a) for a in answers]],
+                            "prompts and answers to build pairs from",
+                            "Give every process the same prompts= (and answers=); the trainer shards them itself.")
+        own, n_own = dist.shard(prompts, self.accelerator.num_processes, self.accelerator.process_index)
+        start = dist.shard_bounds(len(prompts), self.accelerator.num_processes, self.accelerator.process_index)[0]
+        own = own[:n_own]  # every process makes the generate calls its own prompts need (full weights, no collectives)
+        own_answers = None if answers is None else list(answers[start:start + n_own])
+        synced = False if self.accelerator.num_processes > 1 else None
 
         def sampler_at(temperature, seed):
             return StepSampler(model, tok, args.step_format, max_new_tokens=args.sample_max_new_tokens,
                                temperature=temperature, top_p=args.sample_top_p, batch_size=args.sample_batch_size,
-                               seed=seed)
+                               seed=seed, synced_gpus=synced)
 
         sampler = sampler_at(args.sample_temperature, args.seed + 7919 * round_index)
         options = args.error_pair_options() if args.pair_strategy == "first_error" else {}
-        options["rollout_sampler"] = sampler_at(args.effective_rollout_temperature,
-                                                args.seed + 7919 * round_index + 104729)
-        result = build_step_pairs(self._pair_prompts, sampler, self._judge(model, tok, args),
-                                  strategy=args.pair_strategy, k=args.num_candidates, threshold=args.score_threshold,
-                                  min_margin=args.min_pair_margin, max_steps=args.max_solution_steps,
-                                  answers=self._answers, answer_checker=self._answer_checker,
-                                  max_uncertainty=args.max_uncertainty, **options)
-        self.pair_stats.append({"round": round_index, **result.stats})
-        logger.info("round %d: %s", round_index, result.stats)
-        if not result.pairs:
-            raise NoPairsError(f"round {round_index}: no step pairs could be built from {len(self._pair_prompts)} "
-                             f"prompts (outcomes: {result.stats}); sample more candidates (num_candidates), change "
-                             "score_threshold, or check the reward model")
-        if args.save_pairs_to:
+        options["rollout_sampler"] = roller = sampler_at(args.effective_rollout_temperature,
+                                                         args.seed + 7919 * round_index + 104729)
+        if own:
+            result = build_step_pairs(own, sampler, self._judge(model, tok, args), strategy=args.pair_strategy,
+                                      k=args.num_candidates, threshold=args.score_threshold,
+                                      min_margin=args.min_pair_margin, max_steps=args.max_solution_steps,
+                                      answers=own_answers, answer_checker=self._answer_checker if own_answers is not None
+                                      else None, max_uncertainty=args.max_uncertainty, **options)
+            local_pairs, local_stats = result.pairs, result.stats
+            local_replay = right_samples(own, result.samples)
+        else:
+            local_pairs, local_stats, local_replay = [], {}, []
+        self.shard_log.append({"round": round_index, "process": self.accelerator.process_index,
+                               "prompts": list(own), "generate_calls": sampler.num_generate_calls
+                               + roller.num_generate_calls})
+        pairs = dist.gather(local_pairs)
+        per_process = dist.gather_object(local_stats)
+        stats: Counter = Counter()
+        for st in per_process:
+            stats.update(st)  # (update keeps zero counts, unlike +)
+        stats = dict(stats)
+        for key in ("n_prompts", "pairs"):
+            stats.setdefault(key, 0)
+        stats["processes"] = self.accelerator.num_processes
+        self.pair_stats.append({"round": round_index, **stats})
+        logger.info("round %d: %s", round_index, stats)
+        if not pairs:
+            raise NoPairsError(f"round {round_index}: no step pairs could be built from {len(prompts)} "
+                               f"prompts (outcomes: {stats}); sample more candidates (num_candidates), change "
+                               "score_threshold, or check the reward model")
+        rows = pairs_to_rows(pairs, args.margin_weighting, args.margin_weight_scale)
+        dist.check_same(rows, f"round {round_index} step pairs after gathering")
+        if args.save_pairs_to and self.accelerator.is_main_process:
             path = Path(args.save_pairs_to)
             if args.rounds > 1:
                 path = path.with_name(f"{path.stem}.round{round_index}{path.suffix or '.jsonl'}")
-            save_pairs(path, result.pairs)
-        self.last_pairs = result.pairs
+            save_pairs(path, pairs)
+        self.last_pairs = pairs
         if args.replay_weight and args.replay_source == "round_samples":
-            self._round_replay = right_samples(self._pair_prompts, result.samples)
+            self._round_replay = dist.gather(local_replay)
             if not self._round_replay:
                 logger.warning("round %d: no NLL replay: %s", round_index,
                                "no answers were given (answers= and answer_checker=), so no sample is known right"
@@ -429,19 +513,11 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
             if hasattr(self, "_replay"):  # later rounds: replay this round's samples
                 self._replay = self._replay_batches(self._round_replay, tokenizer, args) if self._round_replay \
                     else None
-        return Dataset.from_list(pairs_to_rows(result.pairs, args.margin_weighting, args.margin_weight_scale),
-                                 features=PAIR_FEATURES)
+        return Dataset.from_list(rows, features=PAIR_FEATURES)
 
     def rebuild_pairs(self, round_index: int) -> Dataset:
         """Regenerate the training pairs with the current policy (used between rounds)."""
-        model = self.accelerator.unwrap_model(self.model)
-        ds = self._build_pair_dataset(model, self.processing_class, self.args, round_index)
-        ds = self._prepare_dataset(ds, self.processing_class, self.args, f"train_round{round_index}")
-        if self.precompute_ref_logps:
-            ds = self._precompute_ref_logps(ds, f"train_round{round_index}",
-                                            self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size)
-        self.train_dataset = ds
-        return ds
+        return self._build_round(round_index)
 
     @property
     def applied_losses(self) -> list[tuple[str, float]]:
@@ -538,7 +614,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
             return []
         if probe_dataset is not None:
             rows = list(probe_dataset)
-        elif _dataset_kind(train_dataset) == "pairs":
+        elif {"prompt", "prefix_steps", "chosen", "rejected"} <= set(getattr(train_dataset, "column_names", None) or []):
             rows = train_dataset.select(range(min(args.probe_pairs, len(train_dataset)))).to_list()
         else:
             raise ValueError("probe_pairs needs step pairs: train on step pairs or pass probe_dataset=")
@@ -581,6 +657,8 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         if kind == "trl":
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         if kind == "prompts":
+            if dataset_name == "train" and self._pair_prompts is not None:
+                return dataset  # pairs are built from these prompts once the policy is on its device
             raise ValueError(f"{dataset_name} dataset holds prompts only; pairs are built from prompts for the train "
                              "dataset only - pass step pairs for evaluation")
         if kind == "pairs":
@@ -749,9 +827,16 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
 
         TRL caches next to the dataset's Arrow files, which in-memory datasets (all built pairs)
         do not have; this wraps the private TRL step (calling it, not copying it) for that reason.
+        With several processes, the main process's cache key and its hit-or-miss decision are
+        used by all (ZeRO-3 shards make each process's model hash differ, and a file written
+        meanwhile must not send one process down a different path), and the dataset is first
+        written to a folder every process can read, so that TRL's Arrow cache lands there instead
+        of in each process's own temporary folder.
         """
         from safetensors.torch import load_file, save_file
 
+        if _dataset_kind(dataset) == "prompts":
+            return dataset  # round 0's pairs are built (and precomputed) once the policy is on its device
         for col in ("ref_chosen_logps", "ref_rejected_logps"):
             if col in dataset.column_names:
                 dataset = dataset.remove_columns(col)
@@ -760,34 +845,54 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
                              self.args.truncation_mode]).encode())
         for row in dataset.select_columns(list(TOKENIZED_COLUMNS)).to_list():
             h.update(json.dumps([row[c] for c in TOKENIZED_COLUMNS]).encode())
-        path = Path(self.args.output_dir) / "ref_logps_cache" / f"{name}-{h.hexdigest()[:24]}.safetensors"
-        if path.exists():
+        key = dist.broadcast(h.hexdigest()[:24])
+        cache = Path(self.args.output_dir) / "ref_logps_cache"
+        path = cache / f"{name}-{key}.safetensors"
+        hit = False
+        if self.accelerator.is_main_process and path.exists():
+            hit = len(load_file(str(path))["ref_chosen_logps"]) == len(dataset)
+        if dist.broadcast(hit):
             t = load_file(str(path))
-            if len(t["ref_chosen_logps"]) == len(dataset):
-                logger.info("loaded reference log-probs for %s from %s", name, path)
-                self.ref_logps_cache_hit = True
-                dataset = dataset.add_column("ref_chosen_logps", t["ref_chosen_logps"].tolist())
-                return dataset.add_column("ref_rejected_logps", t["ref_rejected_logps"].tolist())
+            logger.info("loaded reference log-probs for %s from %s", name, path)
+            self.ref_logps_cache_hit = True
+            dataset = dataset.add_column("ref_chosen_logps", t["ref_chosen_logps"].tolist())
+            return dataset.add_column("ref_rejected_logps", t["ref_rejected_logps"].tolist())
+        if self.accelerator.num_processes > 1 and not dataset.cache_files:
+            from datasets import load_from_disk
+
+            shared = cache / f"{name}-{key}-pairs"
+            if self.accelerator.is_main_process:
+                dataset.save_to_disk(str(shared))
+            self.accelerator.wait_for_everyone()
+            dataset = load_from_disk(str(shared))
         out = super()._precompute_ref_logps(dataset, name, batch_size)
         self.ref_logps_cache_hit = False
         if self.accelerator.is_main_process:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            cache.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
             save_file({c: torch.tensor(out[c], dtype=torch.float32) for c in ("ref_chosen_logps", "ref_rejected_logps")},
-                      str(tmp))
+                      tmp)
             os.replace(tmp, path)
+        self.accelerator.wait_for_everyone()
         return out
 
     # -- iterative rounds ---------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Train; with ``rounds > 1`` (and prompts), regenerate pairs with the current policy
-        before each later round. Each round restarts the optimizer and learning-rate schedule."""
+        before each later round. Each round restarts the optimizer and learning-rate schedule and
+        saves its checkpoints in its own folder, ``output_dir/round-<r>/checkpoint-<step>``.
+
+        With several processes, every process must hold the same training pairs (each trains on
+        its slice of every batch): they are compared by hash first, and a difference is a
+        :class:`~stepdpo.distributed.RankMismatchError` on every process, not a hang."""
         if self.args.rounds <= 1 or self._pair_prompts is None:
+            self._check_same_train_dataset()
             return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                                  ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         if resume_from_checkpoint:
             raise ValueError("resume_from_checkpoint is supported with rounds=1 only")
-        original_max_steps = self.args.max_steps
+        original_max_steps, output_dir = self.args.max_steps, self.args.output_dir
         out = None
         try:
             for r in range(self.args.rounds):
@@ -798,10 +903,24 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
                     self.optimizer, self.lr_scheduler = None, None
                 if self.args.regenerate_every_steps:
                     self.args.max_steps = self.args.regenerate_every_steps
-                out = super().train(trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+                self._check_same_train_dataset()
+                self.args.output_dir = os.path.join(output_dir, f"round-{r}")  # the step counter restarts each round
+                try:
+                    out = super().train(trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+                finally:
+                    self.args.output_dir = output_dir
         finally:
             self.args.max_steps = original_max_steps
         return out
+
+    def _check_same_train_dataset(self) -> None:
+        if self.accelerator.num_processes <= 1 or self.train_dataset is None:
+            return
+        cols = [c for c in TOKENIZED_COLUMNS if c in self.train_dataset.column_names]
+        rows = self.train_dataset.select_columns(cols).to_list() if cols else self.train_dataset.to_list()
+        dist.check_same(rows, "training pairs",
+                        "Load the same pairs on every process (the Trainer gives each process its slice of every "
+                        "batch); to build pairs per process, pass prompts= and the trainer shards them.")
 
 
 __all__ = ["NoPairsError", "PAIR_FEATURES", "StepPreferenceCollator", "StepwiseDPOTrainer", "default_judge", "margin_weights",

@@ -104,8 +104,11 @@ def parse(parser, argv: Sequence[str] | None, command: str | None = None) -> tup
 
 def run(module, argv: Sequence[str] | None = None, command: str | None = None):
     """Parse ``argv`` with ``module.make_parser()`` and call ``module.main(*parsed)``."""
+    from stepdpo.distributed import init_distributed
+
     setup_logging()
     parsed = parse(module.make_parser(), argv, command or getattr(module, "COMMAND", None))
+    init_distributed()  # several processes (accelerate launch): join their group before any work
     return module.main(*parsed)
 
 
@@ -165,13 +168,16 @@ def save_tiny_base(name: str, build, output_dir: str | os.PathLike, seed: int = 
     model that exists on disk and the saved folder reloads.
     """
     from reward_models.testing import save_tiny, tiny_tokenizer
+    from stepdpo.distributed import is_main_process, main_process_first
 
     spec = parse_tiny_spec(name)
     if spec is None:
         raise ValueError(f"{name!r} is not a tiny-gpt2 model name")
-    tok = tiny_tokenizer()
     path = Path(output_dir) / "base_model"
-    save_tiny(build(tok, seed=seed, **spec), tok, path)
+    with main_process_first():  # built and saved once per run: the other processes wait, then load it
+        if is_main_process():
+            tok = tiny_tokenizer()
+            save_tiny(build(tok, seed=seed, **spec), tok, path)
     return str(path)
 
 
@@ -245,13 +251,14 @@ def bf16_available() -> bool:
 
 
 def to_device(model):
-    """Move a model that is not quantized/dispatched to cuda when available (inference commands)."""
-    import torch
+    """Move a model that is not quantized/dispatched to this process's device (inference
+    commands): its own GPU under ``accelerate launch``, cuda when there is one, else cpu."""
+    from stepdpo.distributed import device
 
     if getattr(model, "hf_device_map", None) or getattr(model, "is_loaded_in_4bit", False) \
             or getattr(model, "is_loaded_in_8bit", False):
         return model
-    return model.to("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device())
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -438,33 +445,24 @@ def reward_model_from_spec(spec: str | None, *, policy=None, tokenizer=None, ste
     if str(spec).startswith("checker:"):
         raise ValueError(f"unknown checker {spec!r}; available: checker:arith")
     from reward_models.base import load_reward_model
+    from stepdpo.distributed import device
 
-    return load_reward_model(spec)
+    return load_reward_model(spec, device=str(device()))  # this process's own GPU under accelerate launch
 
 
 # -- outputs -------------------------------------------------------------------------------------
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-    return path
+    """Write JSON atomically (a uniquely named temporary file, then rename)."""
+    from stepdpo.distributed import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def write_jsonl(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
-    """Write one JSON object per line, atomically (a temporary file in the same folder, then rename)."""
-    import tempfile
+    """Write one JSON object per line, atomically (a uniquely named temporary file, then rename)."""
+    from stepdpo.distributed import atomic_write_text
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
 
 
 def chunks(items: Sequence[Any], size: int):

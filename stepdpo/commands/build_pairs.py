@@ -5,6 +5,11 @@ Launch::
     stepdpo build-pairs --model_name_or_path tiny-gpt2 --dataset_name arith:64 \\
         --reward_model checker:arith --output_file outputs/pairs.jsonl
     accelerate launch --config_file configs/accelerate/single_gpu.yaml scripts/build_pairs.py --config RECIPE.yaml
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml scripts/build_pairs.py --config RECIPE.yaml
+    accelerate launch --config_file configs/accelerate/multi_cpu.yaml --num_processes 2 scripts/build_pairs.py ...
+
+With several processes each samples and judges its own slice of the problems on its own device;
+the pairs are gathered in problem order and written once, by the main process.
 
 The pairs train a policy later with ``stepdpo train --dataset_name outputs/pairs.jsonl``.
 """
@@ -15,7 +20,9 @@ import logging
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from stepdpo import distributed as dist
 from stepdpo.commands import _common as C
 
 COMMAND = "build-pairs"
@@ -148,9 +155,13 @@ def main(script_args: ScriptArguments, model_args) -> dict:
                        pairs_per_error=a.pairs_per_error, max_pairs_per_prompt=a.max_pairs_per_prompt,
                        max_logp_gap=a.max_logp_gap)
     check = C.use_answers(a.check_answers, answers, data.checker)
+    # several processes: each samples and judges its own slice of the problems; the pairs are gathered in order
+    dist.check_same([prompts, None if answers is None else [repr(x) for x in answers]], "problems",
+                    "Every process must read the same dataset (same --dataset_name, --max_samples and --seed).")
+    start, stop, _ = dist.shard_bounds(len(prompts), *dist.world())
     pairs, stats = [], Counter()
-    idx = list(range(len(prompts)))
-    bar = tqdm(total=len(prompts), desc="building step pairs", unit="problem")
+    idx = list(range(start, stop))
+    bar = tqdm(total=len(idx), desc="building step pairs", unit="problem", disable=not dist.is_main_process())
     for chunk in C.chunks(idx, a.prompts_per_batch):
         extra = {}
         if check:
@@ -164,11 +175,19 @@ def main(script_args: ScriptArguments, model_args) -> dict:
         bar.update(len(chunk))
         bar.set_postfix(pairs=len(pairs))
     bar.close()
-    path = save_pairs(a.output_file, pairs, format=a.output_format, step_format=fmt)
+    pairs = dist.gather(pairs)
+    total = Counter()
+    for part in dist.gather_object(dict(stats)):  # every process's counts, summed
+        total.update(part)
+    stats = total
+    path = Path(a.output_file)
     summary = {"command": COMMAND, "problems": len(prompts), "pairs": len(pairs), "output_file": str(path),
-               "stats": dict(stats)}
-    C.write_json(path.with_name(path.name + ".stats.json"), summary)
-    C.print_summary(COMMAND, {k: v for k, v in summary.items() if k != "stats"} | {"outcomes": dict(stats)})
+               "processes": dist.world()[0], "stats": dict(stats)}
+    if dist.is_main_process():  # one writer; the others return the same summary
+        save_pairs(path, pairs, format=a.output_format, step_format=fmt)
+        C.write_json(path.with_name(path.name + ".stats.json"), summary)
+        C.print_summary(COMMAND, {k: v for k, v in summary.items() if k != "stats"} | {"outcomes": dict(stats)})
+    dist.barrier()
     if not pairs:
         logger.warning("no pairs were built: %s (sample more candidates, or change score_threshold)", dict(stats))
     return summary
