@@ -120,6 +120,15 @@ class StepwiseDPOConfig(DPOConfig):
                 "metrics follow the same pairs through training, unlike the streaming batch averages."})
     save_pairs_to: str | None = field(default=None, metadata={
         "help": "If set, built pairs are written there as JSONL (round r goes to <stem>.round<r>.jsonl)."})
+    use_vllm: bool = field(default=False, metadata={
+        "help": "Sample steps for pair building with vLLM (needs `pip install vllm` and a CUDA GPU) instead of "
+                "transformers' generate: each process runs a colocated engine (TRL's VLLMGeneration) that gets the "
+                "policy's current weights before every round. The judge still scores with transformers."})
+    vllm_mode: str = field(default="colocate", metadata={
+        "help": "'colocate' (an engine inside each training process, sharing its GPU). 'server' is not supported: "
+                "each process samples its own shard of the prompts, which one server client cannot do."})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={
+        "help": "Share of each GPU's memory the colocated vLLM engine may take (weights + KV cache)."})
 
     def __post_init__(self):
         if self.bf16 is None and not self.fp16:
@@ -182,6 +191,14 @@ class StepwiseDPOConfig(DPOConfig):
         if unknown:
             raise ValueError(f"unknown loss_type {unknown}; TRL's: {list(TRL_LOSS_TYPES)}; registered in "
                              f"stepdpo.losses: {registered_losses()}")
+        if self.use_vllm and self.vllm_mode != "colocate":
+            raise ValueError(f"vllm_mode must be 'colocate', got {self.vllm_mode!r}: each process samples its own "
+                             "shard of the prompts, so every process needs its own engine")
+        if self.use_vllm and self.max_logp_gap is not None:
+            raise ValueError("max_logp_gap scores pairs with the sampler's log-probs, which the vLLM sampler does not "
+                             "give: use transformers sampling (use_vllm: false) with max_logp_gap")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError("vllm_gpu_memory_utilization must be in (0, 1]")
         if self.rounds > 1 and self.sync_ref_model:
             raise ValueError("rounds > 1 with sync_ref_model is not supported")
         self.step_format  # validates separator/tag  # noqa: B018

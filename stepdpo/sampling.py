@@ -573,6 +573,7 @@ class VLLMStepSampler(_BaseSampler):
         self.top_p = top_p
         self.seed = seed
         self._calls = 0
+        self.num_generate_calls = 0
         if isinstance(model, str):
             llm_kwargs.setdefault("enable_prefix_caching", True)
             llm_kwargs.setdefault("trust_remote_code", False)
@@ -587,6 +588,7 @@ class VLLMStepSampler(_BaseSampler):
                                            include_stop_str_in_output=True, seed=seed)
         prompts = [{"prompt_token_ids": list(c)} for c in contexts]
         outs = self.llm.generate(prompts, params, use_tqdm=False)
+        self.num_generate_calls += 1
         eos = self.tokenizer.eos_token_id
         result = []
         for ctx, out in zip(contexts, outs):

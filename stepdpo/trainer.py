@@ -63,7 +63,7 @@ from stepdpo import distributed as dist
 from stepdpo.config import StepwiseDPOConfig
 from stepdpo.losses import PairLogps, dpop_penalty, get_loss, sequence_logps
 from stepdpo.pairs import OutcomePair, build_step_pairs, pair_from_row, right_samples, save_pairs
-from stepdpo.sampling import StepSampler, step_piece_ids
+from stepdpo.sampling import StepSampler, VLLMStepSampler, step_piece_ids
 
 logger = logging.getLogger(__name__)
 
@@ -430,6 +430,24 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator, gather_deepspeed3_params=True) as m:
             yield m
 
+    def _vllm_engine(self, model, tokenizer):
+        """This process's colocated vLLM engine (TRL's ``VLLMGeneration``, built on first use),
+        holding the policy's current weights (pushed before every round, LoRA merged)."""
+        if getattr(self, "_vllm", None) is None:
+            try:
+                from trl.generation.vllm_generation import VLLMGeneration
+                from trl.import_utils import is_vllm_available
+            except ImportError as e:
+                raise ImportError(f"use_vllm needs TRL's vLLM support, which could not be imported ({e})") from e
+            if not is_vllm_available():
+                raise ImportError("use_vllm: true needs vLLM (`pip install vllm`, on a CUDA machine); without it, "
+                                  "set use_vllm: false to sample with transformers' generate")
+            self._vllm = VLLMGeneration(model, self.accelerator, tokenizer, mode="colocate",
+                                        gpu_memory_utilization=self.args.vllm_gpu_memory_utilization,
+                                        tensor_parallel_size=1, trust_remote_code=self.args.trust_remote_code)
+        self._vllm.sync_weights()
+        return self._vllm.llm
+
     def _build_round(self, round_index: int) -> Dataset:
         """Build, tokenize (and, with ``precompute_ref_log_probs``, score with the reference) one
         round's pairs; they become ``self.train_dataset``."""
@@ -458,7 +476,12 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         own_answers = None if answers is None else list(answers[start:start + n_own])
         synced = False if self.accelerator.num_processes > 1 else None
 
+        llm = self._vllm_engine(model, tok) if args.use_vllm else None
+
         def sampler_at(temperature, seed):
+            if llm is not None:
+                return VLLMStepSampler(llm, tok, args.step_format, max_new_tokens=args.sample_max_new_tokens,
+                                       temperature=temperature, top_p=args.sample_top_p, seed=seed)
             return StepSampler(model, tok, args.step_format, max_new_tokens=args.sample_max_new_tokens,
                                temperature=temperature, top_p=args.sample_top_p, batch_size=args.sample_batch_size,
                                seed=seed, synced_gpus=synced)
@@ -479,7 +502,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
             local_pairs, local_stats, local_replay = [], {}, []
         self.shard_log.append({"round": round_index, "process": self.accelerator.process_index,
                                "prompts": list(own), "generate_calls": sampler.num_generate_calls
-                               + roller.num_generate_calls})
+                               + roller.num_generate_calls, "sampler": type(sampler).__name__})
         pairs = dist.gather(local_pairs)
         per_process = dist.gather_object(local_stats)
         stats: Counter = Counter()

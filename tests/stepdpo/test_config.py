@@ -60,3 +60,11 @@ def test_docstring_examples_of_the_stepdpo_modules():
     for mod in (stepdpo.config, stepdpo.pairs, stepdpo.sampling, stepdpo.trainer):
         result = doctest.testmod(mod)
         assert result.attempted > 0 and result.failed == 0, mod.__name__
+
+
+def test_vllm_settings_are_checked():
+    with pytest.raises(ValueError, match="colocate"):
+        StepwiseDPOConfig(output_dir="/tmp/x", report_to=[], use_vllm=True, vllm_mode="server")
+    with pytest.raises(ValueError, match="max_logp_gap"):
+        StepwiseDPOConfig(output_dir="/tmp/x", report_to=[], use_vllm=True, max_logp_gap=1.0)
+    assert StepwiseDPOConfig(output_dir="/tmp/x", report_to=[], use_vllm=True).vllm_gpu_memory_utilization == 0.3

@@ -492,3 +492,35 @@ def test_a_trained_model_deep_copies_without_its_trainer(tmp_path):
     gc.collect()
     assert alive() is None
     model(input_ids=ids)  # the orphaned hook is a no-op
+
+
+def test_use_vllm_without_vllm_is_a_clear_error(arith_policy, tmp_path):
+    from trl.import_utils import is_vllm_available
+
+    if is_vllm_available():
+        pytest.skip("vLLM is installed here: the GPU test below exercises it")
+    model, tok, cfg = arith_policy
+    with pytest.raises(ImportError, match="pip install vllm"):
+        StepwiseDPOTrainer(model=copy.deepcopy(model), args=make_args(tmp_path, use_vllm=True), tokenizer=tok,
+                           prompts=[p.prompt for p in make_samples(4, seed=1, cfg=cfg)],
+                           reward_model=checker_reward_model(cfg))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM sampling needs a CUDA GPU")
+def test_use_vllm_samples_with_the_colocated_engine(arith_policy, tmp_path):
+    pytest.importorskip("vllm", reason="vLLM is not installed")
+    model, tok, cfg = arith_policy
+    path = tmp_path / "policy"  # vLLM loads the architecture from disk, then gets the trainer's weights
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+    args = make_args(tmp_path, use_vllm=True, rounds=2, regenerate_every_steps=1, sample_max_new_tokens=12,
+                     max_solution_steps=4, sample_temperature=1.0, vllm_gpu_memory_utilization=0.2)
+    trainer = StepwiseDPOTrainer(model=policy, args=args, tokenizer=tok,
+                                 prompts=[p.prompt for p in make_samples(16, seed=41, cfg=cfg)],
+                                 reward_model=checker_reward_model(cfg))
+    trainer.train()
+    assert [s["round"] for s in trainer.pair_stats] == [0, 1] and all(s["pairs"] > 0 for s in trainer.pair_stats)
+    assert {e["sampler"] for e in trainer.shard_log} == {"VLLMStepSampler"}
