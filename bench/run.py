@@ -3,6 +3,8 @@
     python -m bench.run --quick                 # < 5 minutes on a 2-core CPU machine
     python -m bench.run --full                  # the sizes of the issue (256 x 8 steps, ~85M backbone)
     python -m bench.run --quick --only scoring  # one benchmark
+    python -m bench.run --full --only distributed
+                                                # online pair building on 2 CPU processes vs 1 (accelerate launch)
     python -m bench.run --full --device cuda --dtype bfloat16 --backbones qwen2-1.5b --only scoring,sampling,trainer
                                                 # a ~1.5B model on one GPU (what bench/gpu.sh runs)
 
@@ -25,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("scoring", "sampling", "pairs", "trainer", "helps")
+BENCHMARKS = ("scoring", "sampling", "pairs", "trainer", "helps", "distributed")
 SPEED = ("scoring", "sampling", "pairs", "trainer")  # take --backbones / --dtype
 
 

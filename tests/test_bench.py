@@ -19,7 +19,7 @@ def test_bench_smoke_writes_results_and_table(tmp_path):
                            "--markdown", str(md)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     suffix = "smoke-cuda" if "-cuda.json" in proc.stdout else "smoke"
-    expected_rows = {"scoring": 4, "sampling": 1, "pairs": 1, "trainer": 3}
+    expected_rows = {"scoring": 4, "sampling": 1, "pairs": 1, "trainer": 3, "distributed": 2}
     for name, n_rows in expected_rows.items():
         res = json.loads((tmp_path / "results" / f"{name}-{suffix}.json").read_text())
         assert res["mode"] == "smoke" and res["benchmark"] == name
@@ -41,6 +41,14 @@ def test_bench_smoke_writes_results_and_table(tmp_path):
     assert d["prefill_rows"]["cached"][0] < d["prefill_rows"]["batched"][0]
     if suffix == "smoke":  # on CPU in float32; on a GPU another kernel's rounding may flip a draw
         assert d["identical_samples"] == d["candidates"]
+    # online pair building under accelerate launch: 1 process with every prompt, 2 with half each, pairs gathered
+    procs = json.loads((tmp_path / "results" / f"distributed-{suffix}.json").read_text())["details"][0]["processes"]
+    assert procs["1"]["prompts_per_process"] == [8] and procs["2"]["prompts_per_process"] == [4, 4]
+    for run in procs.values():
+        assert all(p > 0 for p in run["pairs"]) and all(c > 0 for calls in run["generate_calls_per_process"]
+                                                        for c in calls)
+        assert run["pair_stats"]["n_prompts"] == 8
+    assert procs["2"]["pair_stats"]["processes"] == 2
     text = md.read_text()
     assert "| benchmark | ours | baseline | ratio | target | met? |" in text
     assert "python -m bench.run --smoke" in text

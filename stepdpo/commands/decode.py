@@ -4,16 +4,23 @@ Launch::
 
     stepdpo decode --config configs/decode_arith_beam.yaml
     accelerate launch --config_file configs/accelerate/single_gpu.yaml scripts/decode.py --config RECIPE.yaml
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml scripts/decode.py --config RECIPE.yaml
+    accelerate launch --config_file configs/accelerate/multi_cpu.yaml --num_processes 2 scripts/decode.py \
+        --model_name_or_path tiny-gpt2 --dataset_name arith:12 --output_file outputs/decoded.jsonl --dry_run
+
+Under several processes each one decodes its own shard of the problems; the main process
+writes every problem once, in input order, and ``processes`` in the ``.metrics.json`` says how
+many took part.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stepdpo import distributed as dist
 from stepdpo.commands import _common as C
 
 COMMAND = "decode"
@@ -114,6 +121,10 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     from stepdpo.commands.train_stepdpo import _unique_prompts
 
     prompts, answers = _unique_prompts(data.prompts, data.answers)
+    dist.check_same([prompts, answers], "problems to decode",
+                    fix="Start every process with the same dataset options (dataset_name, dataset_split, max_samples, "
+                        "prompt_column, prompt_template, seed) on a data file that every process sees and nothing "
+                        "rewrites.")
     tokenizer = C.load_tokenizer(name, a.trust_remote_code, model_args.model_revision)
     model = C.to_device(C.load_causal_lm(name, model_args, trust_remote_code=a.trust_remote_code, seed=a.seed))
     model.eval()
@@ -124,12 +135,11 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     if a.method != "greedy":
         judge = C.reward_model_from_spec(a.reward_model, policy=model, tokenizer=tokenizer, step_format=fmt)
 
-    path = Path(a.output_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n_correct = n_finished = 0
-    with path.open("w", encoding="utf-8") as f, tqdm(total=len(prompts), desc=f"decoding ({a.method})",
-                                                     unit="problem") as bar:
-        for chunk in C.chunks(list(range(len(prompts))), a.prompts_per_batch):
+    own, n_own = dist.shard(range(len(prompts)))  # this process's problems (all of them in a one-process run)
+    rows = []
+    with tqdm(total=len(own), desc=f"decoding ({a.method})", unit="problem",
+              disable=not dist.is_main_process()) as bar:
+        for chunk in C.chunks(own, a.prompts_per_batch):
             ps = [prompts[i] for i in chunk]
             if a.method == "best_of_n":
                 out = best_of_n(sampler, judge, ps, n=a.n, max_steps=a.max_steps, aggregation=a.aggregation)
@@ -148,15 +158,20 @@ def main(script_args: ScriptArguments, model_args) -> dict:
                 if answers is not None and data.checker is not None:
                     row["answer"] = answers[i]
                     row["correct"] = bool(data.checker(prompts[i], list(dec.steps), answers[i]))
-                    n_correct += row["correct"]
-                n_finished += row["finished"]
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                rows.append(row)
             bar.update(len(chunk))
-    summary = {"command": COMMAND, "method": a.method, "problems": len(prompts), "finished": n_finished,
+    rows = dist.gather(rows[:n_own])  # every problem once, in input order, on every process
+    n_correct = sum(row.get("correct", False) for row in rows)
+    path = Path(a.output_file)
+    summary = {"command": COMMAND, "method": a.method, "problems": len(prompts),
+               "finished": sum(row["finished"] for row in rows),
                "accuracy": (n_correct / len(prompts)) if answers is not None and prompts else None,
-               "reward_model": a.reward_model if judge is not None else None, "output_file": str(path)}
-    C.write_json(path.with_name(path.name + ".metrics.json"), summary)
-    C.print_summary(COMMAND, summary)
+               "reward_model": a.reward_model if judge is not None else None, "processes": dist.world()[0],
+               "output_file": str(path)}
+    if dist.is_main_process():
+        C.write_jsonl(path, rows)
+        C.write_json(path.with_name(path.name + ".metrics.json"), summary)
+        C.print_summary(COMMAND, summary)
     return summary
 
 

@@ -4,6 +4,13 @@ Launch::
 
     stepdpo evaluate --config configs/evaluate_arith.yaml
     accelerate launch --config_file configs/accelerate/single_gpu.yaml scripts/evaluate.py --config RECIPE.yaml
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml scripts/evaluate.py --config RECIPE.yaml
+    accelerate launch --config_file configs/accelerate/multi_cpu.yaml --num_processes 2 scripts/evaluate.py \
+        --config configs/evaluate_arith.yaml --model_name_or_path tiny-gpt2 --reward_model checker:arith --dry_run
+
+Under several processes each one scores and solves its own shard of the data; the metrics come
+from everyone's results gathered in input order, the main process writes the outputs, and
+``processes`` in ``metrics.json`` says how many took part.
 
 Writes ``metrics.json``, ``calibration.png`` (reliability diagram), ``step_scores.png`` and,
 with a policy, ``accuracy.png`` into ``--output_dir``.
@@ -16,6 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stepdpo import distributed as dist
 from stepdpo.commands import _common as C
 
 COMMAND = "evaluate"
@@ -92,59 +100,83 @@ def make_parser(prog: str = "stepdpo evaluate"):
     return C.make_trl_parser((ScriptArguments, ModelConfig), prog, DESCRIPTION, EPILOG)
 
 
+def score_samples(rm, samples, batch_size: int) -> list[list[float]]:
+    """Step scores of every sample, in input order, on every process: each process scores its
+    shard in batches of ``batch_size`` (one process: the batches ``evaluate_prm`` would make)."""
+    from tqdm.auto import tqdm
+
+    from reward_models.base import as_reward_model
+
+    rm = as_reward_model(rm)
+    own, n_own = dist.shard(samples)
+    scores: list[list[float]] = []
+    for start in tqdm(range(0, len(own), batch_size), desc="evaluating", disable=not dist.is_main_process()):
+        chunk = own[start:start + batch_size]
+        out = rm.score_steps([s.prompt for s in chunk], [list(s.steps) for s in chunk])
+        scores.extend([float(v) for v in row] for row in out)
+    return dist.gather(scores[:n_own])
+
+
 def evaluate_reward_model(rm, samples, a: ScriptArguments, out: Path) -> dict:
     from reward_models.evaluation import evaluate_prm, reliability_diagram
     from stepdpo.report import plot_step_scores
 
-    res = evaluate_prm(rm, samples, threshold=a.threshold, batch_size=a.batch_size)
+    rows = iter(score_samples(rm, samples, a.batch_size))  # evaluate_prm asks for them in input order
+    res = evaluate_prm(lambda prompt, steps: next(rows), samples, threshold=a.threshold, batch_size=a.batch_size,
+                       progress=False)
     metrics = res.to_dict()
     flat_s = [v for row in res.step_scores for v in row]
     flat_l = [v for s in samples for v in s.labels]
     if all(0.0 <= v <= 1.0 for v in flat_s):
-        reliability_diagram(flat_s, flat_l, out / "calibration.png")
+        if dist.is_main_process():
+            reliability_diagram(flat_s, flat_l, out / "calibration.png")
         metrics["calibration_png"] = "calibration.png"
     k = min(8, len(samples))
-    plot_step_scores([s.steps for s in samples[:k]], res.step_scores[:k], out / "step_scores.png",
-                     labels=[s.labels for s in samples[:k]], title=f"step scores: {a.reward_model}")
+    if dist.is_main_process():
+        plot_step_scores([s.steps for s in samples[:k]], res.step_scores[:k], out / "step_scores.png",
+                         labels=[s.labels for s in samples[:k]], title=f"step scores: {a.reward_model}")
     return metrics
 
 
 def evaluate_policy(model, tokenizer, rm, prompts, answers, checker, a: ScriptArguments, fmt, out: Path) -> dict:
+    """Accuracies of the policy: each process solves its shard of the problems; the accuracies
+    count everyone's per-problem rows, gathered in input order."""
     from reward_models.evaluation import vote
     from stepdpo.decode import best_of_n
     from stepdpo.report import plot_accuracy
     from stepdpo.sampling import StepSampler
 
+    own, n_own = dist.shard(list(zip(prompts, answers)))
+    prompts, answers = [p for p, _ in own], [ans for _, ans in own]  # from here on: this process's problems
     greedy = StepSampler(model, tokenizer, fmt, max_new_tokens=a.max_new_tokens, temperature=0.0, seed=a.seed)
     sols = greedy.sample_solution_details(prompts, k=1, max_steps=a.max_steps)
-    ok = [checker(p, s[0].steps, ans) for p, s, ans in zip(prompts, sols, answers)]
-    results = {"greedy": (sum(ok), len(ok))}
-    per_problem = [{"prompt": p, "answer": ans, "greedy_steps": s[0].steps, "greedy": bool(o)}
-                   for p, s, ans, o in zip(prompts, sols, answers, ok)]
+    per_problem = [{"prompt": p, "answer": ans, "greedy_steps": s[0].steps,
+                    "greedy": bool(checker(p, s[0].steps, ans))} for p, s, ans in zip(prompts, sols, answers)]
+    kinds = ["greedy"]
     if a.n > 1:
         sampler = StepSampler(model, tokenizer, fmt, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
                               seed=a.seed)
         if rm is not None:
             decoded = best_of_n(sampler, rm, prompts, n=a.n, max_steps=a.max_steps, aggregation=a.aggregation,
                                 keep_candidates=True)
-            best = [checker(p, d.steps, ans) for p, d, ans in zip(prompts, decoded, answers)]
-            results[f"best-of-{a.n}"] = (sum(best), len(best))
-            for row, b in zip(per_problem, best):
-                row[f"best-of-{a.n}"] = bool(b)
+            for row, p, d, ans in zip(per_problem, prompts, decoded, answers):
+                row[f"best-of-{a.n}"] = bool(checker(p, d.steps, ans))
+            kinds.append(f"best-of-{a.n}")
             cands = [[c["steps"] for c in d.candidates] for d in decoded]
         else:
             cands = [[s.steps for s in row] for row in sampler.sample_solution_details(prompts, k=a.n,
                                                                                       max_steps=a.max_steps)]
-        maj = []
-        for p, row, ans in zip(prompts, cands, answers):
-            finals = [C.final_number("\n".join(s[-1:])) if s else None for s in row]
+        for row, p, sols_p, ans in zip(per_problem, prompts, cands, answers):
+            finals = [C.final_number("\n".join(s[-1:])) if s else None for s in sols_p]
             winner = vote(finals, [1.0] * len(finals))
-            maj.append(winner is not None and any(f == winner and checker(p, s, ans) for f, s in zip(finals, row)))
-        results[f"majority-of-{a.n}"] = (sum(maj), len(maj))
-        for row, m in zip(per_problem, maj):
-            row[f"majority-of-{a.n}"] = bool(m)
-    plot_accuracy(results, out / "accuracy.png", title="policy accuracy")
-    C.write_jsonl(out / "per_problem.jsonl", per_problem)
+            row[f"majority-of-{a.n}"] = bool(winner is not None and any(f == winner and checker(p, s, ans)
+                                                                        for f, s in zip(finals, sols_p)))
+        kinds.append(f"majority-of-{a.n}")
+    per_problem = dist.gather(per_problem[:n_own])  # every problem once, in input order
+    results = {k: (sum(row[k] for row in per_problem), len(per_problem)) for k in kinds}
+    if dist.is_main_process():
+        plot_accuracy(results, out / "accuracy.png", title="policy accuracy")
+        C.write_jsonl(out / "per_problem.jsonl", per_problem)
     metrics = {name: {"correct": c, "total": t, "accuracy": c / t if t else None} for name, (c, t) in results.items()}
     if a.compare_to:
         metrics["paired_vs"] = {"file": a.compare_to, **compare_per_problem(per_problem, a.compare_to)}
@@ -192,6 +224,9 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     fmt = StepFormat(separator=a.step_separator, tag=a.step_tag)
     data = C.read_data(a.dataset_name, split=a.dataset_split, config=a.dataset_config, max_samples=a.max_samples,
                        step_format=fmt, arith_error_rate=a.arith_error_rate, seed=a.seed, neutral=a.data_neutral)
+    dist.check_same([[x.to_dict() for x in data.items], data.prompts, data.answers], "evaluation data",
+                    fix="Start every process with the same dataset options (dataset_name, dataset_split, max_samples, "
+                        "arith_error_rate, seed) on a data file that every process sees and nothing rewrites.")
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = tokenizer = None
@@ -204,7 +239,8 @@ def main(script_args: ScriptArguments, model_args) -> dict:
         if a.reward_model in ("", "self") and model is None:
             raise SystemExit("reward_model 'self' needs the policy: set model_name_or_path")
         rm = C.reward_model_from_spec(a.reward_model, policy=model, tokenizer=tokenizer, step_format=fmt)
-    metrics: dict = {"command": COMMAND, "dataset": a.dataset_name, "split": a.dataset_split}
+    metrics: dict = {"command": COMMAND, "dataset": a.dataset_name, "split": a.dataset_split,
+                     "processes": dist.world()[0]}
     if rm is not None:
         labeled = [s for s in data.of_type(StepSample) if s.labels is not None]
         if labeled:
@@ -219,6 +255,8 @@ def main(script_args: ScriptArguments, model_args) -> dict:
             raise SystemExit(f"{a.dataset_name}: policy accuracy needs gold answers (arith, or samples with answers)")
         metrics["policy"] = {"name": name, **evaluate_policy(model, tokenizer, rm, prompts, answers, data.checker, a,
                                                              fmt, out)}
+    if not dist.is_main_process():
+        return metrics
     C.write_json(out / "metrics.json", metrics)
     flat = {}
     if "reward_model" in metrics:
@@ -228,7 +266,7 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     for k, v in metrics.get("policy", {}).items():
         if isinstance(v, dict):
             flat[f"policy_{k}_accuracy"] = v["accuracy"]
-    C.print_summary(COMMAND, {**flat, "output_dir": str(out)})
+    C.print_summary(COMMAND, {**flat, "processes": metrics["processes"], "output_dir": str(out)})
     return metrics
 
 

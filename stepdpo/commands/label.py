@@ -4,6 +4,14 @@ Launch::
 
     stepdpo label --model_name_or_path outputs/sft --dataset_name arith:200 --output_file outputs/mc.jsonl
     accelerate launch --config_file configs/accelerate/single_gpu.yaml scripts/label.py --config RECIPE.yaml
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml scripts/label.py --config RECIPE.yaml
+    accelerate launch --config_file configs/accelerate/multi_cpu.yaml --num_processes 2 scripts/label.py \
+        --model_name_or_path tiny-gpt2 --dataset_name arith:12 --output_file outputs/mc.jsonl --dry_run
+
+Under several processes each one labels its own shard of the solutions (rollouts are batched
+and seeded per process, so sampled labels can differ from a one-process run); the main process
+writes every solution once, in input order, and ``processes`` in the ``.stats.json`` says how
+many took part.
 
 The output JSONL trains a PRM: ``stepdpo train-prm --dataset_name outputs/mc.jsonl``.
 """
@@ -13,7 +21,9 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from stepdpo import distributed as dist
 from stepdpo.commands import _common as C
 
 COMMAND = "label"
@@ -124,21 +134,30 @@ def main(script_args: ScriptArguments, model_args) -> dict:
             return C.numeric_checker(prompt, steps, gold[prompt])
     else:
         raise SystemExit(f"checker must be 'arith', 'numeric' or 'auto', got {a.checker!r}")
+    dist.check_same([s.to_dict() for s in samples], "solutions to label",
+                    fix="Start every process with the same dataset options (dataset_name, dataset_split, max_samples, "
+                        "arith_error_rate, seed) on a data file that every process sees and nothing rewrites.")
 
     tokenizer = C.load_tokenizer(name, a.trust_remote_code, model_args.model_revision)
     model = C.to_device(C.load_causal_lm(name, model_args, trust_remote_code=a.trust_remote_code, seed=a.seed))
     rollout = HFRollout(model, tokenizer, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
                         top_p=a.top_p, seed=a.seed)
-    labeled = monte_carlo_labels(samples, rollout, checker, n_rollouts=a.n_rollouts, mode=a.mode,
-                                 batch_size=a.batch_size, step_format=fmt)
-    path = save_samples(a.output_file, labeled)
+    own, n_own = dist.shard(samples)  # this process's solutions (all of them in a one-process run)
+    labeled = monte_carlo_labels(own, rollout, checker, n_rollouts=a.n_rollouts, mode=a.mode,
+                                 batch_size=a.batch_size, step_format=fmt, progress=dist.is_main_process())
+    labeled = dist.gather(labeled[:n_own])  # every solution once, in input order, on every process
+    path = Path(a.output_file)
+    if dist.is_main_process():
+        save_samples(path, labeled)
     agree = label_agreement([s.labels for s in samples], [s.labels for s in labeled])
     n_steps = sum(len(s.steps) for s in labeled)
     good = sum(v >= 0.5 for s in labeled for v in s.labels)
     summary = {"command": COMMAND, "solutions": len(labeled), "steps": n_steps, "share_labeled_good": good / n_steps,
-               "agreement_with_given_labels": agree, "checker": kind, "output_file": str(path)}
-    C.write_json(path.with_name(path.name + ".stats.json"), summary)
-    C.print_summary(COMMAND, summary)
+               "agreement_with_given_labels": agree, "checker": kind, "processes": dist.world()[0],
+               "output_file": str(path)}
+    if dist.is_main_process():
+        C.write_json(path.with_name(path.name + ".stats.json"), summary)
+        C.print_summary(COMMAND, summary)
     return summary
 
 

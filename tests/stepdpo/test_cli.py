@@ -150,7 +150,8 @@ def test_accelerate_config_loads_with_accelerate(name):
     for key in cfg.fsdp_config:
         assert (key if key.startswith("fsdp") else f"fsdp_{key}") in options, f"{name}: unknown fsdp key {key}"
     expected = {"cpu.yaml": DistributedType.NO, "single_gpu.yaml": DistributedType.NO,
-                "multi_gpu.yaml": DistributedType.MULTI_GPU, "deepspeed_zero2.yaml": DistributedType.DEEPSPEED,
+                "multi_gpu.yaml": DistributedType.MULTI_GPU, "multi_cpu.yaml": DistributedType.MULTI_GPU,
+                "deepspeed_zero2.yaml": DistributedType.DEEPSPEED,
                 "deepspeed_zero3.yaml": DistributedType.DEEPSPEED, "fsdp.yaml": DistributedType.FSDP}[name]
     assert cfg.distributed_type == expected
     if expected == DistributedType.DEEPSPEED:
@@ -158,13 +159,15 @@ def test_accelerate_config_loads_with_accelerate(name):
     if expected == DistributedType.FSDP:
         assert cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "Qwen2DecoderLayer"
     assert cfg.use_cpu == (name == "cpu.yaml")
-    assert cfg.num_processes == (1 if expected == DistributedType.NO else 8)
+    # multi_cpu: MULTI_GPU is what makes accelerate start the processes with torchrun (its MULTI_CPU needs mpirun);
+    # without CUDA they join a gloo group (stepdpo.distributed.init_distributed), as tests/stepdpo/test_distributed.py runs
+    assert cfg.num_processes == {"cpu.yaml": 1, "single_gpu.yaml": 1, "multi_cpu.yaml": 2}.get(name, 8)
     assert path.read_text().lstrip().startswith("#")  # headed by what it is for and how to launch it
 
 
 def test_every_accelerate_setup_exists():
-    assert set(ACCELERATE_CONFIGS) == {"cpu.yaml", "single_gpu.yaml", "multi_gpu.yaml", "deepspeed_zero2.yaml",
-                                       "deepspeed_zero3.yaml", "fsdp.yaml"}
+    assert set(ACCELERATE_CONFIGS) == {"cpu.yaml", "multi_cpu.yaml", "single_gpu.yaml", "multi_gpu.yaml",
+                                       "deepspeed_zero2.yaml", "deepspeed_zero3.yaml", "fsdp.yaml"}
 
 
 # -- recipes ---------------------------------------------------------------------------------------

@@ -6,18 +6,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from stepdpo import distributed as dist
 
 ROOT = Path(__file__).resolve().parents[2]
-LAUNCH_TIMEOUT = 300  # a hang fails the test instead of blocking the suite
 
 
 def test_shards_cover_every_item_once_with_equal_lengths():
@@ -36,23 +32,11 @@ def test_single_process_helpers_are_identity(tmp_path):
     assert dist.content_hash([1, 2]) != dist.content_hash([2, 1])
     path = dist.atomic_write_text(tmp_path / "sub" / "f.json", "{}")
     assert path.read_text() == "{}" and [p.name for p in path.parent.iterdir()] == ["f.json"]  # no temp file left
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(*args: str, timeout: int = LAUNCH_TIMEOUT) -> tuple[subprocess.CompletedProcess, float]:
-    """``accelerate launch`` 2 CPU processes (configs/accelerate/multi_cpu.yaml) on ``args``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "configs/accelerate/multi_cpu.yaml"), "--num_processes", "2", "--main_process_port",
-           str(_free_port()), *args]
-    start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    return proc, time.monotonic() - start
+    umask = os.umask(0o022)
+    try:
+        assert dist.atomic_write_text(tmp_path / "g.json", "1").stat().st_mode & 0o777 == 0o644  # as open() would
+    finally:
+        os.umask(umask)
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +49,10 @@ def policy_dir(arith_policy, tmp_path_factory):
     return path
 
 
-def test_two_processes_shard_pair_building_and_train_on_the_same_pairs(policy_dir, tmp_path):
+def test_two_processes_shard_pair_building_and_train_on_the_same_pairs(policy_dir, tmp_path, two_processes):
     from stepdpo.tasks.arith import ArithConfig, make_samples
 
-    proc, _ = launch(str(ROOT / "tests/stepdpo/distributed_worker.py"), "train", str(policy_dir), str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc, _ = two_processes(str(ROOT / "tests/stepdpo/distributed_worker.py"), "train", str(policy_dir), str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     cfg = ArithConfig(**json.loads((policy_dir / "arith.json").read_text()))
     prompts = [p.prompt for p in make_samples(10, seed=41, cfg=cfg)]
@@ -96,9 +79,9 @@ def test_two_processes_shard_pair_building_and_train_on_the_same_pairs(policy_di
         assert (tmp_path / "online" / f"round-{r}" / "checkpoint-1" / "trainer_state.json").is_file()
 
 
-def test_different_prompts_on_two_processes_fail_fast_with_a_clear_error(policy_dir, tmp_path):
-    proc, seconds = launch(str(ROOT / "tests/stepdpo/distributed_worker.py"), "mismatch", str(policy_dir),
-                           str(tmp_path))
+def test_different_prompts_on_two_processes_fail_fast_with_a_clear_error(policy_dir, tmp_path, two_processes):
+    proc, seconds = two_processes(str(ROOT / "tests/stepdpo/distributed_worker.py"), "mismatch", str(policy_dir),
+                                  str(tmp_path), check=False)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "RankMismatchError" in out and "differ between the processes" in out
@@ -106,21 +89,21 @@ def test_different_prompts_on_two_processes_fail_fast_with_a_clear_error(policy_
     assert not list(tmp_path.glob("rank*.json"))
 
 
-def test_train_and_build_pairs_commands_with_two_processes(tmp_path):
+def test_train_and_build_pairs_commands_with_two_processes(tmp_path, two_processes):
     out = tmp_path / "train"
-    proc, _ = launch(str(ROOT / "scripts/train_stepdpo.py"), "--config", str(ROOT / "configs/demo_stepdpo.yaml"),
-                     "--dry_run", "--output_dir", str(out))
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc, _ = two_processes("train_stepdpo", "--config", str(ROOT / "configs/demo_stepdpo.yaml"), "--dry_run",
+                            "--output_dir", str(out), "--use_peft", "true", "--lora_r", "4")  # LoRA: samples through the adapter
     summary = json.loads((out / "stepdpo_train.json").read_text())
     assert summary["global_step"] > 0 and summary["pair_stats"][0]["processes"] == 2
     assert (out / "base_model" / "model.safetensors").is_file()  # the tiny model, built once for both processes
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())  # the adapter trained
 
     pairs_file = tmp_path / "pairs" / "pairs.jsonl"
-    proc, _ = launch(str(ROOT / "scripts/build_pairs.py"), "--model_name_or_path", str(out),
+    proc, _ = two_processes("build_pairs", "--model_name_or_path", str(out / "sft_model"),
                      "--dataset_name", "arith:10", "--reward_model", "checker:arith", "--num_candidates", "4",
                      "--sample_temperature", "1.0", "--max_solution_steps", "4", "--sample_max_new_tokens", "16",
                      "--output_file", str(pairs_file))
-    assert proc.returncode == 0, proc.stderr[-4000:]
     stats = json.loads((tmp_path / "pairs" / "pairs.jsonl.stats.json").read_text())
     assert stats["processes"] == 2 and stats["problems"] == 10 and stats["stats"]["n_prompts"] == 10
     rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
