@@ -61,6 +61,7 @@ SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
 SHEPHERD_TAG = "ки"
 HH_ASSISTANT = "\n\nAssistant:"
 ANSWER_MARKERS = ("The answer is", "\\boxed")
+STEP_DPO_KEYS = ("prompt", "initial_reason_steps", "chosen", "rejected")
 
 
 @dataclass
@@ -333,7 +334,7 @@ def _step_dpo(row: dict, opt: LoadOptions) -> list[Item]:
     carry = tail if tail.strip() else ""
     chosen = (carry + _text(row, "chosen")).strip(fmt.separator)
     rejected = (carry + _text(row, "rejected")).strip(fmt.separator)
-    meta = {k: row[k] for k in ("dataset", "answer") if row.get(k) is not None}
+    meta = {k: v for k, v in row.items() if k not in STEP_DPO_KEYS and v is not None}  # dataset, answer, ...
     return [StepPair(prompt, fmt.split(head), chosen, rejected,
                      is_final=any(m in chosen for m in ANSWER_MARKERS), meta=meta)]
 
@@ -482,6 +483,56 @@ def detect_format(row: Any, source: str | None = None, row_index: int | None = N
 
 
 # -- reading rows ----------------------------------------------------------------------------------
+PAIR_FORMATS = ("step_pair", "step_dpo")
+
+
+def parse_pair(row: Any, step_format: StepFormat | None = None) -> StepPair:
+    """One step pair from a row of either pair format (:data:`PAIR_FORMATS`), by the converter
+    :func:`load_samples` uses for that format: one parser per format, whatever the route
+    (``stepdpo train``, :func:`stepdpo.pairs.load_pairs`, ``StepwiseDPOTrainer(train_dataset=rows)``).
+
+    >>> parse_pair({"prompt": "Q", "initial_reason_steps": "a\\nStep 2:", "chosen": " b", "rejected": " c"}).chosen
+    'Step 2: b'
+    """
+    if not isinstance(row, dict):
+        raise DataError(f"expected an object per row, got a {type(row).__name__}")
+    name = next((n for n in PAIR_FORMATS if FORMATS[n].detect(row)), None)
+    if name is None:
+        keys = " or ".join(f"({FORMATS[n].keys})" for n in PAIR_FORMATS)
+        raise DataError(f"not a step pair: expected the keys {keys}; got {sorted(row)}")
+    return FORMATS[name].convert(row, LoadOptions(step_format=step_format or StepFormat()))[0]
+
+
+class RejectsWriter:
+    """Rows skipped as invalid, written to ``path`` as JSONL ``{source, row, field, error, data}``
+    (the file is created at the first rejected row; ``path=None`` writes nothing)."""
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = path
+        self._file = None
+
+    def __call__(self, err: DataError, row: Any) -> None:
+        if self.path is None:
+            return
+        if self._file is None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "w", encoding="utf-8")
+        data = None if isinstance(row, DataError) else row
+        self._file.write(json.dumps({"source": err.source, "row": err.row, "field": err.field, "error": str(err),
+                                     "data": data}, default=str, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RejectsWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _suffix(path: Path) -> str | None:
     name = path.name.lower()
     return next((s for s in sorted(SUFFIXES, key=len, reverse=True) if name.endswith(s)), None)
@@ -664,25 +715,10 @@ def load_samples_with_stats(path_or_name: str | os.PathLike, format: str | None 
     """Like :func:`load_samples`, also returning a :class:`LoadStats` with counts."""
     opt = LoadOptions(neutral=neutral, step_format=step_format or StepFormat(), render_chat=render_chat)
     stats = LoadStats(rejects_path=str(rejects_path) if rejects_path else None)
-    rejects = None
     out: list[Item] = []
-    try:
-        def on_reject(err: DataError, row: Any) -> None:
-            nonlocal rejects
-            if rejects_path is None:
-                return
-            if rejects is None:
-                Path(rejects_path).parent.mkdir(parents=True, exist_ok=True)
-                rejects = open(rejects_path, "w", encoding="utf-8")
-            data = None if isinstance(row, DataError) else row
-            rejects.write(json.dumps({"source": err.source, "row": err.row, "field": err.field,
-                                      "error": str(err), "data": data}, default=str, ensure_ascii=False) + "\n")
-
+    with RejectsWriter(rejects_path) as on_reject:
         for source, numbered in _sources(path_or_name, split, config):
             out.extend(_convert(numbered, format, source, opt, skip_invalid, stats, on_reject))
-    finally:
-        if rejects is not None:
-            rejects.close()
     stats.items = len(out)
     if stats.rejected:
         logger.warning("%s: skipped %d of %d rows as invalid%s", path_or_name, stats.rejected, stats.rows,
@@ -758,6 +794,6 @@ def to_trl_stepwise(samples: Sequence[StepSample], threshold: float = 0.5):
     return datasets.Dataset.from_dict({"prompt": prompts, "completions": completions, "labels": labels})
 
 
-__all__ = ["FORMATS", "Format", "Item", "LoadOptions", "LoadStats", "convert_rows", "detect_format", "iter_file_rows",
-           "load_samples", "load_samples_with_stats", "render_messages", "save_samples", "to_label",
-           "to_trl_stepwise"]
+__all__ = ["FORMATS", "PAIR_FORMATS", "Format", "Item", "LoadOptions", "LoadStats", "RejectsWriter", "convert_rows",
+           "detect_format", "iter_file_rows", "load_samples", "load_samples_with_stats", "parse_pair",
+           "render_messages", "save_samples", "to_label", "to_trl_stepwise"]

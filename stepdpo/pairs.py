@@ -701,27 +701,11 @@ def pair_to_step_dpo(pair: StepPair, step_format: StepFormat | None = None) -> d
 
 
 def pair_from_row(row: dict[str, Any], step_format: StepFormat | None = None) -> StepPair:
-    """A :class:`StepPair` from a JSONL row of either format (raises :class:`DataError`)."""
-    if not isinstance(row, dict):
-        raise DataError(f"expected a JSON object, got {type(row).__name__}")
-    if "initial_reason_steps" in row:
-        fmt = step_format or DEFAULT_STEP_FORMAT
-        missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
-        if missing:
-            raise DataError("missing key", field=missing[0])
-        prefix = row["initial_reason_steps"]
-        if not isinstance(prefix, str):
-            raise DataError(f"expected a string, got {type(prefix).__name__}", field="initial_reason_steps")
-        extra = {k: v for k, v in row.items() if k not in ("prompt", "initial_reason_steps", "chosen", "rejected")}
+    """A :class:`StepPair` from a row of either pair format (raises :class:`DataError`): the same
+    parser as every other route (:func:`reward_models.data.parse_pair`)."""
+    from reward_models.data import parse_pair
 
-        def strip(v, name):
-            if not isinstance(v, str):
-                raise DataError(f"expected a string, got {type(v).__name__}", field=name)
-            return v[: -len(fmt.separator)] if v.endswith(fmt.separator) else v
-
-        return StepPair(prompt=row["prompt"], prefix_steps=fmt.split(prefix), chosen=strip(row["chosen"], "chosen"),
-                        rejected=strip(row["rejected"], "rejected"), meta={"step_dpo_extra": extra} if extra else {})
-    return StepPair.from_dict(row)
+    return parse_pair(row, step_format)
 
 
 def save_pairs(path: str | os.PathLike, pairs: Sequence[StepPair], format: str = "jsonl",
@@ -748,46 +732,35 @@ def save_pairs(path: str | os.PathLike, pairs: Sequence[StepPair], format: str =
 
 def load_pairs(path: str | os.PathLike, step_format: StepFormat | None = None, *, skip_invalid: bool = False,
                rejects_path: str | os.PathLike | None = None) -> list[StepPair]:
-    """Read pairs from JSONL in either format (detected per row); errors name file, line, field.
+    """Read step pairs from a file (JSONL, JSON or Parquet) in either pair format, detected per row,
+    with the loaders' parser (:func:`reward_models.data.parse_pair`); errors name file, row, field.
 
     Lines that are not UTF-8 or not JSON, rows with missing/mistyped fields or NaN scores raise
     a :class:`DataError`; with ``skip_invalid=True`` they are skipped instead, counted in a
     warning and written to ``rejects_path`` (JSONL: source, row, field, error). An empty file
     (or one with no valid row) raises.
     """
-    from reward_models.data import _jsonl_rows
+    from reward_models.data import RejectsWriter, iter_file_rows, parse_pair
 
     path = Path(path)
-    data = path.read_bytes()
-    if not data.strip():
-        raise DataError("file is empty (no pairs)", source=str(path))
-    pairs, rejected = [], []
-    for n, row in _jsonl_rows(data, str(path)):
-        try:
-            if isinstance(row, DataError):
-                raise row
-            if not isinstance(row, dict):
-                raise DataError(f"expected an object per row, got a {type(row).__name__}")
+    pairs, n_rejected = [], 0
+    with RejectsWriter(rejects_path) as reject:
+        for n, row in iter_file_rows(path):
             try:
-                pairs.append(pair_from_row(row, step_format))
-            except TypeError as e:
-                raise DataError(str(e)) from None
-        except DataError as e:
-            err = e.at(source=str(path), row=n)
-            if not skip_invalid:
-                raise err from None
-            rejected.append({"source": err.source, "row": err.row, "field": err.field, "error": str(err),
-                             "data": None if isinstance(row, DataError) else row})
-    if rejected:
-        logger.warning("%s: skipped %d invalid pair rows%s", path, len(rejected),
+                if isinstance(row, DataError):
+                    raise row
+                pairs.append(parse_pair(row, step_format))
+            except DataError as e:
+                err = e.at(source=str(path), row=n)
+                if not skip_invalid:
+                    raise err from None
+                n_rejected += 1
+                reject(err, row)
+    if n_rejected:
+        logger.warning("%s: skipped %d invalid pair rows%s", path, n_rejected,
                        f" (written to {rejects_path})" if rejects_path else "")
-        if rejects_path is not None:
-            Path(rejects_path).parent.mkdir(parents=True, exist_ok=True)
-            with open(rejects_path, "w", encoding="utf-8") as f:
-                for r in rejected:
-                    f.write(json.dumps(r, default=str, ensure_ascii=False) + "\n")
     if not pairs:
-        raise DataError(f"no valid pairs ({len(rejected)} rows rejected)", source=str(path))
+        raise DataError(f"no valid pairs ({n_rejected} rows rejected)", source=str(path))
     return pairs
 
 

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -387,3 +388,38 @@ def test_a_wrong_answer_with_no_flagged_step_puts_the_error_at_the_lowest_score(
     assert blind.pairs == [] and blind.stats["error_at_lowest_score"] == 0
     with pytest.raises(ValueError, match="error_in_wrong"):
         build_step_pairs([p], RolloutSampler(sols, conts), judge, error_in_wrong="first", **common)
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.json*")
+                                         if p.name != "gsm8k.jsonl"))  # plain rows: read with --prompt_column
+def test_every_route_reads_a_fixture_the_same_way(name, tmp_path):
+    """One parser per format: the CLI's data reading, load_samples, load_pairs and the trainer's
+    own dataset handling turn the same file into the same samples or pairs."""
+    from reward_models.data import iter_file_rows, load_samples
+    from reward_models.testing import tiny_causal_lm, tiny_tokenizer
+    from stepdpo.commands._common import read_data
+    from stepdpo.config import StepwiseDPOConfig
+    from stepdpo.trainer import StepwiseDPOTrainer
+
+    path = FIXTURES / name
+    items = load_samples(path)
+    assert read_data(str(path)).items == items
+    pairs = [x for x in items if isinstance(x, StepPair)]
+    if not pairs:
+        return
+    assert len(pairs) == len(items)
+
+    def content(p):  # load_samples also records where each item came from (source, row, format)
+        return {**p.to_dict(), "meta": {k: v for k, v in p.meta.items() if k not in ("source", "row", "format")}}
+
+    assert [content(p) for p in load_pairs(path)] == [content(p) for p in pairs]
+    key = [(p.prompt, list(p.prefix_steps), p.chosen, p.rejected, p.is_final) for p in pairs]
+    rows = [row for _, row in iter_file_rows(path)]
+    tok = tiny_tokenizer()
+    args = StepwiseDPOConfig(output_dir=str(tmp_path), report_to=[], max_length=None, probe_pairs=0)
+    trainer = StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=args, tokenizer=tok, train_dataset=rows)
+    ds = trainer.train_dataset
+    assert [(r["prompt"], r["prefix_steps"], r["chosen"], r["rejected"], r["is_final"]) for r in ds] == key
