@@ -37,6 +37,7 @@ from transformers import Trainer, TrainingArguments
 from trl import RewardConfig, RewardTrainer
 
 from reward_models import truncation as _trunc
+from reward_models._hf import token_id
 from reward_models._reliability import ReliableTrainerMixin
 from reward_models.base import write_reward_config
 from reward_models.steps import StepFormat, TokenizedSteps
@@ -314,13 +315,6 @@ def _pad_id(tokenizer) -> int:
         if v is not None:
             return int(v)
     return 0
-
-
-def _single_token_id(tokenizer, text: str, name: str) -> int:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(f"{name} {text!r} must be a single token for this tokenizer, got ids {ids}")
-    return int(ids[0])
 
 
 # =============================================================================================
@@ -669,14 +663,12 @@ class PRMTrainer(ReliableTrainerMixin, _RewardConfigOnSave, Trainer):
             from transformers import AutoModelForCausalLM
 
             model = _load_model(model, AutoModelForCausalLM, args, tokenizer)
-            if args.backend == "verification":  # the scorer reads the answers' first tokens: train the same ids
-                from reward_models._hf import token_id
-
+            if args.backend == "verification":  # the scorer reads the answers' first tokens (_hf.token_id): the same ids
                 self.positive_id = token_id(tokenizer, args.yes_token, "yes_token")
                 self.negative_id = token_id(tokenizer, args.no_token, "no_token")
             else:
-                self.positive_id = _single_token_id(tokenizer, args.positive_token, "positive_token")
-                self.negative_id = _single_token_id(tokenizer, args.negative_token, "negative_token")
+                self.positive_id = token_id(tokenizer, args.positive_token, "positive_token")
+                self.negative_id = token_id(tokenizer, args.negative_token, "negative_token")
             model = _apply_peft(model, args, "CAUSAL_LM", None)
         rows = read_step_rows(_rows_of(train_dataset))
         self.label_scheme = resolve_label_scheme(rows, args.label_scheme, args.num_labels)
@@ -907,8 +899,8 @@ def predict_step_probs(model, tokenizer, samples: Sequence[Any], step_format: St
     pairs = [(d["prompt"], list(d["completions"] if "completions" in d else d["steps"])) for d in items]
     pos_id = neg_id = None
     if backend == "token":
-        pos_id = _single_token_id(tokenizer, positive_token, "positive_token")
-        neg_id = _single_token_id(tokenizer, negative_token, "negative_token")
+        pos_id = token_id(tokenizer, positive_token, "positive_token")
+        neg_id = token_id(tokenizer, negative_token, "negative_token")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -447,3 +447,18 @@ def test_verification_backend_learns_and_reloads_as_a_yes_no_prm(tokenizer, tmp_
     assert all(0 <= v <= 1 for r in scores for v in r) and a > 0.55
     with pytest.raises(ValueError, match="lm_loss_weight"):
         _args(PRMConfig, tmp_path, backend="head", lm_loss_weight=0.5)
+
+
+def test_token_backend_trains_the_ids_the_scorer_reads(tokenizer, tmp_path):
+    """One token lookup (reward_models._hf.token_id) for training and scoring: a label token of
+    several tokens is read by its first token in both (training used to refuse it)."""
+    from reward_models._hf import token_id
+
+    multi = " correct step"
+    assert len(tokenizer(multi, add_special_tokens=False)["input_ids"]) > 1
+    rows = [{"prompt": "Q: 2+3\n", "completions": ["2+3=5"], "labels": [1]}]
+    args = _args(PRMConfig, tmp_path, backend="token", positive_token=multi, negative_token="-", max_steps=1)
+    trainer = PRMTrainer(model=tiny_causal_lm(tokenizer, seed=0), args=args, processing_class=tokenizer,
+                         train_dataset=rows)
+    assert trainer.positive_id == token_id(tokenizer, multi, "positive_token")
+    assert trainer.positive_id == tokenizer(multi, add_special_tokens=False)["input_ids"][0]
