@@ -244,6 +244,46 @@ def scoring_mode(model):
             model.train()
 
 
+@contextlib.contextmanager
+def seeded_sampling(model, seed: int | None):
+    """``eval()`` and ``no_grad`` for a block of ``generate`` calls, sampled from a forked RNG
+    seeded with ``seed`` (None: unseeded), so results are reproducible and the caller's RNG
+    state is left alone; the model's training flag is restored afterwards. The one place the
+    samplers (:class:`reward_models.labeling.HFRollout`, :class:`stepdpo.sampling.StepSampler`)
+    seed their generation."""
+    try:
+        device = next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        device = torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            yield device
+    finally:
+        model.train(was_training)
+
+
+def completion_text(tokenizer, ids: Sequence[int], eos_id: int | None, pad_id: int | None) -> tuple[str, bool]:
+    """The text of generated ``ids`` up to EOS (excluded) and whether EOS ended it; padding after
+    an early stop is dropped, other special tokens are kept (the text is what the policy wrote).
+
+    >>> from reward_models.testing import tiny_tokenizer
+    >>> tok = tiny_tokenizer()
+    >>> completion_text(tok, tok("1+1=2")["input_ids"] + [tok.eos_token_id, 7], tok.eos_token_id, tok.pad_token_id)
+    ('1+1=2', True)
+    """
+    ids = list(ids)
+    ended = eos_id is not None and eos_id in ids
+    if ended:
+        ids = ids[: ids.index(eos_id)]
+    while not ended and ids and pad_id is not None and ids[-1] == pad_id:
+        ids.pop()
+    return tokenizer.decode(ids, skip_special_tokens=False), ended
+
+
 # -- math -----------------------------------------------------------------------------------------
 def class_logodds(logits: torch.Tensor, good_weight: Sequence[float]) -> torch.Tensor:
     """Log-odds that a prediction is good, from class logits ``(..., C)``, computed stably.

@@ -29,8 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
+from reward_models._hf import completion_text, pad_left, seeded_sampling
 from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat
 from reward_models.types import DataError, StepSample
 
@@ -113,19 +112,12 @@ class HFRollout:
         ids = [list(self.tokenizer(c)["input_ids"]) for c in contexts]
         return self.generate_ids(ids, n)
 
-    @torch.no_grad()
     def generate_ids(self, context_ids: list[list[int]], n: int) -> list[list[str]]:
         """``n`` completion texts for each context given as token ids."""
         if not context_ids:
             return []
-        device = next(self.model.parameters()).device
         rows = [ids for ids in context_ids for _ in range(n)]
-        length = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for i, r in enumerate(rows):
-            input_ids[i, length - len(r):] = torch.as_tensor(r, dtype=torch.long)
-            mask[i, length - len(r):] = 1
+        input_ids, mask = pad_left(rows, self.pad_id)
         greedy = self.temperature == 0
         gen_kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": not greedy,
                                       "pad_token_id": self.pad_id}
@@ -133,23 +125,14 @@ class HFRollout:
             gen_kwargs["eos_token_id"] = self.eos_id
         if not greedy:
             gen_kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
-        was_training = self.model.training
-        self.model.eval()
-        devices = [device] if device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(self.seed + self.calls)
+            with seeded_sampling(self.model, self.seed + self.calls) as device:
                 out = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                                           **gen_kwargs)
         finally:
-            self.model.train(was_training)
             self.calls += 1
-        new = out[:, length:].cpu().tolist()
-        texts = []
-        for seq in new:
-            if self.eos_id is not None and self.eos_id in seq:
-                seq = seq[: seq.index(self.eos_id)]
-            texts.append(self.tokenizer.decode(seq, skip_special_tokens=True))
+        new = out[:, input_ids.shape[1]:].cpu().tolist()
+        texts = [completion_text(self.tokenizer, seq, self.eos_id, self.pad_id)[0] for seq in new]
         return [texts[i * n:(i + 1) * n] for i in range(len(context_ids))]
 
 

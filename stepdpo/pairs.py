@@ -288,8 +288,8 @@ def build_step_pairs_to_file(prompts: Sequence[str], sampler, reward_model, outp
     items = [{"prompt": p, "answer": None if answers is None else answers[i]} for i, p in enumerate(prompts)]
 
     def process(c, chunk):
-        if getattr(sampler, "seed", None) is not None and hasattr(sampler, "_calls"):
-            sampler._calls = 1000 * c  # per-chunk seeds: the same whether or not the run was resumed
+        if getattr(sampler, "seed", None) is not None and hasattr(sampler, "seed_as_call"):
+            sampler.seed_as_call(1000 * c)  # per-chunk seeds: the same whether or not the run was resumed
         res = build_step_pairs([it["prompt"] for it in chunk], sampler, reward_model,
                                answers=None if answers is None else [it["answer"] for it in chunk], **kwargs)
         return [p.to_dict() for p in res.pairs], res.stats

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from reward_models._hf import pad_left, seeded_sampling
 from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat
 from reward_models.types import DataError
 
@@ -76,21 +77,7 @@ def pick_device(model=None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad id lists into ``(input_ids, attention_mask)`` of shape ``(B, max_len)``.
-
-    >>> ids, mask = left_pad([[5, 6], [7]], pad_id=0)
-    >>> ids.tolist(), mask.tolist()
-    ([[5, 6], [0, 7]], [[1, 1], [0, 1]])
-    """
-    width = max(len(x) for x in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, x in enumerate(batch):
-        if len(x):
-            ids[i, width - len(x):] = torch.tensor(list(x), dtype=torch.long)
-            mask[i, width - len(x):] = 1
-    return ids, mask
+left_pad = pad_left  # (input_ids, attention_mask), padded on the left: reward_models._hf.pad_left
 
 
 def cut_step(text: str, step_format: StepFormat, ended_with_eos: bool, hit_limit: bool) -> tuple[str, bool, bool]:
@@ -159,6 +146,19 @@ class _BaseSampler:
 
     tokenizer = None
     step_format: StepFormat = DEFAULT_STEP_FORMAT
+    seed: int | None = None
+    _calls = 0
+
+    def _next_seed(self) -> int | None:
+        """The seed of the next call (``seed + n`` for call ``n``; None when unseeded)."""
+        seed = None if self.seed is None else self.seed + self._calls
+        self._calls += 1
+        return seed
+
+    def seed_as_call(self, n: int) -> None:
+        """Seed the next call as call number ``n`` (``seed + n``), e.g. to give each chunk of a
+        resumable job its own fixed seeds."""
+        self._calls = n
 
     def context_ids(self, prompt: str, prefix: Sequence[str] = ()) -> list[int]:
         """Ids of ``prompt + prefix`` exactly as the trainer builds them (piecewise)."""
@@ -272,26 +272,16 @@ class StepSampler(_BaseSampler):
             return active
         ending, odd = self._sep
         contexts = [self.context_ids(prompts[i], sols[i][j].steps) for i, j, _ in active]
-        device = pick_device(self.model)
-        was_training = self.model.training
-        self.model.eval()
-        seed = None if self.seed is None else self.seed + self._calls
-        self._calls += 1
         rest = []
-        try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                if seed is not None:
-                    torch.manual_seed(seed)
-                for start in range(0, len(active), self.batch_size):
-                    chunk = active[start:start + self.batch_size]
-                    gens = self._generate_whole(contexts[start:start + self.batch_size], [c[2] for c in chunk],
-                                                ending, odd, device)
-                    for (i, j, left), gen in zip(chunk, gens):
-                        left = self._parse_whole(prompts[i], sols[i][j], gen, left, ending, odd)
-                        if left:
-                            rest.append((i, j, left))
-        finally:
-            self.model.train(was_training)
+        with seeded_sampling(self.model, self._next_seed()) as device:
+            for start in range(0, len(active), self.batch_size):
+                chunk = active[start:start + self.batch_size]
+                gens = self._generate_whole(contexts[start:start + self.batch_size], [c[2] for c in chunk],
+                                            ending, odd, device)
+                for (i, j, left), gen in zip(chunk, gens):
+                    left = self._parse_whole(prompts[i], sols[i][j], gen, left, ending, odd)
+                    if left:
+                        rest.append((i, j, left))
         return rest
 
     def _generate_whole(self, batch, rounds, ending, odd, device) -> list[list[int]]:
@@ -368,21 +358,12 @@ class StepSampler(_BaseSampler):
     @torch.no_grad()
     def _generate(self, contexts: list[list[int]], k: int) -> list[list[SampledStep]]:
         flat = [c for c in contexts for _ in range(k)]
-        device = pick_device(self.model)
-        was_training = self.model.training
-        self.model.eval()
-        seed = None if self.seed is None else self.seed + self._calls
-        self._calls += 1
         results: list[SampledStep] = []
-        try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                if seed is not None:
-                    torch.manual_seed(seed)
-                for start in range(0, len(flat), self.batch_size):
-                    results.extend(self._generate_chunk(flat[start:start + self.batch_size], device))
-        finally:
-            self.model.train(was_training)
+        with seeded_sampling(self.model, self._next_seed()) as device:
+            for start in range(0, len(flat), self.batch_size):
+                results.extend(self._generate_chunk(flat[start:start + self.batch_size], device))
         return [results[i * k:(i + 1) * k] for i in range(len(contexts))]
+
 
     @torch.no_grad()
     def step_logprobs(self, prompts: Sequence[str], prefixes: Sequence[Sequence[str]], steps: Sequence[str],
@@ -581,8 +562,7 @@ class VLLMStepSampler(_BaseSampler):
         self.llm = model
 
     def _generate(self, contexts: list[list[int]], k: int) -> list[list[SampledStep]]:
-        seed = None if self.seed is None else self.seed + self._calls
-        self._calls += 1
+        seed = self._next_seed()
         params = self._vllm.SamplingParams(n=k, temperature=self.temperature, top_p=self.top_p,
                                            max_tokens=self.max_new_tokens, stop=self.step_format.stop_strings,
                                            include_stop_str_in_output=True, seed=seed)

@@ -127,3 +127,20 @@ def test_packages_hold_no_unsafe_call():
         for path in sorted((ROOT / pkg).rglob("*.py")):
             problems += [f"{path.relative_to(ROOT)}:{p}" for p in unsafe_calls(path.read_text(), str(path))]
     assert problems == []
+
+
+def test_docstring_examples_run():
+    """Every ``>>>`` example in the two packages' docstrings gives the output it shows."""
+    import doctest
+    import importlib
+
+    failed, ran = [], 0
+    for pkg in ("reward_models", "stepdpo"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS, report=False)
+            ran += result.attempted
+            if result.failed:
+                failed.append(f"{name}: {result.failed} of {result.attempted}")
+    assert not failed, failed
+    assert ran > 50
