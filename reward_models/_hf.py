@@ -37,6 +37,12 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def bf16_supported() -> bool:
+    """Whether this machine trains in bfloat16: a CUDA GPU that supports it (the default of every
+    trainer's ``bf16``; CPU-only machines train in float32)."""
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
 def model_device(model) -> torch.device:
     try:
         return next(model.parameters()).device

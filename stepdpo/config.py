@@ -134,9 +134,9 @@ class StepwiseDPOConfig(DPOConfig):
         if self.bf16 is None and not self.fp16:
             # TRL defaults to bf16, which fails on machines without bf16 support (CPU-only ones):
             # use it where the accelerator supports it, full precision elsewhere.
-            import torch
+            from reward_models._hf import bf16_supported
 
-            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+            self.bf16 = bf16_supported()
         super().__post_init__()
         if self.pair_strategy not in PAIR_STRATEGIES:
             raise ValueError(f"pair_strategy must be one of {PAIR_STRATEGIES}, got {self.pair_strategy!r}")

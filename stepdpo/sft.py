@@ -52,12 +52,14 @@ def train_sft(model, tokenizer, samples, *, output_dir: str, step_format: StepFo
     """Fine-tune ``model`` on gold step-by-step ``samples`` with TRL's SFTTrainer; returns the trainer."""
     from trl import SFTConfig, SFTTrainer
 
+    from reward_models._hf import bf16_supported
+
     # TRL turns gradient checkpointing on by default; for small policies it only costs time
     sft_kwargs.setdefault("gradient_checkpointing", False)
     # TRL also defaults to bf16, which on a CPU means bf16 autocast: slower there, and the autocast wrapper
     # stays on the returned model's forward, so it would score differently from the same model reloaded
     if not sft_kwargs.get("fp16"):
-        sft_kwargs.setdefault("bf16", _bf16_supported())
+        sft_kwargs.setdefault("bf16", bf16_supported())
     args = SFTConfig(
         output_dir=output_dir, max_steps=max_steps, learning_rate=learning_rate,
         per_device_train_batch_size=batch_size, lr_scheduler_type="cosine", warmup_steps=min(50, max_steps // 10),
@@ -78,12 +80,6 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _bf16_supported() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 __all__ = ["sft_dataset", "tokenize_sft_example", "train_sft"]

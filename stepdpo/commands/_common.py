@@ -245,9 +245,9 @@ def load_causal_lm(name: str, model_args=None, *, trust_remote_code: bool = Fals
 
 
 def bf16_available() -> bool:
-    import torch
+    from reward_models._hf import bf16_supported
 
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return bf16_supported()
 
 
 def to_device(model):
