@@ -161,6 +161,12 @@ def tokenize_solution_pair(tokenizer, step_format: StepFormat, prompt: str, chos
     return out
 
 
+def _trl_version() -> str:
+    import trl
+
+    return trl.__version__
+
+
 def _scale_grad(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Same value as ``x``; the gradient flowing into ``x`` is multiplied by ``scale``."""
     return x * scale + (x * (1 - scale)).detach()
@@ -358,6 +364,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
                          compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers,
                          quantization_config=quantization_config, peft_config=peft_config)
         self._pair_weights: torch.Tensor | None = None
+        self._weights_applied = False
         self._captured: list[torch.Tensor] | None = None
         if self._pair_prompts is not None:
             train_dataset = self._build_round(0)
@@ -751,39 +758,52 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
             self._signature_columns = list(self._signature_columns) + ["pair_weight"]
 
     def _on_policy_forward(self, module, args, output):
-        """Forward hook on the policy.
+        """Forward hook on the policy (the trainer's one reliance on TRL's forward output: its fused
+        LM head returns per-token ``log_probs``, chosen rows first, then rejected rows; pinned by
+        ``tests/stepdpo/test_losses.py``).
 
-        * Pair weights: scale the gradient of pair i's log-probs (chosen row i, rejected row
-          B+i) by its weight. Each pair's loss depends only on its own rows, so the gradient is
-          exactly that of ``mean_i(w_i * loss_i)``; values (and logged metrics) are unchanged.
-        * Extension losses: keep the per-token log-probs (after the scaling) of the policy's
-          forward pass, which :meth:`compute_loss` turns into sequence log-probs.
+        * Extension losses (:mod:`stepdpo.losses`, e.g. the default DPOP): keep the per-token
+          log-probs, which :meth:`compute_loss` turns into sequence log-probs and per-pair losses,
+          weighted there.
+        * Pair weights for TRL's own loss types, which average over pairs inside TRL: scale the
+          gradient of pair i's log-probs (chosen row i, rejected row B+i) by its weight. Each
+          pair's loss depends only on its own rows, so the gradient is exactly that of
+          ``mean_i(w_i * loss_i)`` (TRL's logged value stays the unweighted mean).
         """
         lp = getattr(output, "log_probs", None)
         if lp is None:
             return None
+        if self._captured is not None:
+            self._captured.append(lp)
         w = self._pair_weights
-        if w is not None and torch.is_grad_enabled() and lp.requires_grad:
+        if w is not None and self.loss_types and torch.is_grad_enabled() and lp.requires_grad:
             full = torch.cat([w, w]).to(device=lp.device, dtype=lp.dtype)
             if full.shape[0] != lp.shape[0]:
                 raise RuntimeError(f"pair weights for {w.shape[0]} pairs do not match a batch of {lp.shape[0]} rows")
             output.log_probs = _scale_grad(lp, full.view(-1, *([1] * (lp.dim() - 1))))
-        if self._captured is not None:
-            self._captured.append(output.log_probs)
+            self._weights_applied = True
         return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         weights = inputs.pop("pair_weight", None)
         mode = "train" if self.model.training else "eval"
-        if weights is not None and not torch.all(weights == 1):
+        weighted = weights is not None and not torch.all(weights == 1)
+        if weighted:
             self._pair_weights = weights
             self._metrics[mode]["pair_weight"].append(weights.float().mean().item())
+        self._weights_applied = False
         try:
             if not self._extension_losses:
                 out = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                            num_items_in_batch=num_items_in_batch)
             else:
                 out = self._compute_with_extension_losses(model, inputs, return_outputs, num_items_in_batch, mode)
+            if weighted and self.loss_types and torch.is_grad_enabled() and not self._weights_applied:
+                raise RuntimeError(
+                    "per-pair weights were set but not applied: TRL's forward pass returned no per-token log_probs "
+                    f"for the trainer's hook (TRL {_trl_version()}; this trainer was written against TRL 1.16). Use "
+                    "margin_weighting='none', a registered loss (e.g. loss_type=['dpop']), or the TRL version in "
+                    "pyproject.toml")
             if self._replay is not None and mode == "train":
                 self._pair_weights = self._captured = None  # the replay forward is not a pair batch
                 extra = self.args.replay_weight * self._replay_loss(model, mode)
@@ -828,11 +848,14 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         lp = PairLogps(chosen, rejected, ref_c.to(chosen.device, chosen.dtype).detach(),
                        ref_r.to(chosen.device, chosen.dtype).detach())
         total = loss
+        w = self._pair_weights
         for name, weight in self._extension_losses:
             per_pair = get_loss(name)(lp, self.args)
             if per_pair.shape != chosen.shape:
                 raise ValueError(f"loss {name!r} returned shape {tuple(per_pair.shape)}; expected one value per pair "
                                  f"{tuple(chosen.shape)}")
+            if w is not None:  # per-pair weights, in the loss: mean_i(w_i * loss_i)
+                per_pair = per_pair * w.to(per_pair.device, per_pair.dtype)
             total = total + weight * per_pair.mean()
             self._metrics[mode][f"{name}/loss"].append(self.accelerator.gather(per_pair.detach()).mean().item())
         penalty = dpop_penalty(lp).detach()

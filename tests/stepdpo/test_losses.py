@@ -55,8 +55,9 @@ def _loss_and_grads(trainer, batch):
 @pytest.mark.parametrize("setting", ["plain", "weights", "precompute", "lora", "ld_alpha"])
 def test_dpop_at_lambda_zero_is_trl_sigmoid(dpo_args, setting):
     """The seam: with lambda 0, DPOP computed by the trainer from TRL's own forward pass equals
-    TRL's sigmoid loss, value and gradient, with pair weights, precomputed reference log-probs,
-    LoRA's adapter-off reference and ld_alpha."""
+    TRL's sigmoid loss, value and gradient, with precomputed reference log-probs, LoRA's
+    adapter-off reference and ld_alpha; with pair weights (in DPOP's loss, through the gradient
+    for TRL's) the gradients are equal."""
     tok = tiny_tokenizer()
     extra, peft = {}, None
     if setting == "weights":
@@ -87,7 +88,8 @@ def test_dpop_at_lambda_zero_is_trl_sigmoid(dpo_args, setting):
             assert not torch.all(batch["pair_weight"] == 1)
         results.append(_loss_and_grads(trainer, batch))
     (l_sig, g_sig), (l_dpop, g_dpop) = results
-    assert l_dpop == pytest.approx(l_sig, rel=1e-5)
+    if setting != "weights":  # with weights DPOP's value is the weighted mean, TRL's the plain one (same gradient)
+        assert l_dpop == pytest.approx(l_sig, rel=1e-5)
     assert g_sig.keys() == g_dpop.keys() and g_sig
     for k in g_sig:
         torch.testing.assert_close(g_dpop[k], g_sig[k], rtol=1e-4, atol=1e-6)

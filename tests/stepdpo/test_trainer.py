@@ -185,7 +185,9 @@ def test_margin_weights_give_the_hand_computed_gradient(tmp_path, loss_name):
         penalty = torch.clamp(ref_c - pol_c, min=0) if loss_name == "dpop" else 0.0  # DPOP: lambda = 5
         per_pair.append(-F.logsigmoid(0.5 * (pol - ref - 5.0 * penalty)))
     per_pair = torch.stack(per_pair)
-    assert loss.item() == pytest.approx(per_pair.mean().item(), rel=1e-4)  # the logged value is unweighted
+    # a registered loss (DPOP) weighs each pair in the loss; TRL's own types through the gradient (value unweighted)
+    want = (per_pair * w).mean() if loss_name == "dpop" else per_pair.mean()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-4)
     unweighted = torch.autograd.grad(per_pair.mean(), model.transformer.wte.weight, retain_graph=True)[0]
     (per_pair * w).mean().backward()
     for k, p in model.named_parameters():
@@ -524,3 +526,22 @@ def test_use_vllm_samples_with_the_colocated_engine(arith_policy, tmp_path):
     trainer.train()
     assert [s["round"] for s in trainer.pair_stats] == [0, 1] and all(s["pairs"] > 0 for s in trainer.pair_stats)
     assert {e["sampler"] for e in trainer.shard_log} == {"VLLMStepSampler"}
+
+
+def test_pair_weights_that_are_not_applied_raise(tmp_path, monkeypatch):
+    """TRL's loss types are weighted through the forward hook on TRL's per-token log-probs; if
+    that output ever goes missing (a TRL change), training stops instead of silently ignoring
+    the weights."""
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok)
+    trainer = StepwiseDPOTrainer(model=model, args=make_args(tmp_path, margin_weighting="margin",
+                                                             loss_type=["sigmoid"]), tokenizer=tok, train_dataset=PAIRS)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert not torch.all(batch["pair_weight"] == 1)
+    model.train()
+    trainer.compute_loss(model, dict(batch)).backward()  # applied: fine
+    monkeypatch.setattr(trainer, "_on_policy_forward", lambda module, args, output: None)  # as if no log_probs
+    with pytest.raises(RuntimeError, match="weights were set but not applied"):
+        trainer.compute_loss(model, dict(batch))
+    without = {k: v for k, v in batch.items() if k != "pair_weight"}
+    trainer.compute_loss(model, without)  # no weights: nothing to apply
