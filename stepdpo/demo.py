@@ -581,7 +581,7 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
             "prm": ev.to_dict(), "prm_threshold": threshold, "prm_at_0.5": ev_half.to_dict(),
             "prm_baselines": baselines,
             "pairs": {"count": sum(r["pairs"] for r in rounds), "per_round": pair_stats, "checker_last_round": quality},
-            "best_of_n": bon, "timings_s": timings,
+            "best_of_n": bon, "timings_s": timings, "versions": report.library_versions(),
         }
         images = _plots(out, sft_log, prm_log, dpo_log, prm, prm_test, ev, (c0, n0), (c1, n1), bon)
         metrics["timings_s"]["total"] = round(time.time() - t_all, 1)
@@ -709,7 +709,8 @@ def _report_sections(cfg, data, m, sols0, sols1):
          "reference. The probe pairs are 64 fixed pairs of each round, followed through its training.\n\n"
          + report.markdown_table(per_round)),
         ("Changed verdicts (examples: gained, then lost)", examples),
-        ("Configuration", f"```json\n{json.dumps(asdict(cfg), indent=1)}\n```"),
+        ("Configuration", f"```json\n{json.dumps(asdict(cfg), indent=1)}\n```\n\nVersions: "
+         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())),
         ("Timings", report.markdown_table(rows)),
     ]
 

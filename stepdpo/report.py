@@ -134,14 +134,29 @@ def plot_accuracy(results: dict[str, tuple[int, int]], path: str | Path, title: 
     return Path(path)
 
 
+def library_versions() -> dict[str, str]:
+    """Versions of Python, the project and the libraries results depend on (recorded in every
+    result file: the same recipe can give other numbers on other versions)."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("stepdpo", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 def write_metrics(output_dir: str | Path, metrics: dict[str, Any]) -> Path:
-    """Write ``metrics.json`` atomically (temp file, then rename)."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, out / "metrics.json")
-    return out / "metrics.json"
+    """Write ``metrics.json`` atomically (a uniquely named temporary file, then rename), with the
+    library versions (:func:`library_versions`) under ``versions``."""
+    from stepdpo.distributed import atomic_write_text
+
+    metrics = {**metrics, "versions": metrics.get("versions") or library_versions()}
+    return atomic_write_text(Path(output_dir) / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True,
+                                                                          default=str))
 
 
 def write_report(output_dir: str | Path, title: str, sections: Sequence[tuple[str, str]],

@@ -452,9 +452,13 @@ def reward_model_from_spec(spec: str | None, *, policy=None, tokenizer=None, ste
 
 # -- outputs -------------------------------------------------------------------------------------
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON atomically (a uniquely named temporary file, then rename)."""
+    """Write a command's result JSON atomically (a uniquely named temporary file, then rename);
+    a dict gets the library versions it was produced with under ``versions``."""
     from stepdpo.distributed import atomic_write_text
+    from stepdpo.report import library_versions
 
+    if isinstance(obj, dict) and "versions" not in obj:
+        obj = {**obj, "versions": library_versions()}
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 

@@ -18,8 +18,22 @@ def test_plots_and_report(tmp_path):
                                  labels=[[1, 1], [0]]))
     _png(report.plot_accuracy({"before": (30, 100), "after": (45, 100)}, tmp_path / "acc.png"))
     m = report.write_metrics(tmp_path, {"accuracy": 0.5})
-    assert json.loads(m.read_text()) == {"accuracy": 0.5}
+    assert json.loads(m.read_text()) == {"accuracy": 0.5, "versions": report.library_versions()}
     r = report.write_report(tmp_path, "T", [("A", report.markdown_table([{"x": 1.23456}]))],
                             [("acc", tmp_path / "acc.png")])
     text = r.read_text()
     assert "| 1.235 |" in text and "![acc](acc.png)" in text
+
+
+def test_result_files_record_the_library_versions(tmp_path):
+    import json
+
+    import trl
+
+    from stepdpo.commands._common import write_json
+    from stepdpo.report import library_versions, write_metrics
+
+    v = library_versions()
+    assert v["trl"] == trl.__version__ and set(v) >= {"python", "torch", "transformers", "peft", "stepdpo"}
+    assert json.loads(write_metrics(tmp_path, {"a": 1}).read_text())["versions"] == v
+    assert json.loads(write_json(tmp_path / "s.json", {"b": 2}).read_text()) == {"b": 2, "versions": v}
