@@ -29,6 +29,8 @@ import shutil
 
 import torch
 
+from reward_models._internals import StagedCheckpoints
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -42,7 +44,7 @@ class NonFiniteLossError(RuntimeError):
 
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:
     """A checkpoint folder is complete when it holds ``trainer_state.json``, which
-    ``Trainer._save_checkpoint`` writes last (after weights, optimizer, scheduler and RNG
+    the Trainer's checkpoint save writes last (after weights, optimizer, scheduler and RNG
     states; with DeepSpeed the weights may live in its own sub-folders, so they are not
     checked by name). Checkpoints written by this module are complete by construction."""
     return os.path.isfile(os.path.join(os.fspath(path), "trainer_state.json"))
@@ -67,7 +69,7 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return None
 
 
-class ReliableTrainerMixin:
+class ReliableTrainerMixin(StagedCheckpoints):
     """Atomic checkpoints, resume from complete checkpoints only, a finite-loss guard,
     truncation counts in the metrics (see the module docstring)."""
 
@@ -88,23 +90,16 @@ class ReliableTrainerMixin:
         return loss
 
     # -- atomic checkpoints -----------------------------------------------------------------------
-    def _save_checkpoint(self, model, trial):
+    def save_checkpoint(self, model, trial):
         args = self.args  # type: ignore[attr-defined]
-        run_dir = self._get_output_dir(trial=trial)  # type: ignore[attr-defined]
+        run_dir = self.run_output_dir(trial)
         name = f"checkpoint-{self.state.global_step}"  # type: ignore[attr-defined]
         staging = os.path.join(run_dir, TMP_PREFIX + name)
         accelerator = self.accelerator  # type: ignore[attr-defined]
         if args.should_save and os.path.exists(staging):
             shutil.rmtree(staging)  # left over by a killed run
         accelerator.wait_for_everyone()
-        limit = args.save_total_limit
-        self._get_output_dir = lambda trial=None: staging  # every rank writes into the staging folder
-        args.save_total_limit = None  # rotation runs on the real folder below
-        try:
-            super()._save_checkpoint(model, trial)  # type: ignore[misc]
-        finally:
-            del self._get_output_dir
-            args.save_total_limit = limit
+        self.save_checkpoint_into(staging, model, trial)
         accelerator.wait_for_everyone()
         if args.should_save:
             state = self.state  # type: ignore[attr-defined]
@@ -119,7 +114,7 @@ class ReliableTrainerMixin:
             shutil.rmtree(staging, ignore_errors=True)
             from transformers.trainer_utils import rotate_checkpoints
 
-            rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=args.save_total_limit,
                                best_model_checkpoint=state.best_model_checkpoint, use_mtime=True)
         accelerator.wait_for_everyone()
 

@@ -55,6 +55,7 @@ from datasets import Dataset, Features, List, Value
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from reward_models._internals import DPOHooks
 from reward_models._reliability import ReliableTrainerMixin
 from reward_models.base import as_reward_model
 from reward_models.steps import StepFormat
@@ -241,7 +242,7 @@ def default_judge(model, tokenizer, step_format: StepFormat, verification_prompt
     return ProcessRewardModel.from_model(model, tokenizer, **kwargs)
 
 
-class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
+class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
     """Stepwise DPO on TRL (see the module docstring).
 
     Args:
@@ -267,6 +268,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
     """
 
     _tag_names = ["trl", "dpo", "stepwise-dpo"]
+    extra_signature_columns = ("pair_weight",)  # the per-pair weights reach compute_loss
     _name = "Stepwise DPO"
 
     def __init__(self, model, ref_model=None, args: StepwiseDPOConfig | None = None, data_collator=None,
@@ -461,10 +463,10 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         with self._generation_model() as model:
             ds = self._build_pair_dataset(model, self.processing_class, self.args, round_index)
         name = "train" if round_index == 0 else f"train_round{round_index}"
-        ds = self._prepare_dataset(ds, self.processing_class, self.args, name)
+        ds = self.prepare_dataset_as_trl_does(ds, name)
         if self.precompute_ref_logps:
-            ds = self._precompute_ref_logps(ds, name, self.args.precompute_ref_batch_size
-                                            or self.args.per_device_train_batch_size)
+            ds = self.precompute_reference_as_trl_does(ds, name, self.args.precompute_ref_batch_size
+                                                       or self.args.per_device_train_batch_size)
         self.train_dataset = ds
         return ds
 
@@ -634,7 +636,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
                                                 ignore_index=-100)
-        self._metrics[mode]["replay/nll"].append(self.accelerator.gather(nll.detach()).mean().item())
+        self.log_metric(mode, "replay/nll", self.accelerator.gather(nll.detach()).mean().item())
         return nll
 
     # -- fixed probe pairs -------------------------------------------------------------------------
@@ -675,17 +677,17 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         super().log(logs, start_time)
 
     # -- TRL hooks ----------------------------------------------------------------------------------
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+    def prepare_dataset(self, dataset, processing_class, args, dataset_name, trl_prepare):
         """Tokenize step pairs piecewise (no EOS after a mid-solution step); pass pre-tokenized
         data through; hand any other dataset to TRL.
 
-        This overrides TRL's dataset-preparation hook (private in TRL 1.16, with no public
-        equivalent) and delegates to it for ordinary DPO data: TRL's own tokenization appends
-        EOS to every completion and tokenizes prompt+completion jointly, both wrong for steps.
+        TRL's dataset preparation (reached through :class:`reward_models._internals.DPOHooks`)
+        is used for ordinary DPO data only: its own tokenization appends EOS to every
+        completion and tokenizes prompt+completion jointly, both wrong for steps.
         """
         kind = _dataset_kind(dataset)
         if kind == "trl":
-            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            return trl_prepare(dataset, processing_class, args, dataset_name)
         if kind == "prompts":
             if dataset_name == "train" and self._pair_prompts is not None:
                 return dataset  # pairs are built from these prompts once the policy is on its device
@@ -751,12 +753,6 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         self.truncation_stats[dataset_name] = stats
         return dataset
 
-    def _set_signature_columns_if_needed(self):
-        """Keep the per-pair weight column (the Trainer drops columns the collator is not told of)."""
-        super()._set_signature_columns_if_needed()
-        if "pair_weight" not in self._signature_columns:
-            self._signature_columns = list(self._signature_columns) + ["pair_weight"]
-
     def _on_policy_forward(self, module, args, output):
         """Forward hook on the policy (the trainer's one reliance on TRL's forward output: its fused
         LM head returns per-token ``log_probs``, chosen rows first, then rejected rows; pinned by
@@ -790,7 +786,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         weighted = weights is not None and not torch.all(weights == 1)
         if weighted:
             self._pair_weights = weights
-            self._metrics[mode]["pair_weight"].append(weights.float().mean().item())
+            self.log_metric(mode, "pair_weight", weights.float().mean().item())
         self._weights_applied = False
         try:
             if not self._extension_losses:
@@ -857,9 +853,9 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
             if w is not None:  # per-pair weights, in the loss: mean_i(w_i * loss_i)
                 per_pair = per_pair * w.to(per_pair.device, per_pair.dtype)
             total = total + weight * per_pair.mean()
-            self._metrics[mode][f"{name}/loss"].append(self.accelerator.gather(per_pair.detach()).mean().item())
+            self.log_metric(mode, f"{name}/loss", self.accelerator.gather(per_pair.detach()).mean().item())
         penalty = dpop_penalty(lp).detach()
-        self._metrics[mode]["logps/chosen_below_ref"].append(self.accelerator.gather(penalty).mean().item())
+        self.log_metric(mode, "logps/chosen_below_ref", self.accelerator.gather(penalty).mean().item())
         return (total, outputs) if return_outputs else total
 
     def _trl_loss_capturing(self, model, inputs, return_outputs, num_items_in_batch):
@@ -867,7 +863,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
 
-    def _precompute_ref_logps(self, dataset, name, batch_size):
+    def precompute_reference(self, dataset, name, batch_size, trl_precompute):
         """TRL's precompute, plus a persistent cache in ``output_dir/ref_logps_cache/`` keyed by
         the tokenized pairs and the reference model's weights (safetensors, never pickle).
 
@@ -887,7 +883,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
             if col in dataset.column_names:
                 dataset = dataset.remove_columns(col)
         h = hashlib.sha256()
-        h.update(json.dumps([str(self._precompute_model_hash), self.ld_alpha, self.args.max_length,
+        h.update(json.dumps([str(self.reference_model_hash), self.ld_alpha, self.args.max_length,
                              self.args.truncation_mode]).encode())
         for row in dataset.select_columns(list(TOKENIZED_COLUMNS)).to_list():
             h.update(json.dumps([row[c] for c in TOKENIZED_COLUMNS]).encode())
@@ -911,7 +907,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOTrainer):
                 dataset.save_to_disk(str(shared))
             self.accelerator.wait_for_everyone()
             dataset = load_from_disk(str(shared))
-        out = super()._precompute_ref_logps(dataset, name, batch_size)
+        out = trl_precompute(dataset, name, batch_size)
         self.ref_logps_cache_hit = False
         if self.accelerator.is_main_process:
             cache.mkdir(parents=True, exist_ok=True)
