@@ -11,14 +11,6 @@ PROMPTS = ["Q: 2+3\n", "Q: 7-5\n", "Q: 1\n"]
 COMPLETIONS = ["2+3=5\nAnswer: 5\n", "Answer: 2\n", "1+0=1\n1*1=1\nAnswer: 1\n"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_bt_loss_values():
     # -log sigmoid(2 - 0) and with margin 1: -log sigmoid(1)
     assert bradley_terry_loss(torch.tensor([2.0]), torch.tensor([0.0])).item() == pytest.approx(0.126928, abs=1e-6)

@@ -3,7 +3,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from reward_models.base import load_reward_model
 from reward_models.combine import CombinedRewardModel, EnsembleRewardModel, ShapedRewardModel, shaped_reward
@@ -15,14 +14,6 @@ from reward_models.types import DataError
 
 PROMPTS = ["Q: 2+3*4\n", "Q: 7-5\n"]
 STEPS = [["3*4=12", "2+12=14", "Answer: 14"], ["7-5=2", "Answer: 2"]]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class LengthJudge:

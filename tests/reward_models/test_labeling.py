@@ -17,15 +17,6 @@ from stepdpo.tasks.arith import (
 CFG = ArithConfig()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread than on two oversubscribed ones (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def arith_checker(prompt, steps):
     return is_correct(CFG.expression_of(prompt), steps)
 

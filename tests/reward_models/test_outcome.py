@@ -15,14 +15,6 @@ STEPS = [["3*4=12", "2+12=14", "Answer: 14"], ["7-5=2", "Answer: 2"], ["Answer: 
 FMT = StepFormat()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _token_logits(model, ids):
     model.eval()
     with torch.no_grad():

@@ -28,15 +28,6 @@ class ForwardCounter:
         self.handle.remove()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls on a shared 2-core machine run ~1000x faster single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def flat(rows):
     return [v for row in rows for v in row]
 

@@ -23,14 +23,6 @@ TEXT = "3*4=12\n2+12=14\nAnswer: 14\n"
 STEPS = ["3*4=12", "2+12=14", "Answer: 14"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("seed004")

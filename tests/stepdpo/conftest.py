@@ -5,16 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-
-@pytest.fixture
-def single_thread():
-    """Run a test on one CPU thread (tiny models are much faster so on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 ARITH_KW = dict(min_steps=1, max_steps=2, ops="+-", start_min=2, start_max=9, min_operand=1, max_operand=5)
 
 

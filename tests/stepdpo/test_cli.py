@@ -30,8 +30,6 @@ from stepdpo.commands._common import (
     run,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def _has(module: str) -> bool:
     import importlib.util

@@ -16,7 +16,7 @@ import pytest
 from stepdpo.commands import command_module
 from stepdpo.commands._common import read_data, run
 
-pytestmark = [pytest.mark.smoke, pytest.mark.usefixtures("single_thread")]
+pytestmark = pytest.mark.smoke
 
 ROOT = Path(__file__).resolve().parents[2]
 MULTI_CPU = ROOT / "configs" / "accelerate" / "multi_cpu.yaml"

@@ -11,8 +11,6 @@ from reward_models.types import StepPair
 from stepdpo.losses import PairLogps, dpop_loss, dpop_penalty, register_loss, sequence_logps
 from stepdpo.trainer import StepwiseDPOTrainer
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 PAIRS = [
     StepPair(prompt="Q: 2+3*4\n", prefix_steps=["3*4=12"], chosen="2+12=14", rejected="2+12=15", margin=1.0),
     StepPair(prompt="Q: 7-2\n", prefix_steps=["7-2=5"], chosen="Answer: 5", rejected="Answer: 6", is_final=True,

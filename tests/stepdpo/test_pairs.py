@@ -10,8 +10,6 @@ from stepdpo.pairs import build_step_pairs, load_pairs, save_pairs, select_pair
 from stepdpo.sampling import SampledSolution, SampledStep, StepSampler
 from stepdpo.tasks.arith import STEP_FORMAT, check_solution, checker_reward_model, make_samples
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 class ScriptedSampler:
     """Returns fixed candidates: for the crafted-group tests of the outcome counts only."""

@@ -19,8 +19,6 @@ from stepdpo.sampling import StepSampler
 from stepdpo.tasks.arith import STEP_FORMAT, check_solution, checker_reward_model, make_samples, make_splits
 from stepdpo.trainer import StepwiseDPOTrainer, tokenize_step_pair
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 PAIRS = [
     StepPair(prompt="Q: 2+3*4\n", prefix_steps=["3*4=12"], chosen="2+12=14", rejected="2+12=15"),
     StepPair(prompt="Q: 7-2\n", prefix_steps=["7-2=5"], chosen="Answer: 5", rejected="Answer: 6", is_final=True),

@@ -6,8 +6,6 @@ from reward_models.testing import tiny_causal_lm, tiny_tokenizer
 from stepdpo.sampling import StepSampler, cut_step, left_pad
 from stepdpo.tasks.arith import STEP_FORMAT, check_solution, make_samples
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def test_left_pad_and_cut_step():
     ids, mask = left_pad([[1, 2, 3], [4]], pad_id=9)

@@ -13,8 +13,6 @@ from stepdpo.sampling import StepSampler
 from stepdpo.tasks.arith import STEP_FORMAT, check_solution, checker_reward_model, make_samples
 from stepdpo.trainer import StepwiseDPOTrainer, margin_weights, tokenize_step_pair
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 PAIRS = [
     StepPair(prompt="Q: 2+3*4\n", prefix_steps=["3*4=12"], chosen="2+12=14", rejected="2+12=15",
              chosen_score=1.0, rejected_score=0.0),
