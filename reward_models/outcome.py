@@ -31,7 +31,7 @@ from reward_models.base import (
     write_reward_config,
 )
 from reward_models.process import build_settings, fill_template, settings_from_dir, yes_no_logodds
-from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat, _adds_bos
+from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat, adds_bos
 from reward_models.types import DataError
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     """Prompt ids exactly as :meth:`StepFormat.tokenize` builds them (BOS alone for an empty prompt)."""
     if prompt:
         return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    if getattr(tokenizer, "bos_token_id", None) is not None and _adds_bos(tokenizer):
+    if getattr(tokenizer, "bos_token_id", None) is not None and adds_bos(tokenizer):
         return [tokenizer.bos_token_id]
     return []
 

@@ -151,7 +151,7 @@ class StepFormat:
         steps = [self.check_step(s, i) for i, s in enumerate(steps)]
         ids = list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]) if prompt else []
         if not prompt and add_special_tokens and getattr(tokenizer, "bos_token_id", None) is not None \
-                and _adds_bos(tokenizer):
+                and adds_bos(tokenizer):
             ids = [tokenizer.bos_token_id]
         prompt_len = len(ids)
         spans, positions = [], []
@@ -183,7 +183,7 @@ class StepFormat:
         return head + tail, len(head) - 1
 
 
-def _adds_bos(tokenizer) -> bool:
+def adds_bos(tokenizer) -> bool:
     ids = tokenizer("a", add_special_tokens=True)["input_ids"]
     return bool(ids) and ids[0] == tokenizer.bos_token_id
 
@@ -201,4 +201,4 @@ def tokenize_steps(tokenizer, prompt: str, steps: Sequence[str], step_format: St
 
 
 __all__ = ["DEFAULT_STEP_FORMAT", "MATH_SHEPHERD_FORMAT", "QWEN_PRM_FORMAT", "StepFormat", "TokenizedSteps",
-           "tokenize_steps"]
+           "adds_bos", "tokenize_steps"]

@@ -469,6 +469,19 @@ def write_jsonl(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
 
 
+def unique_prompts(prompts, answers):
+    """Problems in first-seen order (labeled data holds several solutions per problem).
+
+    >>> unique_prompts(["a", "b", "a"], ["1", "2", "1"])
+    (['a', 'b'], ['1', '2'])
+    """
+    seen: dict[str, int] = {}
+    for i, p in enumerate(prompts):
+        seen.setdefault(p, i)
+    idx = list(seen.values())
+    return [prompts[i] for i in idx], ([answers[i] for i in idx] if answers is not None else None)
+
+
 def chunks(items: Sequence[Any], size: int):
     """Consecutive slices of ``items`` of at most ``size``.
 
@@ -506,6 +519,6 @@ def use_answers(check_answers: bool | None, answers, checker) -> bool:
 
 __all__ = ["Data", "arith_checker", "use_answers", "chunks", "final_number", "is_tiny", "kbit_device_map", "load_causal_lm",
            "load_tokenizer", "make_trl_parser", "numeric_checker", "parse", "parse_arith_spec", "parse_tiny_spec",
-           "print_summary", "read_data", "read_recipe", "reward_model_from_spec", "run", "to_device", "write_json",
+           "print_summary", "read_data", "unique_prompts", "read_recipe", "reward_model_from_spec", "run", "to_device", "write_json",
            "write_jsonl"]
 

@@ -137,9 +137,7 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     data = C.read_data(a.dataset_name, split=a.dataset_split, config=a.dataset_config, max_samples=a.max_samples,
                        step_format=fmt, prompt_column=a.prompt_column, answer_column=a.answer_column,
                        prompt_template=a.prompt_template, seed=a.seed)
-    from stepdpo.commands.train_stepdpo import _unique_prompts
-
-    prompts, answers = _unique_prompts(data.prompts, data.answers)
+    prompts, answers = C.unique_prompts(data.prompts, data.answers)
     tokenizer = C.load_tokenizer(name, a.trust_remote_code, model_args.model_revision)
     model = C.to_device(C.load_causal_lm(name, model_args, trust_remote_code=a.trust_remote_code, seed=a.seed))
     model.eval()

@@ -118,9 +118,7 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     data = C.read_data(a.dataset_name, split=a.dataset_split, config=a.dataset_config, max_samples=a.max_samples,
                        step_format=fmt, prompt_column=a.prompt_column, answer_column=a.answer_column,
                        prompt_template=a.prompt_template, seed=a.seed)
-    from stepdpo.commands.train_stepdpo import _unique_prompts
-
-    prompts, answers = _unique_prompts(data.prompts, data.answers)
+    prompts, answers = C.unique_prompts(data.prompts, data.answers)
     dist.check_same([prompts, answers], "problems to decode",
                     fix="Start every process with the same dataset options (dataset_name, dataset_split, max_samples, "
                         "prompt_column, prompt_template, seed) on a data file that every process sees and nothing "

@@ -248,9 +248,7 @@ def main(script_args: ScriptArguments, model_args) -> dict:
         else:
             logger.warning("%s has no step labels: reward-model metrics skipped", a.dataset_name)
     if model is not None:
-        from stepdpo.commands.train_stepdpo import _unique_prompts
-
-        prompts, answers = _unique_prompts(data.prompts, data.answers)
+        prompts, answers = C.unique_prompts(data.prompts, data.answers)
         if answers is None or data.checker is None:
             raise SystemExit(f"{a.dataset_name}: policy accuracy needs gold answers (arith, or samples with answers)")
         metrics["policy"] = {"name": name, **evaluate_policy(model, tokenizer, rm, prompts, answers, data.checker, a,

@@ -193,7 +193,7 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
         kwargs["train_dataset"] = pairs
         mode = f"{len(pairs)} step pairs from {data.source}"
     else:
-        prompts, answers = _unique_prompts(data.prompts, data.answers)
+        prompts, answers = C.unique_prompts(data.prompts, data.answers)
         kwargs["prompts"] = prompts
         kwargs["reward_model"] = C.reward_model_from_spec(script_args.reward_model, step_format=fmt)
         if C.use_answers(script_args.check_answers, answers, data.checker):
@@ -233,19 +233,6 @@ def warm_up(model, tokenizer, data, script_args: ScriptArguments, training_args)
                         batch_size=min(script_args.sft_batch_size, len(gold)), bf16=bool(training_args.bf16),
                         fp16=bool(training_args.fp16))
     return trainer.accelerator.unwrap_model(trainer.model)
-
-
-def _unique_prompts(prompts, answers):
-    """Problems in first-seen order (labeled data holds several solutions per problem).
-
-    >>> _unique_prompts(["a", "b", "a"], ["1", "2", "1"])
-    (['a', 'b'], ['1', '2'])
-    """
-    seen: dict[str, int] = {}
-    for i, p in enumerate(prompts):
-        seen.setdefault(p, i)
-    idx = list(seen.values())
-    return [prompts[i] for i in idx], ([answers[i] for i in idx] if answers is not None else None)
 
 
 if __name__ == "__main__":
