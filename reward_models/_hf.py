@@ -176,7 +176,7 @@ def check_lengths(lengths: Sequence[int], limit: int | None, what: str = "soluti
 
 
 def token_id(tokenizer, text: str, what: str) -> int:
-    """The first token id of ``text`` (as the seed-004 code reads " Yes"/" No"); warn when it is several."""
+    """The first token id of ``text`` (as the reference-API code reads " Yes"/" No"); warn when it is several."""
     if not isinstance(text, str) or text == "":
         raise ValueError(f"{what} must be a non-empty string, got {text!r}")
     ids = tokenizer.encode(text, add_special_tokens=False)

@@ -5,7 +5,7 @@ Every reward model answers two batched questions:
 * ``score_steps(prompts, steps) -> list[list[float]]`` - one score per step (higher = better);
 * ``score(prompts, completions) -> list[float]`` - one score per whole completion.
 
-The method names of the user's reference API (seed 004: ``get_reward_for_text``,
+The method names of the user's reference API (the reference API: ``get_reward_for_text``,
 ``get_rewards_for_steps``, ``get_reward_for_problem_solution``, ``get_rewards_for_batch``,
 ``save``, ``load``) are thin wrappers over these two.
 
@@ -130,7 +130,7 @@ class RewardModel:
         """Step scores and, for ensembles, the per-step disagreement (std); None otherwise."""
         return self.score_steps(prompts, steps), None
 
-    # -- seed-004 names ------------------------------------------------------------------------
+    # -- reference-API names ------------------------------------------------------------------------
     def get_rewards_for_steps(self, steps: Sequence[str], problem: str | None = None) -> list[float]:
         """Scores of one solution's ``steps``; ``problem`` (if given) is the context they answer."""
         return self.score_steps([problem or ""], [list(steps)])[0]
@@ -168,8 +168,8 @@ class PretrainedRewardModel(RewardModel):
 
     @classmethod
     def load(cls, path, device: str | None = None, **kwargs):
-        """Seed-004 signature. A saved reward-model directory loads through the registry; a plain
-        model directory (no ``reward_config.json``) is built by this class, as seed 004 does."""
+        """Reference-API signature. A saved reward-model directory loads through the registry; a plain
+        model directory (no ``reward_config.json``) is built by this class, as the reference API does."""
         if Path(path).is_dir() and not (Path(path) / CONFIG_NAME).exists():
             return cls(path, device, **kwargs)
         return super().load(path, device=device, **kwargs)

@@ -1,17 +1,17 @@
-"""Combining reward models: process + outcome (seed 004's ``CombinedRewardModel``) and ensembles.
+"""Combining reward models: process + outcome (the reference API's ``CombinedRewardModel``) and ensembles.
 
 * :class:`CombinedRewardModel` - ``process_weight * aggregate(step scores) + outcome_weight *
-  outcome score`` (seed 004 defaults: 0.7 / 0.3, mean over steps); a missing part counts 0,
-  as in seed 004. Per step: ``process_weight * step score + outcome_weight * outcome score of
+  outcome score`` (the reference API defaults: 0.7 / 0.3, mean over steps); a missing part counts 0,
+  as in the reference API. Per step: ``process_weight * step score + outcome_weight * outcome score of
   the prefix ending at that step``.
 * :class:`ShapedRewardModel` - a user shaping function over another model's step scores
-  (seed 004's reward shaping; :func:`shaped_reward` is its example).
+  (the reference API's reward shaping; :func:`shaped_reward` is its example).
 * :class:`EnsembleRewardModel` - a weighted mean (or min) of several reward models, with the
   members' disagreement (population standard deviation) per step, which pair building uses to
   skip steps the judges disagree on.
 
 Both take built reward models, any user object with ``get_rewards_for_steps`` (or
-``score_steps``, ``get_reward_for_text``, a callable), or saved directories (seed-004 style),
+``score_steps``, ``get_reward_for_text``, a callable), or saved directories (reference-API style),
 and save/load as directories of directories.
 
 >>> from reward_models.rules import FunctionRewardModel
@@ -43,19 +43,19 @@ from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat
 from reward_models.types import DataError
 
 ENSEMBLE_REDUCTIONS = ("mean", "min")
-PROCESS_DIR = "process_reward_model"  # seed-004 sub-directory names
+PROCESS_DIR = "process_reward_model"  # reference-API sub-directory names
 OUTCOME_DIR = "outcome_reward_model"
 
 
 def _build(obj: Any, kind: str, device: str | None) -> RewardModel | None:
-    """A reward model from a built object, a saved directory, or (seed 004) a model name."""
+    """A reward model from a built object, a saved directory, or (the reference API) a model name."""
     if obj is None:
         return None
     if isinstance(obj, (str, os.PathLike)):
         path = Path(obj)
         if path.is_dir() and ((path / CONFIG_NAME).exists() or kind == "process"):
             return load_reward_model(path, device=device)
-        # a plain model directory or a hub name: seed 004 builds the class directly
+        # a plain model directory or a hub name: the reference API builds the class directly
         if kind == "process":
             from reward_models.process import ProcessRewardModel
 
@@ -81,16 +81,16 @@ def weighted_mean_std(values: Sequence[float], weights: Sequence[float]) -> tupl
 
 @register_reward_model("combined")
 class CombinedRewardModel(RewardModel):
-    """Process and outcome reward models combined with fixed weights (seed 004).
+    """Process and outcome reward models combined with fixed weights (the reference API).
 
     Args:
         process_model_name: a reward model / user object / saved directory / model name, or None.
         outcome_model_name: likewise for the outcome judge, or None.
-        process_weight, outcome_weight: weights of the two parts (seed 004: 0.7 and 0.3).
+        process_weight, outcome_weight: weights of the two parts (the reference API: 0.7 and 0.3).
         device: passed to models loaded from paths (default CUDA when available, else CPU).
         step_aggregation: how step scores become one process score: min, prod, mean, last, ...
         step_format: how completions are split into steps (default: the process model's).
-        max_steps: score at most this many leading steps of a completion (seed 004), or None.
+        max_steps: score at most this many leading steps of a completion (the reference API), or None.
     """
 
     def __init__(self, process_model_name=None, outcome_model_name=None, process_weight: float = 0.7,
@@ -110,7 +110,7 @@ class CombinedRewardModel(RewardModel):
         self.process_reward_model = _build(process_model_name, "process", device)
         self.outcome_reward_model = _build(outcome_model_name, "outcome", device)
 
-    # seed-004 code assigns these attributes directly; accept user objects there too
+    # reference-API code assigns these attributes directly; accept user objects there too
     @property
     def process_reward_model(self) -> RewardModel | None:
         return self._process
@@ -140,7 +140,7 @@ class CombinedRewardModel(RewardModel):
         self._step_format = value
 
     @property
-    def step_delimiter(self) -> str:  # seed-004 name for the step separator
+    def step_delimiter(self) -> str:  # reference-API name for the step separator
         return self.step_format.separator
 
     @step_delimiter.setter
@@ -181,7 +181,7 @@ class CombinedRewardModel(RewardModel):
         return [self.process_weight * p + self.outcome_weight * o for p, o in zip(process, outcome)]
 
     def extract_and_aggregate_steps(self, text: str) -> tuple[list[str], list[float], float]:
-        """Seed-004 helper: ``(steps, process step rewards, aggregated process reward)``."""
+        """Reference-API helper: ``(steps, process step rewards, aggregated process reward)``."""
         steps = self.extract_steps(text)
         rewards = self._process.score_steps([""], [steps])[0] if self._process is not None else [0.0] * len(steps)
         return steps, rewards, aggregate(rewards, self.step_aggregation) if rewards else 0.0
@@ -196,7 +196,7 @@ class CombinedRewardModel(RewardModel):
         write_reward_config(path, "combined", process_weight=self.process_weight,
                             outcome_weight=self.outcome_weight, step_aggregation=self.step_aggregation,
                             step_format=self._step_format, max_steps=self.max_steps,
-                            step_delimiter=self.step_delimiter)  # seed-004 load() reads it
+                            step_delimiter=self.step_delimiter)  # reference-API load() reads it
 
     @classmethod
     def _load_dir(cls, path, cfg, device: str | None = None, **kwargs):
@@ -216,7 +216,7 @@ class CombinedRewardModel(RewardModel):
         return obj
 
     @classmethod
-    def load(cls, path, device: str | None = None, **kwargs):  # seed-004 signature
+    def load(cls, path, device: str | None = None, **kwargs):  # reference-API signature
         return super().load(path, device=device, **kwargs)
 
     def __repr__(self) -> str:
@@ -238,7 +238,7 @@ class EnsembleRewardModel(RewardModel):
     Args:
         model_paths_or_models: reward models, user objects, or saved directories.
         weights: one non-negative weight per member (default equal); scores are the weighted
-            mean ``sum(w * r) / sum(w)``, which equals seed 004's weighted sum for its default
+            mean ``sum(w * r) / sum(w)``, which equals the reference API's weighted sum for its default
             weights ``1/n``.
         reduce: ``mean`` (weighted mean) or ``min`` (the most pessimistic member).
         device: passed to members loaded from paths.
@@ -326,7 +326,7 @@ class EnsembleRewardModel(RewardModel):
 
 
 def shaped_reward(base_reward: float, confidence: float, complexity: float) -> float:
-    """Seed 004's example shaping: boost positive rewards of complex steps by ``1 + 0.5 * complexity``.
+    """The reference API's example shaping: boost positive rewards of complex steps by ``1 + 0.5 * complexity``.
 
     >>> shaped_reward(2.0, 1.0, 0.5), shaped_reward(-1.0, 1.0, 0.5)
     (2.5, -1.0)
@@ -337,7 +337,7 @@ def shaped_reward(base_reward: float, confidence: float, complexity: float) -> f
 
 
 class ShapedRewardModel(RewardModel):
-    """Applies a user shaping function to another reward model's step scores (seed 004's reward shaping).
+    """Applies a user shaping function to another reward model's step scores (the reference API's reward shaping).
 
     ``shape(reward, prompt=..., steps=..., index=...) -> float`` is called once per step with the
     step's score, the problem, the solution's steps and the step index; ``score`` aggregates the

@@ -6,7 +6,7 @@ Two backends (``backend`` in ``reward_config.json``):
   ``num_labels=1``), trained with BCE on every completion token (seed 000). A solution's score
   is read at its last token (``reduce="last"``, seed 001 and "Let's Verify") or is the mean
   per-token probability over the completion (``reduce="mean"``, seed 000).
-* ``verification`` - a Yes/No question about the whole solution (seed 004): reward
+* ``verification`` - a Yes/No question about the whole solution (the reference API): reward
   ``log p(Yes) - log p(No)``; questions are left-padded and batched.
 
 :meth:`OutcomeRewardModel.score_steps` scores every step *prefix* as a partial solution; the
@@ -171,7 +171,7 @@ class OutcomeRewardModel(PretrainedRewardModel):
         return self.settings.backend
 
     @property
-    def evaluation_prompt(self) -> str:  # seed-004 name
+    def evaluation_prompt(self) -> str:  # reference-API name
         return self.settings.prompt_template
 
     def forward(self, input_ids, attention_mask=None):

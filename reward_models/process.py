@@ -9,7 +9,7 @@ means ``verification``; a ``...ForTokenClassification`` directory means ``head``
 * ``token`` - the LM head's logits of two tokens (``"+"``/``"-"``) at each step tag, the
   Math-Shepherd / OpenRLHF convention; ``layout="chat"`` reads the answer of chat turns (each
   step a user turn answered ``"+"``, the RLHFlow convention). See :func:`token_convention`.
-* ``verification`` - a Yes/No question per step (seed 004): reward ``log p(Yes) - log p(No)``;
+* ``verification`` - a Yes/No question per step (the reference API): reward ``log p(Yes) - log p(No)``;
   the step is judged with the problem and previous steps as context. The questions of one
   problem share their prefix (the problem and the previous steps), so by default
   (``shared_prefix=True``) they go through the model as one token tree per problem: each shared
@@ -59,7 +59,7 @@ NEUTRAL_RULES = {"positive": 1.0, "negative": 0.0, "half": 0.5}
 DEFAULT_STEP_TEMPLATE = ("Problem: {problem}\nSolution so far:\n{previous_steps}New step: {step}\n"
                          "Is the new step correct? Yes or No:")
 TEMPLATE_FIELDS = ("problem", "previous_steps", "step")
-SEED004_PROCESS_CONFIG = "process_reward_config.json"
+REFERENCE_PROCESS_CONFIG = "process_reward_config.json"
 # keys of reward_config.json that are bookkeeping, not settings
 _META_KEYS = {"type", "format_version"}
 
@@ -93,7 +93,7 @@ class ProcessSettings:
                                     metadata={"help": "step separator/tag; scores are read at each step's tag "
                                                       "(or last token)"})
     output: str | None = field(default=None, metadata={"help": "prob | logodds (default: prob for head/token, "
-                                                                 "logodds for verification, as in seed 004)"})
+                                                                 "logodds for verification, as in the reference API)"})
     num_labels: int = field(default=2, metadata={"help": "head classes: 2 = [bad, good], 3 = ratings {-1,0,+1}"})
     neutral: str = field(default="positive", metadata={"help": "3-class neutral counts as positive | negative | "
                                                                  "half"})
@@ -198,8 +198,8 @@ def settings_from_dir(path: Path, cls_type: str, default_backend: str) -> dict[s
     """Settings stored in ``path/reward_config.json`` (checking ``type`` and ``backend``), or
     ``{"backend": default_backend}`` for a plain model directory."""
     if not (path / CONFIG_NAME).exists():
-        legacy = path / SEED004_PROCESS_CONFIG
-        if cls_type == "process" and legacy.exists():  # written by seed 004's ProcessRewardModel.save
+        legacy = path / REFERENCE_PROCESS_CONFIG
+        if cls_type == "process" and legacy.exists():  # written by the reference API's ProcessRewardModel.save
             prompt = _hf.read_json(legacy).get("verification_prompt")
             if not isinstance(prompt, str):
                 raise DataError("missing key or not a string", source=str(legacy), field="verification_prompt")
@@ -274,7 +274,7 @@ class ProcessRewardModel(PretrainedRewardModel):
 
     @classmethod
     def from_pretrained_lm(cls, path: str | os.PathLike, **kwargs: Any) -> ProcessRewardModel:
-        """A plain causal-LM directory as a verification-prompt PRM (seed 004)."""
+        """A plain causal-LM directory as a verification-prompt PRM (the reference API)."""
         kwargs.setdefault("backend", "verification")
         return cls(path, **kwargs)
 
@@ -304,7 +304,7 @@ class ProcessRewardModel(PretrainedRewardModel):
         if self.candidate_ids and self.candidate_ids[0] == self.candidate_ids[1]:
             raise ValueError(f"{where}: the two answer tokens map to the same id {self.candidate_ids[0]}")
 
-    # seed-004 conveniences
+    # reference-API conveniences
     @property
     def step_format(self) -> StepFormat:  # type: ignore[override]
         return self.settings.step_format

@@ -1,6 +1,6 @@
 """Score many token sequences that share prefixes with one forward pass over their prefix tree.
 
-The Yes/No verification queries of one solution (seed 004) all start with the problem and the
+The Yes/No verification queries of one solution (the reference API) all start with the problem and the
 previous steps: query ``j`` is ``problem + steps[:j] + question(step j)``, so the queries of an
 8-step solution repeat the same prefix eight times. Here the queries of a group (one problem)
 are inserted into a token trie, each distinct prefix once, and the trie is laid out as one

@@ -64,7 +64,7 @@ class StepwiseDPOConfig(DPOConfig):
                 "policy's own verification prompt when none is given) or 'self_verification' (always the policy)."})
     verification_prompt: str | None = field(default=None, metadata={
         "help": "Prompt of the self-verification judge: a template with {problem}, {previous_steps} and {step}, or a "
-                "question the step is appended to (seed 004: 'Is this step correct? Yes or No: '). Default: the "
+                "question the step is appended to (the reference API: 'Is this step correct? Yes or No: '). Default: the "
                 "problem, the steps so far and the new step, then 'Is the new step correct? Yes or No:'."})
     num_solutions: int | None = field(default=None, metadata={
         "help": "First-error strategy: solutions sampled per prompt to find errors in (default: num_candidates; "

@@ -221,12 +221,12 @@ def _dataset_kind(dataset) -> str:
 
 
 def default_judge(model, tokenizer, step_format: StepFormat, verification_prompt: str | None = None):
-    """The policy's own Yes/No verification prompt as a process reward model (seed 004's
+    """The policy's own Yes/No verification prompt as a process reward model (the reference API's
     "default log probability approach"), scoring P(Yes) against P(No) as a probability so
     ``score_threshold`` keeps its meaning.
 
     ``verification_prompt`` is a template with ``{problem}``, ``{previous_steps}`` and
-    ``{step}`` fields, or a plain question that the step is appended to (seed 004); None uses
+    ``{step}`` fields, or a plain question that the step is appended to (the reference API); None uses
     :data:`reward_models.process.DEFAULT_STEP_TEMPLATE`.
     """
     try:
