@@ -5,7 +5,7 @@ Every reward model answers two batched questions:
 * ``score_steps(prompts, steps) -> list[list[float]]`` - one score per step (higher = better);
 * ``score(prompts, completions) -> list[float]`` - one score per whole completion.
 
-The method names of the user's reference API (the reference API: ``get_reward_for_text``,
+The method names of the user's reference API (``get_reward_for_text``,
 ``get_rewards_for_steps``, ``get_reward_for_problem_solution``, ``get_rewards_for_batch``,
 ``save``, ``load``) are thin wrappers over these two.
 

@@ -39,15 +39,6 @@ from stepdpo.tasks.arith import STEP_FORMAT, ArithConfig, make_samples
 EASY = ArithConfig(ops="+-", start_min=1, start_max=9, min_operand=1, max_operand=9, max_value=9)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train ~50x faster on one thread than on two oversubscribed ones (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _args(cls, tmp_path, **kw):
     base = dict(output_dir=str(tmp_path / "out"), report_to="none", save_strategy="no", disable_tqdm=True,
                 seed=0, logging_steps=5, per_device_train_batch_size=16)
