@@ -30,22 +30,19 @@ from transformers import Trainer, TrainingArguments
 from reward_models import truncation as _trunc
 from reward_models._reliability import ReliableTrainerMixin
 from reward_models.likelihood import REFERENCE_DIR, step_token_spans
-from reward_models.training import (
-    IGNORE_INDEX,
-    StepRow,
-    _AdapterArgs,
-    _apply_peft,
-    _checked_features,
-    _ListDataset,
-    _load_model,
-    _pad_id,
-    _RewardConfigOnSave,
-    _rows_of,
-    _StepFormatArgs,
-    _tokenizer_for,
-    _truncate_tokenized,
-    read_step_rows,
-    step_targets,
+from reward_models.losses import IGNORE_INDEX
+from reward_models.rows import StepRow, read_step_rows, rows_of, step_targets
+from reward_models.trainer_utils import (
+    AdapterArgs,
+    ListDataset,
+    RewardConfigOnSave,
+    StepFormatArgs,
+    apply_peft,
+    checked_features,
+    load_model,
+    pad_id_for,
+    tokenizer_for,
+    truncate_tokenized,
 )
 from reward_models.types import DataError
 
@@ -55,7 +52,7 @@ LABEL_LEVELS = ("step", "outcome")
 
 
 @dataclass
-class ImplicitPRMConfig(_StepFormatArgs, _AdapterArgs, TrainingArguments):
+class ImplicitPRMConfig(StepFormatArgs, AdapterArgs, TrainingArguments):
     """Configuration of :class:`ImplicitPRMTrainer` (all ``TrainingArguments`` fields apply too)."""
 
     beta: float = field(default=0.05, metadata={"help": "Scale of the log-likelihood ratio (the reward is "
@@ -137,7 +134,7 @@ def build_implicit_features(rows: list[StepRow], tokenizer, args: ImplicitPRMCon
         except DataError as e:
             raise e.at(row=i) from None
         scored = [j for j, t in enumerate(targets) if t != IGNORE_INDEX]
-        kept = _truncate_tokenized(tok, args.max_length, scored, args.truncation, args.min_prompt_tokens, stats, i)
+        kept = truncate_tokenized(tok, args.max_length, scored, args.truncation, args.min_prompt_tokens, stats, i)
         if kept is None:
             continue
         ids, prompt_keep, _, n_steps = kept
@@ -158,7 +155,7 @@ def sequence_token_logps(model, input_ids, attention_mask) -> torch.Tensor:
     return F.pad(logp, (1, 0))
 
 
-class ImplicitPRMTrainer(ReliableTrainerMixin, _RewardConfigOnSave, Trainer):
+class ImplicitPRMTrainer(ReliableTrainerMixin, RewardConfigOnSave, Trainer):
     """Train an implicit PRM (see the module docstring).
 
     Args:
@@ -181,13 +178,13 @@ class ImplicitPRMTrainer(ReliableTrainerMixin, _RewardConfigOnSave, Trainer):
             raise TypeError(f"args must be an ImplicitPRMConfig, got {type(args).__name__}")
         if train_dataset is None:
             raise ValueError("train_dataset is required")
-        tokenizer = _tokenizer_for(model, processing_class, args.trust_remote_code)
-        model = _load_model(model, AutoModelForCausalLM, args, tokenizer)
+        tokenizer = tokenizer_for(model, processing_class, args.trust_remote_code)
+        model = load_model(model, AutoModelForCausalLM, args, tokenizer)
         if args.use_peft:  # the reference is the same weights with the adapter switched off
             if ref_model is not None:
                 raise ValueError("with use_peft=True the reference is the base model (adapter disabled): do not "
                                  "pass ref_model")
-            model, ref = _apply_peft(model, args, "CAUSAL_LM", None), None
+            model, ref = apply_peft(model, args, "CAUSAL_LM", None), None
         else:
             ref = ref_model if ref_model is not None else copy.deepcopy(model)
             ref.eval()
@@ -198,13 +195,13 @@ class ImplicitPRMTrainer(ReliableTrainerMixin, _RewardConfigOnSave, Trainer):
 
         def feats(data, split):
             stats = _trunc.empty_stats()
-            out = build_implicit_features(read_step_rows(_rows_of(data)), tokenizer, args, stats)
-            return _ListDataset(_checked_features(out, stats, split, args.max_length, self.truncation_stats))
+            out = build_implicit_features(read_step_rows(rows_of(data)), tokenizer, args, stats)
+            return ListDataset(checked_features(out, stats, split, args.max_length, self.truncation_stats))
 
         train = feats(train_dataset, "train")
         evals = feats(eval_dataset, "eval") if eval_dataset is not None else None
         super().__init__(model=model, args=args, train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
-                         data_collator=data_collator or ImplicitCollator(_pad_id(tokenizer)), **kwargs)
+                         data_collator=data_collator or ImplicitCollator(pad_id_for(tokenizer)), **kwargs)
         self.ref_model = ref.to(self.args.device) if ref is not None else None
         self.can_return_loss = True
         self.label_names = ["step_labels"]
