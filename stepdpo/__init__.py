@@ -14,7 +14,7 @@ _LAZY = {
     "SampledSolution": "sampling",
     "build_step_pairs": "pairs", "build_outcome_pairs": "pairs", "OutcomePair": "pairs", "PairBuildResult": "pairs", "save_pairs": "pairs", "load_pairs": "pairs",
     "StepwiseDPOConfig": "config",
-    "StepwiseDPOTrainer": "trainer", "tokenize_step_pair": "trainer", "tokenize_solution_pair": "trainer", "margin_weights": "trainer",
+    "StepwiseDPOTrainer": "trainer", "tokenize_step_pair": "pair_data", "tokenize_solution_pair": "pair_data", "margin_weights": "pair_data",
     "NoPairsError": "trainer", "ErrorPairOptions": "pairs", "register_loss": "losses", "dpop_loss": "losses",
     "PairLogps": "losses",
     "best_of_n": "decode", "step_beam_search": "decode", "vote_answers": "decode",

@@ -25,11 +25,10 @@ checkpoints - is TRL's own code path):
   gets an in-memory reference copy (TRL would try to reload it by name) unless LoRA is used,
   in which case the reference is the base model with the adapter disabled.
 
->>> from reward_models.testing import tiny_tokenizer
->>> from reward_models.steps import StepFormat
->>> ids = tokenize_step_pair(tiny_tokenizer(), StepFormat(), "Q: 1+2\\n", [], "1+2=3", "1+2=4", is_final=False)
->>> sorted(ids), ids["chosen_ids"][-1] == tiny_tokenizer()("\\n")["input_ids"][-1]
-(['chosen_ids', 'prompt_ids', 'rejected_ids'], True)
+The pairs as a dataset (validation, weights, piecewise tokenization, collation) are in
+:mod:`stepdpo.pair_data`. At ~800 lines this module is one class: its constructor, online pair
+building (sharded over processes), the NLL replay, probe pairs, the loss with its extensions,
+the reference cache and the rounds - the parts share the trainer's state, so they stay together.
 """
 
 from __future__ import annotations
@@ -40,20 +39,17 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import tempfile
 import weakref
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset, Features, List, Value
+from datasets import Dataset
 from trl import DPOTrainer
-from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from reward_models._internals import DPOHooks
 from reward_models._reliability import ReliableTrainerMixin
@@ -63,18 +59,20 @@ from reward_models.types import DataError, StepPair
 from stepdpo import distributed as dist
 from stepdpo.config import StepwiseDPOConfig
 from stepdpo.losses import PairLogps, dpop_penalty, get_loss, sequence_logps
+from stepdpo.pair_data import (
+    PAIR_FEATURES,
+    TOKENIZED_COLUMNS,
+    StepPreferenceCollator,
+    dataset_kind,
+    margin_weights,
+    pairs_to_rows,
+    tokenize_solution_pair,
+    tokenize_step_pair,
+)
 from stepdpo.pairs import OutcomePair, build_step_pairs, pair_from_row, right_samples, save_pairs
-from stepdpo.sampling import StepSampler, VLLMStepSampler, step_piece_ids
+from stepdpo.sampling import StepSampler, VLLMStepSampler
 
 logger = logging.getLogger(__name__)
-
-PAIR_FEATURES = Features({
-    "prompt": Value("string"), "prefix_steps": List(Value("string")), "chosen": Value("string"),
-    "rejected": Value("string"), "is_final": Value("bool"), "margin": Value("float32"),
-    "pair_weight": Value("float32"),
-})
-TOKENIZED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
-
 
 PAIR_LOSS_WEIGHT_WITH_REPLAY = 0.01  # the default weight of pair losses next to the NLL replay (see __init__)
 
@@ -88,80 +86,6 @@ class NoPairsError(ValueError):
     """A round of pair building from prompts produced no pair (the stats in the message say why)."""
 
 
-# -- small pure functions -------------------------------------------------------------------------
-def margin_weights(margins: Sequence[float], mode: str = "none", scale: float = 1.0) -> list[float]:
-    """Per-pair loss weights from reward margins, normalized to mean 1.
-
-    ``"none"``: all 1. ``"margin"``: proportional to ``max(margin, 0)``. ``"sigmoid"``:
-    proportional to ``sigmoid(scale * margin)``. All-zero margins give all-1 weights.
-
-    >>> margin_weights([1.0, 3.0], "margin")
-    [0.5, 1.5]
-    >>> [round(w, 3) for w in margin_weights([0.0, 2.0], "sigmoid")]
-    [0.724, 1.276]
-    """
-    if mode == "none" or not margins:
-        return [1.0] * len(margins)
-    if mode == "margin":
-        raw = [max(float(m), 0.0) for m in margins]
-    elif mode == "sigmoid":
-        raw = [1.0 / (1.0 + math.exp(-scale * float(m))) for m in margins]
-    else:
-        raise ValueError(f"unknown margin weighting {mode!r}; expected 'none', 'margin' or 'sigmoid'")
-    mean = sum(raw) / len(raw)
-    if mean <= 0:
-        return [1.0] * len(margins)
-    return [r / mean for r in raw]
-
-
-def tokenize_step_pair(tokenizer, step_format: StepFormat, prompt: str, prefix_steps: Sequence[str], chosen: str,
-                       rejected: str, is_final: bool = False) -> dict[str, list[int]]:
-    """Ids of one step pair, built piecewise.
-
-    ``prompt_ids`` = ``step_format.tokenize(tok, prompt, prefix, complete=False).input_ids``
-    (what the sampler generates from); ``chosen_ids``/``rejected_ids`` = the ids of the step's
-    piece (``step + tag + separator``, or the final-step layout when ``is_final``), plus EOS only
-    when ``is_final``.
-    """
-    out: dict[str, list[int]] = {}
-    for name, step in (("chosen_ids", chosen), ("rejected_ids", rejected)):
-        out["prompt_ids"], out[name] = step_piece_ids(tokenizer, step_format, prompt, prefix_steps, step, is_final)
-    return out
-
-
-def _end_with_eos(tokenizer, ids: list[int], what: str) -> list[int]:
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"the tokenizer has no EOS token to end {what} with")
-    return ids + [tokenizer.eos_token_id]
-
-
-def tokenize_solution_pair(tokenizer, step_format: StepFormat, prompt: str, chosen_steps: Sequence[str],
-                           rejected_steps: Sequence[str], chosen_finished: bool = True,
-                           rejected_finished: bool = True) -> dict[str, list[int]]:
-    """Ids of one whole-solution (outcome-level) pair, built piecewise like :func:`tokenize_step_pair`.
-
-    ``prompt_ids`` = the prompt's ids; ``chosen_ids``/``rejected_ids`` = every step's piece of
-    the solution (the complete layout of the step format), plus EOS when the policy ended that
-    solution (``*_finished``), exactly the ids the sampler generated.
-
-    >>> from reward_models.testing import tiny_tokenizer
-    >>> tok = tiny_tokenizer()
-    >>> ids = tokenize_solution_pair(tok, StepFormat(), "Q: 1+2\\n", ["1+2=3", "Answer: 3"], ["1+2=4"], True, False)
-    >>> ids["chosen_ids"][-1] == tok.eos_token_id, ids["rejected_ids"][-1] == tok.eos_token_id
-    (True, False)
-    """
-    out = {"prompt_ids": step_format.tokenize(tokenizer, prompt, [], complete=False).input_ids}
-    for name, steps, finished in (("chosen_ids", chosen_steps, chosen_finished),
-                                  ("rejected_ids", rejected_steps, rejected_finished)):
-        if not steps:
-            raise DataError("a solution of an outcome pair has no steps", field=name.replace("_ids", "_steps"))
-        enc = step_format.tokenize(tokenizer, prompt, list(steps), complete=bool(finished))
-        assert enc.input_ids[: enc.prompt_len] == out["prompt_ids"], "piecewise tokenization must keep the prompt"
-        ids = enc.input_ids[enc.prompt_len:]
-        out[name] = _end_with_eos(tokenizer, ids, "a finished solution") if finished else ids
-    return out
-
-
 def _trl_version() -> str:
     import trl
 
@@ -171,53 +95,6 @@ def _trl_version() -> str:
 def _scale_grad(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Same value as ``x``; the gradient flowing into ``x`` is multiplied by ``scale``."""
     return x * scale + (x * (1 - scale)).detach()
-
-
-@dataclass
-class StepPreferenceCollator(DataCollatorForPreference):
-    """TRL's preference collator, also passing each pair's ``pair_weight`` (shape ``(B,)``)."""
-
-    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        out = super().torch_call(examples)
-        if "pair_weight" in examples[0]:
-            out["pair_weight"] = torch.tensor([float(e["pair_weight"]) for e in examples], dtype=torch.float32)
-        return out
-
-
-# -- dataset shaping --------------------------------------------------------------------------------
-def pairs_to_rows(pairs: Sequence[StepPair | dict], margin_weighting: str = "none", scale: float = 1.0,
-                  source: str = "train_dataset", step_format: StepFormat | None = None) -> list[dict[str, Any]]:
-    """Validated rows (``PAIR_FEATURES`` columns) from StepPairs or dicts of either pair format
-    (Step-DPO rows are split into steps with ``step_format``)."""
-    checked = []
-    for n, p in enumerate(pairs):
-        try:
-            if isinstance(p, dict):
-                p = pair_from_row({k: v for k, v in p.items() if k != "pair_weight"}, step_format)
-            elif not isinstance(p, StepPair):
-                raise DataError(f"expected a StepPair or a dict, got {type(p).__name__}")
-        except DataError as e:
-            raise e.at(source=source, row=n) from None
-        except TypeError as e:  # a dict missing required fields
-            raise DataError(str(e), source=source, row=n) from None
-        checked.append(p)
-    weights = margin_weights([p.margin for p in checked], margin_weighting, scale)
-    return [{"prompt": p.prompt, "prefix_steps": list(p.prefix_steps), "chosen": p.chosen, "rejected": p.rejected,
-             "is_final": p.is_final, "margin": float(p.margin), "pair_weight": float(p.weight) * w}
-            for p, w in zip(checked, weights)]
-
-
-def _dataset_kind(dataset) -> str:
-    cols = set(getattr(dataset, "column_names", None) or next(iter(dataset)).keys())
-    if set(TOKENIZED_COLUMNS) <= cols:
-        return "tokenized"
-    if "chosen_steps" in cols:
-        return "solutions"
-    if "prefix_steps" in cols or "initial_reason_steps" in cols:
-        return "pairs"
-    if "prompt" in cols and "chosen" not in cols:
-        return "prompts"
-    return "trl"
 
 
 def default_judge(model, tokenizer, step_format: StepFormat, verification_prompt: str | None = None):
@@ -312,11 +189,11 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
                 train_dataset = Dataset.from_dict({"prompt": items})
             elif all(isinstance(p, OutcomePair) for p in items):
                 train_dataset = Dataset.from_list([p.to_dict() for p in items])
-            elif all(isinstance(p, dict) for p in items) and _dataset_kind(items) != "pairs":
+            elif all(isinstance(p, dict) for p in items) and dataset_kind(items) != "pairs":
                 train_dataset = Dataset.from_list(items)
             else:
                 train_dataset = to_rows(items, "train_dataset")
-        kind = _dataset_kind(train_dataset)
+        kind = dataset_kind(train_dataset)
         if kind == "pairs" and not isinstance(train_dataset, Dataset):
             raise TypeError("step pairs must be given as a list or a datasets.Dataset")
         if kind == "pairs" and "pair_weight" not in train_dataset.column_names:
@@ -685,7 +562,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
         is used for ordinary DPO data only: its own tokenization appends EOS to every
         completion and tokenizes prompt+completion jointly, both wrong for steps.
         """
-        kind = _dataset_kind(dataset)
+        kind = dataset_kind(dataset)
         if kind == "trl":
             return trl_prepare(dataset, processing_class, args, dataset_name)
         if kind == "prompts":
@@ -877,7 +754,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
         """
         from safetensors.torch import load_file, save_file
 
-        if _dataset_kind(dataset) == "prompts":
+        if dataset_kind(dataset) == "prompts":
             return dataset  # round 0's pairs are built (and precomputed) once the policy is on its device
         for col in ("ref_chosen_logps", "ref_rejected_logps"):
             if col in dataset.column_names:
