@@ -34,6 +34,10 @@ bad rows are skipped, counted in :class:`LoadStats`, logged, and written to ``re
 >>> rows = [{"input": "Q: 1+2?", "value": ["1+2=3", "Answer: 3"], "label": ["+", "+"]}]
 >>> [s.labels for s in convert_rows(rows)]
 [[1.0, 1.0]]
+
+Why one ~800-line module: the format table and its converters are the one parser per format that
+every route uses (load_samples, load_pairs, the trainer's rows); keeping them beside the readers
+keeps the formats in one place, as ``trl/data_utils.py`` does.
 """
 
 from __future__ import annotations

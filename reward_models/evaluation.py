@@ -21,6 +21,9 @@ a step **score** is the reward model's output (higher = better) and is *predicte
 1.0
 >>> predict_first_error([0.9, 0.3, 0.8], threshold=0.5)
 1
+
+Why one ~530-line module: the metric functions and the drivers that batch a reward model over
+samples are read together (each driver's numbers are the functions above it).
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ means ``verification``; a ``...ForTokenClassification`` directory means ``head``
 
 Scores are probabilities (``output="prob"``) or log-odds (``"logodds"``); a 3-class head maps
 the neutral class by ``neutral``: ``"positive"`` (counts as good), ``"negative"`` or ``"half"``.
+
+Why one ~560-line module: the three backends share settings, saving/loading and the reference-
+API wrappers of one class.
 """
 
 from __future__ import annotations

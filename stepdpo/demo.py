@@ -29,6 +29,9 @@ From nothing, in one run:
    PRM and PRM-weighted voting vs majority vote over the same samples, at the sampling temperature
    that works best on validation problems, under each step-score aggregation.
 8. **Report** - ``metrics.json``, ``report.md`` and PNG plots in the output directory.
+
+Why one ~750-line module: it is the demo script - stages, plots and the report read top to
+bottom in the order they run.
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ Pairs save to / load from JSONL (every :class:`StepPair` field) and the Step-DPO
 ('pair', 0, 1)
 >>> select_pair([0.9, 0.8], threshold=0.5), select_pair([0.1, 0.2], threshold=0.5)
 (('all_good', None, None), ('all_bad', None, None))
+
+Why one ~770-line module: both pair strategies, outcome pairs and the pair files share the
+selection rules and the statistics keys; the dataset side of pairs is in
+:mod:`stepdpo.pair_data`.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ Data sources (``dataset_name``):
 {'n_layer': 4, 'n_embd': 128, 'n_head': 4}
 >>> parse_arith_spec("arith:50"), parse_arith_spec("gsm8k")
 (50, None)
+
+Why one ~520-line module: it is what every command shares (parsing, loading, data routing,
+answer checkers); splitting it would spread each command's setup over several files.
 """
 
 from __future__ import annotations
