@@ -45,20 +45,31 @@ logger = logging.getLogger(__name__)
 TINY_PREFIX = "tiny-gpt2"
 ARITH_PREFIX = "arith"
 DEFAULT_ARITH_SIZE = 256
-META_KEYS = ("command",)  # recipe keys read by the command line itself, not by the dataclasses
 DRY_RUN_SAMPLES = 8
 DRY_RUN_STEPS = 2
 
 
 # -- parsing -------------------------------------------------------------------------------------
+@dataclass
+class RecipeArguments:
+    """Keys of a recipe read by the command line itself."""
+
+    _argument_group_name = "recipe"
+
+    command: str | None = field(default=None, metadata={
+        "help": "The command a --config recipe is for (a recipe's `command:` key); it must match the command run."})
+
+
 def make_trl_parser(dataclass_types: Sequence[type], prog: str, description: str, epilog: str = ""):
-    """A ``TrlParser`` with a readable description (kept verbatim) and usage examples."""
+    """A ``TrlParser`` over the command's dataclasses (plus :class:`RecipeArguments`), with a
+    readable description (kept verbatim) and usage examples."""
     import argparse
 
     from trl import TrlParser
 
-    return TrlParser(tuple(dataclass_types), prog=prog, usage=f"{prog} [--config FILE.yaml] [--option value ...]",
-                     description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return TrlParser((*dataclass_types, RecipeArguments), prog=prog,
+                     usage=f"{prog} [--config FILE.yaml] [--option value ...]", description=description,
+                     epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
@@ -76,33 +87,28 @@ def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def parse(parser, argv: Sequence[str] | None, command: str | None = None) -> tuple:
-    """Parse ``argv`` (``--config file.yaml`` plus ``--option value`` overrides) into the
-    parser's dataclasses, like ``TrlParser.parse_args_and_config``.
-
-    The recipe's ``env:`` mapping is exported; a top-level ``command:`` key names the command
-    the recipe is for and must match ``command``. Unknown keys are an error naming them.
+    """``argv`` (``--config recipe.yaml`` plus ``--option value`` overrides) parsed by TRL's
+    ``TrlParser.parse_args_and_config`` into the command's dataclasses (the recipe's ``env:``
+    mapping is exported by TRL). A recipe's ``command:`` must name ``command``; unknown keys
+    and unknown options are errors that name them.
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    source = "the command line"
     if "--config" in args:
         i = args.index("--config")
         if i + 1 >= len(args):
             raise SystemExit("--config needs a file path")
-        path = args[i + 1]
-        del args[i:i + 2]
-        cfg = read_recipe(path)
-        meant = cfg.pop("command", None)
-        if command is not None and meant is not None and meant != command:
-            raise SystemExit(f"{path} is a recipe for `stepdpo {meant}`, not `stepdpo {command}`")
-        env = cfg.pop("env", {}) or {}
-        if not isinstance(env, dict):
-            raise SystemExit(f"{path}: `env` must be a mapping of VARIABLE: value")
-        for key, value in env.items():
-            os.environ[str(key)] = str(value)
-        unknown = parser.set_defaults_with_config(**cfg)
-        if unknown:
-            names = sorted({u[2:] for u in unknown if u.startswith("--")})
-            raise SystemExit(f"{path}: unknown option(s) {names} for `{parser.prog}`; see `{parser.prog} --help`")
-    return parser.parse_args_into_dataclasses(args=args)
+        source = args[i + 1]
+        read_recipe(source)  # a missing file or a non-mapping: a clear error before TRL reads it
+    *parsed, recipe, from_config, from_args = parser.parse_args_and_config(
+        args, return_remaining_strings=True, separate_remaining_strings=True)
+    if command is not None and recipe.command is not None and recipe.command != command:
+        raise SystemExit(f"{source} is a recipe for `stepdpo {recipe.command}`, not `stepdpo {command}`")
+    for where, rest in ((source, from_config), ("the command line", from_args)):
+        names = sorted({r[2:] for r in rest if r.startswith("--")}) or rest
+        if names:
+            raise SystemExit(f"{where}: unknown option(s) {names} for `{parser.prog}`; see `{parser.prog} --help`")
+    return tuple(parsed)
 
 
 def run(module, argv: Sequence[str] | None = None, command: str | None = None):

@@ -380,3 +380,17 @@ def test_evaluate_compares_per_problem_results(tmp_path):
     with pytest.raises(SystemExit, match="lacks 1 of the 5 problems"):
         compare_per_problem(after + [{"prompt": "Q9", "greedy": True}], str(path))
 
+
+
+def test_option_typos_give_one_line_errors(tmp_path):
+    """TRL's parser reads recipes and options; an unknown option, on the command line or in a
+    recipe, is one line naming it (not a traceback), and the exit status says it failed."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("command: decode\nbeam_widht: 3\n")
+    for argv in (["decode", "--beam_widht", "3"], ["decode", "--config", str(recipe)]):
+        proc = subprocess.run([sys.executable, "-m", "stepdpo.cli", *argv], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+        assert proc.returncode != 0
+        lines = [x for x in proc.stderr.splitlines() if x.strip()]
+        assert len(lines) <= 2 and "unknown option(s) ['beam_widht']" in lines[-1], proc.stderr
+        assert "Traceback" not in proc.stderr
