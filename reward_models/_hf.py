@@ -84,6 +84,14 @@ def load_tokenizer(path: str | Path, **kwargs):
     return AutoTokenizer.from_pretrained(str(path), **kwargs)
 
 
+def safe_from_pretrained(auto_cls, name: str | Path, *, trust_remote_code: bool = False, **kwargs):
+    """``auto_cls.from_pretrained(name)`` the project's one way: weights from safetensors only (a
+    folder holding pickled weights is refused first, naming the file), no model code from the
+    folder unless ``trust_remote_code``. Every loader of the two packages goes through it."""
+    refuse_pickles(name)
+    return auto_cls.from_pretrained(str(name), use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs)
+
+
 def load_hf_model(auto_cls, path: str | Path, *, device=None, dtype=None, trust_remote_code: bool = False,
                   **model_kwargs):
     """Load ``auto_cls`` weights from ``path`` (safetensors only); a LoRA adapter dir loads through peft.
@@ -95,8 +103,7 @@ def load_hf_model(auto_cls, path: str | Path, *, device=None, dtype=None, trust_
     ``adapter_config.json``; the adapter (and any ``modules_to_save`` head) is applied on top.
     """
     path = Path(path)
-    refuse_pickles(path)
-    kwargs = dict(use_safetensors=True, trust_remote_code=trust_remote_code, **model_kwargs)
+    kwargs = dict(trust_remote_code=trust_remote_code, **model_kwargs)
     if dtype is not None:
         kwargs["dtype"] = dtype
     if is_adapter_dir(path):
@@ -107,11 +114,11 @@ def load_hf_model(auto_cls, path: str | Path, *, device=None, dtype=None, trust_
         base_path = read_json(path / ADAPTER_CONFIG).get("base_model_name_or_path")
         if not base_path:
             raise ValueError(f"{path / ADAPTER_CONFIG}: missing key 'base_model_name_or_path' (the base model)")
-        refuse_pickles(base_path)
-        base = auto_cls.from_pretrained(str(base_path), **kwargs)
+        refuse_pickles(path)
+        base = safe_from_pretrained(auto_cls, base_path, **kwargs)
         model = PeftModel.from_pretrained(base, str(path))
     else:
-        model = auto_cls.from_pretrained(str(path), **kwargs)
+        model = safe_from_pretrained(auto_cls, path, **kwargs)
     if model_kwargs.get("device_map") is None and model_kwargs.get("quantization_config") is None:
         model.to(default_device(device))  # device_map / quantized models are placed by transformers
     model.eval()

@@ -248,13 +248,11 @@ def find_head_name(model) -> str | None:
 def load_model(model, auto_cls, args, tokenizer, **kwargs):
     """Load ``model`` (a path) with ``auto_cls`` safely, or return the given model."""
     if isinstance(model, (str, os.PathLike)):
-        from reward_models.base import refuse_pickles
+        from reward_models._hf import safe_from_pretrained
 
-        refuse_pickles(model)
         quant = args.quantization_config()
         extra = {"quantization_config": quant} if quant is not None else {}
-        model = auto_cls.from_pretrained(str(model), use_safetensors=True, trust_remote_code=args.trust_remote_code,
-                                         **kwargs, **extra)
+        model = safe_from_pretrained(auto_cls, model, trust_remote_code=args.trust_remote_code, **kwargs, **extra)
         if quant is not None:
             from peft import prepare_model_for_kbit_training
 

@@ -257,6 +257,7 @@ def train_prm(cfg: DemoConfig, tokenizer, policy_dir: Path, train_samples, outpu
     or a fresh model of the policy's size); save it to ``output_dir/prm``; returns (path, log history)."""
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
+    from reward_models._hf import safe_from_pretrained
     from reward_models.testing import tiny_causal_lm, tiny_token_classifier
     from stepdpo.tasks.arith import STEP_FORMAT
 
@@ -270,9 +271,9 @@ def train_prm(cfg: DemoConfig, tokenizer, policy_dir: Path, train_samples, outpu
     if cfg.prm_backbone == "fresh":
         model = tiny_token_classifier(tokenizer, num_labels=2, **size) if head else tiny_causal_lm(tokenizer, **size)
     elif head:
-        model = AutoModelForTokenClassification.from_pretrained(policy_dir, num_labels=2, use_safetensors=True)
+        model = safe_from_pretrained(AutoModelForTokenClassification, policy_dir, num_labels=2)
     else:
-        model = AutoModelForCausalLM.from_pretrained(policy_dir, use_safetensors=True)
+        model = safe_from_pretrained(AutoModelForCausalLM, policy_dir)
     run_dir, prm_dir = output_dir / "prm_run", output_dir / "prm"
     common = dict(output_dir=str(run_dir), max_steps=cfg.prm_steps, learning_rate=cfg.prm_lr,
                   per_device_train_batch_size=cfg.prm_batch, logging_steps=10, save_strategy="no", report_to=[],
@@ -485,7 +486,9 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
         if cfg.policy_path:
             from transformers import AutoModelForCausalLM
 
-            policy, sft_log = AutoModelForCausalLM.from_pretrained(cfg.policy_path, use_safetensors=True), []
+            from reward_models._hf import safe_from_pretrained
+
+            policy, sft_log = safe_from_pretrained(AutoModelForCausalLM, cfg.policy_path), []
             policy.save_pretrained(out / "policy_sft", safe_serialization=True)
             tok.save_pretrained(out / "policy_sft")
         else:

@@ -205,9 +205,11 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
             if isinstance(model, str):
                 from transformers import AutoModelForCausalLM
 
+                from reward_models._hf import safe_from_pretrained
+
                 init = dict(args.model_init_kwargs or {})
                 init.setdefault("trust_remote_code", args.trust_remote_code)
-                model = AutoModelForCausalLM.from_pretrained(model, use_safetensors=True, **init)
+                model = safe_from_pretrained(AutoModelForCausalLM, model, **init)
             if processing_class is None:
                 from transformers import AutoTokenizer
 

@@ -230,10 +230,9 @@ def load_causal_lm(name: str, model_args=None, *, trust_remote_code: bool = Fals
     check_quantization(model_args)
     from transformers import AutoModelForCausalLM
 
-    from reward_models.base import refuse_pickles
+    from reward_models._hf import safe_from_pretrained
 
-    refuse_pickles(name)
-    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {}
     if model_args is not None:
         from trl import get_quantization_config
 
@@ -250,7 +249,7 @@ def load_causal_lm(name: str, model_args=None, *, trust_remote_code: bool = Fals
         if quant is not None:
             kwargs["quantization_config"] = quant
             kwargs["device_map"] = kbit_device_map()
-    return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    return safe_from_pretrained(AutoModelForCausalLM, name, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def bf16_available() -> bool:
