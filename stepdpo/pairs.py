@@ -44,7 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from reward_models.base import aggregate as aggregate_scores
 from reward_models.base import as_reward_model
@@ -309,6 +309,22 @@ def _nan_count(row: Sequence[float]) -> int:
     return sum(1 for v in row if math.isnan(v))
 
 
+class _FoundError(NamedTuple):
+    """The first error of a sampled solution: the prompt's index, the solution, the error step's
+    index (its depth), the judge's score of it and the ensemble's disagreement (or None)."""
+
+    prompt: int
+    solution: Any
+    depth: int
+    score: float
+    std: float | None
+
+    @property
+    def prefix(self) -> list[str]:
+        """The steps before the error (the correct prefix rollouts continue from)."""
+        return self.solution.steps[: self.depth]
+
+
 def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, answers, checker,
                  max_uncertainty, stats, solutions=None, opts: ErrorPairOptions | None = None) -> list[StepPair]:
     opts = opts or ErrorPairOptions()
@@ -336,7 +352,8 @@ def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps,
         wrong_ids.update(id(s) for s, ok in zip(row, right) if verify and not ok)
     scores, unc = _score(rm, [prompts[i] for i, _ in flat], [s.steps for _, s in flat], max_uncertainty is not None)
     # locate the first error of each solution; the same error in several solutions is one group
-    errors, seen_errors = [], set()  # errors: (prompt index, solution, error index, rejected score, rejected std)
+    errors: list[_FoundError] = []
+    seen_errors = set()
     for n, ((i, sol), row) in enumerate(zip(flat, scores)):
         first = next((d for d, v in enumerate(row) if math.isnan(v) or v < threshold), None)
         if first is None and opts.error_in_wrong == "lowest" and id(sol) in wrong_ids and row:
@@ -353,25 +370,27 @@ def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps,
             stats["duplicate_errors"] += 1
             continue
         seen_errors.add(key)
-        errors.append((i, sol, first, row[first], None if unc is None else unc[n][first]))
+        errors.append(_FoundError(i, sol, first, row[first], None if unc is None else unc[n][first]))
     if not errors:
         return [], record
     cands = _continuations(prompts, errors, roller, fmt, n_cont, max_steps, answers, checker,
                            verify and opts.chosen_rule != "judge", stats, record)
-    items = [(n, c) for n, row in enumerate(cands) for c in row]  # (error index, candidate)
-    c_scores, c_unc = _score(rm, [prompts[errors[n][0]] for n, _ in items],
-                             [errors[n][1].steps[: errors[n][2]] + [c.text] for n, c in items],
-                             max_uncertainty is not None)
-    groups: dict[int, list[int]] = {}
-    for m, (n, _c) in enumerate(items):
-        groups.setdefault(n, []).append(m)
+    items = [(errors[n], c) for n, row in enumerate(cands) for c in row]  # (error, candidate step)
+    candidates = [c for _, c in items]
+    c_scores, c_unc = _score(rm, [prompts[err.prompt] for err, _ in items],
+                             [err.prefix + [c.text] for err, c in items], max_uncertainty is not None)
+    groups: dict[int, list[int]] = {}  # error index -> indices of its candidates in items
+    start = 0
+    for n, row in enumerate(cands):
+        groups[n] = list(range(start, start + len(row)))
+        start += len(row)
     rule = opts.chosen_rule if verify else "judge"
     pairs, per_prompt = [], Counter()
     for n, (i, sol, e, r_score, r_std) in enumerate(errors):
         stats["n_groups"] += 1
         good, judged_good = [], 0
         for m in groups.get(n, []):
-            v, verified = c_scores[m][-1], rule != "judge" and bool(items[m][1].verified)
+            v, verified = c_scores[m][-1], rule != "judge" and bool(candidates[m].verified)
             if math.isnan(v):
                 stats["rejected_nan"] += 1
                 continue
@@ -389,8 +408,8 @@ def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps,
             stats[f"skipped_{outcome}"] += 1
             continue
         verified_first = rule != "judge"
-        good.sort(key=lambda m: (-(verified_first and bool(items[m][1].verified)), -c_scores[m][-1],
-                                 -items[m][1].count, items[m][1].text))
+        good.sort(key=lambda m: (-(verified_first and bool(candidates[m].verified)), -c_scores[m][-1],
+                                 -candidates[m].count, candidates[m].text))
         made = 0
         for m in good[: opts.pairs_per_error]:
             if max_uncertainty is not None and max(c_unc[m][-1], r_std) > max_uncertainty:
@@ -399,7 +418,7 @@ def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps,
             if opts.max_pairs_per_prompt is not None and per_prompt[i] >= opts.max_pairs_per_prompt:
                 stats["capped_per_prompt"] += 1
                 continue
-            cand = items[m][1]
+            cand = candidates[m]
             rejected_final = sol.finished and e == len(sol.steps) - 1
             stats["chosen_verified" if cand.verified else "chosen_judge_only"] += 1
             per_prompt[i] += 1
