@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stepdpo.commands import _common as C
+from stepdpo.commands import _common as common
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,9 @@ class RewardScriptArguments:
 
 
 def shrink_for_dry_run(script_args, training_args) -> None:
-    script_args.max_samples = min(script_args.max_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
-    script_args.max_eval_samples = min(script_args.max_eval_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
-    training_args.max_steps = C.DRY_RUN_STEPS
+    script_args.max_samples = min(script_args.max_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
+    script_args.max_eval_samples = min(script_args.max_eval_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
+    training_args.max_steps = common.DRY_RUN_STEPS
     training_args.save_strategy = "no"
     training_args.eval_strategy = "no"
     training_args.logging_steps = 1
@@ -58,7 +58,7 @@ def read(script_args, step_format, seed: int, eval_: bool = False):
     source = script_args.eval_dataset_name if eval_ else script_args.dataset_name
     if not source:
         return None
-    return C.read_data(source, split=script_args.eval_split if eval_ else script_args.dataset_split,
+    return common.read_data(source, split=script_args.eval_split if eval_ else script_args.dataset_split,
                        config=script_args.dataset_config,
                        max_samples=script_args.max_eval_samples if eval_ else script_args.max_samples,
                        step_format=step_format, arith_error_rate=script_args.arith_error_rate, seed=seed,
@@ -71,9 +71,9 @@ def model_and_tokenizer(script_args, build_tiny, trust_remote_code: bool, seed: 
     name = script_args.model_name_or_path
     if not name:
         raise SystemExit("no base model given: set model_name_or_path (a hub id, a folder, or tiny-gpt2)")
-    if C.is_tiny(name):
-        name = C.save_tiny_base(name, build_tiny, output_dir, seed)
-    return name, C.load_tokenizer(name, trust_remote_code)
+    if common.is_tiny(name):
+        name = common.save_tiny_base(name, build_tiny, output_dir, seed)
+    return name, common.load_tokenizer(name, trust_remote_code)
 
 
 def train_and_save(trainer, training_args, command: str, **counts: int) -> dict[str, Any]:
@@ -97,7 +97,7 @@ def evaluate_saved(output_dir: str, samples, title: str) -> dict[str, Any]:
     flat_l = [v for s in samples for v in s.labels]
     if flat_s and all(0.0 <= v <= 1.0 for v in flat_s):
         reliability_diagram(flat_s, flat_l, Path(output_dir) / "calibration.png", title=f"{title}: reliability")
-    C.write_json(Path(output_dir) / "eval_metrics.json", metrics)
+    common.write_json(Path(output_dir) / "eval_metrics.json", metrics)
     return metrics
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepdpo import distributed as dist
-from stepdpo.commands import _common as C
+from stepdpo.commands import _common as common
 
 COMMAND = "build-pairs"
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class ScriptArguments:
 def make_parser(prog: str = "stepdpo build-pairs"):
     from trl import ModelConfig
 
-    return C.make_trl_parser((ScriptArguments, ModelConfig), prog, DESCRIPTION, EPILOG)
+    return common.make_trl_parser((ScriptArguments, ModelConfig), prog, DESCRIPTION, EPILOG)
 
 
 def main(script_args: ScriptArguments, model_args) -> dict:
@@ -120,39 +120,38 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     from stepdpo.pairs import build_step_pairs, save_pairs
     from stepdpo.sampling import StepSampler
 
-    a = script_args
-    if a.output_format not in ("jsonl", "step_dpo"):
-        raise SystemExit(f"output_format must be 'jsonl' or 'step_dpo', got {a.output_format!r}")
-    if a.dry_run:
-        a.max_samples = min(a.max_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
-        a.num_candidates = min(a.num_candidates, 2)
-        a.num_continuations = min(a.num_continuations, 2)
-        a.sample_temperature = a.sample_temperature or 1.0  # a barely trained policy: sampled solutions have errors
-        a.max_solution_steps = min(a.max_solution_steps, 3)
-        a.sample_max_new_tokens = min(a.sample_max_new_tokens, 16)
+    if script_args.output_format not in ("jsonl", "step_dpo"):
+        raise SystemExit(f"output_format must be 'jsonl' or 'step_dpo', got {script_args.output_format!r}")
+    if script_args.dry_run:
+        script_args.max_samples = min(script_args.max_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
+        script_args.num_candidates = min(script_args.num_candidates, 2)
+        script_args.num_continuations = min(script_args.num_continuations, 2)
+        script_args.sample_temperature = script_args.sample_temperature or 1.0  # a barely trained policy: sampled solutions have errors
+        script_args.max_solution_steps = min(script_args.max_solution_steps, 3)
+        script_args.sample_max_new_tokens = min(script_args.sample_max_new_tokens, 16)
     name = model_args.model_name_or_path
     if not name:
         raise SystemExit("no policy given: set model_name_or_path")
-    fmt = StepFormat(separator=a.step_separator, tag=a.step_tag)
-    data = C.read_data(a.dataset_name, split=a.dataset_split, config=a.dataset_config, max_samples=a.max_samples,
-                       step_format=fmt, prompt_column=a.prompt_column, answer_column=a.answer_column,
-                       prompt_template=a.prompt_template, seed=a.seed)
-    prompts, answers = C.unique_prompts(data.prompts, data.answers)
-    tokenizer = C.load_tokenizer(name, a.trust_remote_code, model_args.model_revision)
-    model = C.to_device(C.load_causal_lm(name, model_args, trust_remote_code=a.trust_remote_code, seed=a.seed))
+    fmt = StepFormat(separator=script_args.step_separator, tag=script_args.step_tag)
+    data = common.read_data(script_args.dataset_name, split=script_args.dataset_split, config=script_args.dataset_config, max_samples=script_args.max_samples,
+                       step_format=fmt, prompt_column=script_args.prompt_column, answer_column=script_args.answer_column,
+                       prompt_template=script_args.prompt_template, seed=script_args.seed)
+    prompts, answers = common.unique_prompts(data.prompts, data.answers)
+    tokenizer = common.load_tokenizer(name, script_args.trust_remote_code, model_args.model_revision)
+    model = common.to_device(common.load_causal_lm(name, model_args, trust_remote_code=script_args.trust_remote_code, seed=script_args.seed))
     model.eval()
-    judge = C.reward_model_from_spec(a.reward_model, policy=model, tokenizer=tokenizer, step_format=fmt)
+    judge = common.reward_model_from_spec(script_args.reward_model, policy=model, tokenizer=tokenizer, step_format=fmt)
     def sampler_at(temperature, seed):
-        return StepSampler(model, tokenizer, fmt, max_new_tokens=a.sample_max_new_tokens, temperature=temperature,
-                           top_p=a.sample_top_p, batch_size=a.sample_batch_size, seed=seed)
+        return StepSampler(model, tokenizer, fmt, max_new_tokens=script_args.sample_max_new_tokens, temperature=temperature,
+                           top_p=script_args.sample_top_p, batch_size=script_args.sample_batch_size, seed=seed)
 
-    sampler, roller = sampler_at(a.sample_temperature, a.seed), sampler_at(a.rollout_temperature, a.seed + 104729)
+    sampler, roller = sampler_at(script_args.sample_temperature, script_args.seed), sampler_at(script_args.rollout_temperature, script_args.seed + 104729)
     options = {"rollout_sampler": roller}
-    if a.pair_strategy == "first_error":
-        options.update(num_continuations=a.num_continuations, chosen_rule=a.chosen_rule,
-                       pairs_per_error=a.pairs_per_error, max_pairs_per_prompt=a.max_pairs_per_prompt,
-                       max_logp_gap=a.max_logp_gap)
-    check = C.use_answers(a.check_answers, answers, data.checker)
+    if script_args.pair_strategy == "first_error":
+        options.update(num_continuations=script_args.num_continuations, chosen_rule=script_args.chosen_rule,
+                       pairs_per_error=script_args.pairs_per_error, max_pairs_per_prompt=script_args.max_pairs_per_prompt,
+                       max_logp_gap=script_args.max_logp_gap)
+    check = common.use_answers(script_args.check_answers, answers, data.checker)
     # several processes: each samples and judges its own slice of the problems; the pairs are gathered in order
     dist.check_same([prompts, None if answers is None else [repr(x) for x in answers]], "problems",
                     "Every process must read the same dataset (same --dataset_name, --max_samples and --seed).")
@@ -160,13 +159,13 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     pairs, stats = [], Counter()
     idx = list(range(start, stop))
     bar = tqdm(total=len(idx), desc="building step pairs", unit="problem", disable=not dist.is_main_process())
-    for chunk in C.chunks(idx, a.prompts_per_batch):
+    for chunk in common.chunks(idx, script_args.prompts_per_batch):
         extra = {}
         if check:
             extra = {"answers": [answers[i] for i in chunk], "answer_checker": data.checker}
-        res = build_step_pairs([prompts[i] for i in chunk], sampler, judge, strategy=a.pair_strategy,
-                               k=a.num_candidates, threshold=a.score_threshold, min_margin=a.min_pair_margin,
-                               max_steps=a.max_solution_steps, max_uncertainty=a.max_uncertainty, **extra,
+        res = build_step_pairs([prompts[i] for i in chunk], sampler, judge, strategy=script_args.pair_strategy,
+                               k=script_args.num_candidates, threshold=script_args.score_threshold, min_margin=script_args.min_pair_margin,
+                               max_steps=script_args.max_solution_steps, max_uncertainty=script_args.max_uncertainty, **extra,
                                **options)
         pairs.extend(res.pairs)
         stats.update(res.stats)
@@ -178,13 +177,13 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     for part in dist.gather_object(dict(stats)):  # every process's counts, summed
         total.update(part)
     stats = total
-    path = Path(a.output_file)
+    path = Path(script_args.output_file)
     summary = {"command": COMMAND, "problems": len(prompts), "pairs": len(pairs), "output_file": str(path),
                "processes": dist.world()[0], "stats": dict(stats)}
     if dist.is_main_process():  # one writer; the others return the same summary
-        save_pairs(path, pairs, format=a.output_format, step_format=fmt)
-        C.write_json(path.with_name(path.name + ".stats.json"), summary)
-        C.print_summary(COMMAND, {k: v for k, v in summary.items() if k != "stats"} | {"outcomes": dict(stats)})
+        save_pairs(path, pairs, format=script_args.output_format, step_format=fmt)
+        common.write_json(path.with_name(path.name + ".stats.json"), summary)
+        common.print_summary(COMMAND, {k: v for k, v in summary.items() if k != "stats"} | {"outcomes": dict(stats)})
     dist.barrier()
     if not pairs:
         logger.warning("no pairs were built: %s (sample more candidates, or change score_threshold)", dict(stats))
@@ -192,4 +191,4 @@ def main(script_args: ScriptArguments, model_args) -> dict:
 
 
 if __name__ == "__main__":
-    C.run(sys.modules[__name__], command=COMMAND)
+    common.run(sys.modules[__name__], command=COMMAND)

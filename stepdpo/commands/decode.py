@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepdpo import distributed as dist
-from stepdpo.commands import _common as C
+from stepdpo.commands import _common as common
 
 COMMAND = "decode"
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class ScriptArguments:
 def make_parser(prog: str = "stepdpo decode"):
     from trl import ModelConfig
 
-    return C.make_trl_parser((ScriptArguments, ModelConfig), prog, DESCRIPTION, EPILOG)
+    return common.make_trl_parser((ScriptArguments, ModelConfig), prog, DESCRIPTION, EPILOG)
 
 
 def main(script_args: ScriptArguments, model_args) -> dict:
@@ -104,52 +104,51 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     from stepdpo.decode import best_of_n, step_beam_search
     from stepdpo.sampling import StepSampler
 
-    a = script_args
-    if a.method not in METHODS:
-        raise SystemExit(f"method must be one of {METHODS}, got {a.method!r}")
-    if a.dry_run:
-        a.max_samples = min(a.max_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
-        a.n, a.beam_width, a.expand = min(a.n, 2), min(a.beam_width, 2), min(a.expand, 2)
-        a.max_steps, a.max_new_tokens = min(a.max_steps, 3), min(a.max_new_tokens, 16)
+    if script_args.method not in METHODS:
+        raise SystemExit(f"method must be one of {METHODS}, got {script_args.method!r}")
+    if script_args.dry_run:
+        script_args.max_samples = min(script_args.max_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
+        script_args.n, script_args.beam_width, script_args.expand = min(script_args.n, 2), min(script_args.beam_width, 2), min(script_args.expand, 2)
+        script_args.max_steps, script_args.max_new_tokens = min(script_args.max_steps, 3), min(script_args.max_new_tokens, 16)
     name = model_args.model_name_or_path
     if not name:
         raise SystemExit("no policy given: set model_name_or_path")
-    fmt = StepFormat(separator=a.step_separator, tag=a.step_tag)
-    data = C.read_data(a.dataset_name, split=a.dataset_split, config=a.dataset_config, max_samples=a.max_samples,
-                       step_format=fmt, prompt_column=a.prompt_column, answer_column=a.answer_column,
-                       prompt_template=a.prompt_template, seed=a.seed)
-    prompts, answers = C.unique_prompts(data.prompts, data.answers)
+    fmt = StepFormat(separator=script_args.step_separator, tag=script_args.step_tag)
+    data = common.read_data(script_args.dataset_name, split=script_args.dataset_split, config=script_args.dataset_config, max_samples=script_args.max_samples,
+                       step_format=fmt, prompt_column=script_args.prompt_column, answer_column=script_args.answer_column,
+                       prompt_template=script_args.prompt_template, seed=script_args.seed)
+    prompts, answers = common.unique_prompts(data.prompts, data.answers)
     dist.check_same([prompts, answers], "problems to decode",
                     fix="Start every process with the same dataset options (dataset_name, dataset_split, max_samples, "
                         "prompt_column, prompt_template, seed) on a data file that every process sees and nothing "
                         "rewrites.")
-    tokenizer = C.load_tokenizer(name, a.trust_remote_code, model_args.model_revision)
-    model = C.to_device(C.load_causal_lm(name, model_args, trust_remote_code=a.trust_remote_code, seed=a.seed))
+    tokenizer = common.load_tokenizer(name, script_args.trust_remote_code, model_args.model_revision)
+    model = common.to_device(common.load_causal_lm(name, model_args, trust_remote_code=script_args.trust_remote_code, seed=script_args.seed))
     model.eval()
-    temperature = 0.0 if a.method == "greedy" else a.temperature
-    sampler = StepSampler(model, tokenizer, fmt, max_new_tokens=a.max_new_tokens, temperature=temperature,
-                          top_p=a.top_p, batch_size=a.sample_batch_size, seed=a.seed)
+    temperature = 0.0 if script_args.method == "greedy" else script_args.temperature
+    sampler = StepSampler(model, tokenizer, fmt, max_new_tokens=script_args.max_new_tokens, temperature=temperature,
+                          top_p=script_args.top_p, batch_size=script_args.sample_batch_size, seed=script_args.seed)
     judge = None
-    if a.method != "greedy":
-        judge = C.reward_model_from_spec(a.reward_model, policy=model, tokenizer=tokenizer, step_format=fmt)
+    if script_args.method != "greedy":
+        judge = common.reward_model_from_spec(script_args.reward_model, policy=model, tokenizer=tokenizer, step_format=fmt)
 
     own, n_own = dist.shard(range(len(prompts)))  # this process's problems (all of them in a one-process run)
     rows = []
-    with tqdm(total=len(own), desc=f"decoding ({a.method})", unit="problem",
+    with tqdm(total=len(own), desc=f"decoding ({script_args.method})", unit="problem",
               disable=not dist.is_main_process()) as bar:
-        for chunk in C.chunks(own, a.prompts_per_batch):
+        for chunk in common.chunks(own, script_args.prompts_per_batch):
             ps = [prompts[i] for i in chunk]
-            if a.method == "best_of_n":
-                out = best_of_n(sampler, judge, ps, n=a.n, max_steps=a.max_steps, aggregation=a.aggregation)
-            elif a.method == "beam":
-                out = step_beam_search(sampler, judge, ps, beam_width=a.beam_width, expand=a.expand,
-                                       max_steps=a.max_steps, aggregation=a.aggregation)
+            if script_args.method == "best_of_n":
+                out = best_of_n(sampler, judge, ps, n=script_args.n, max_steps=script_args.max_steps, aggregation=script_args.aggregation)
+            elif script_args.method == "beam":
+                out = step_beam_search(sampler, judge, ps, beam_width=script_args.beam_width, expand=script_args.expand,
+                                       max_steps=script_args.max_steps, aggregation=script_args.aggregation)
             else:
-                sols = sampler.sample_solution_details(ps, k=1, max_steps=a.max_steps)
+                sols = sampler.sample_solution_details(ps, k=1, max_steps=script_args.max_steps)
                 out = [s[0] for s in sols]
             for i, dec in zip(chunk, out):
                 row = {"prompt": prompts[i], "steps": list(dec.steps), "finished": bool(dec.finished)}
-                if a.method != "greedy":
+                if script_args.method != "greedy":
                     row["step_scores"] = [float(v) for v in dec.step_scores]
                     row["score"] = float(dec.score) if dec.score == dec.score and abs(dec.score) != float("inf") \
                         else None
@@ -160,18 +159,18 @@ def main(script_args: ScriptArguments, model_args) -> dict:
             bar.update(len(chunk))
     rows = dist.gather(rows[:n_own])  # every problem once, in input order, on every process
     n_correct = sum(row.get("correct", False) for row in rows)
-    path = Path(a.output_file)
-    summary = {"command": COMMAND, "method": a.method, "problems": len(prompts),
+    path = Path(script_args.output_file)
+    summary = {"command": COMMAND, "method": script_args.method, "problems": len(prompts),
                "finished": sum(row["finished"] for row in rows),
                "accuracy": (n_correct / len(prompts)) if answers is not None and prompts else None,
-               "reward_model": a.reward_model if judge is not None else None, "processes": dist.world()[0],
+               "reward_model": script_args.reward_model if judge is not None else None, "processes": dist.world()[0],
                "output_file": str(path)}
     if dist.is_main_process():
-        C.write_jsonl(path, rows)
-        C.write_json(path.with_name(path.name + ".metrics.json"), summary)
-        C.print_summary(COMMAND, summary)
+        common.write_jsonl(path, rows)
+        common.write_json(path.with_name(path.name + ".metrics.json"), summary)
+        common.print_summary(COMMAND, summary)
     return summary
 
 
 if __name__ == "__main__":
-    C.run(sys.modules[__name__], command=COMMAND)
+    common.run(sys.modules[__name__], command=COMMAND)

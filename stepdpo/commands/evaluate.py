@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepdpo import distributed as dist
-from stepdpo.commands import _common as C
+from stepdpo.commands import _common as common
 
 COMMAND = "evaluate"
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class ScriptArguments:
 def make_parser(prog: str = "stepdpo evaluate"):
     from trl import ModelConfig
 
-    return C.make_trl_parser((ScriptArguments, ModelConfig), prog, DESCRIPTION, EPILOG)
+    return common.make_trl_parser((ScriptArguments, ModelConfig), prog, DESCRIPTION, EPILOG)
 
 
 def score_samples(rm, samples, batch_size: int) -> list[list[float]]:
@@ -117,12 +117,12 @@ def score_samples(rm, samples, batch_size: int) -> list[list[float]]:
     return dist.gather(scores[:n_own])
 
 
-def evaluate_reward_model(rm, samples, a: ScriptArguments, out: Path) -> dict:
+def evaluate_reward_model(rm, samples, script_args: ScriptArguments, out: Path) -> dict:
     from reward_models.evaluation import evaluate_prm, reliability_diagram
     from stepdpo.report import plot_step_scores
 
-    rows = iter(score_samples(rm, samples, a.batch_size))  # evaluate_prm asks for them in input order
-    res = evaluate_prm(lambda prompt, steps: next(rows), samples, threshold=a.threshold, batch_size=a.batch_size,
+    rows = iter(score_samples(rm, samples, script_args.batch_size))  # evaluate_prm asks for them in input order
+    res = evaluate_prm(lambda prompt, steps: next(rows), samples, threshold=script_args.threshold, batch_size=script_args.batch_size,
                        progress=False)
     metrics = res.to_dict()
     flat_s = [v for row in res.step_scores for v in row]
@@ -134,11 +134,11 @@ def evaluate_reward_model(rm, samples, a: ScriptArguments, out: Path) -> dict:
     k = min(8, len(samples))
     if dist.is_main_process():
         plot_step_scores([s.steps for s in samples[:k]], res.step_scores[:k], out / "step_scores.png",
-                         labels=[s.labels for s in samples[:k]], title=f"step scores: {a.reward_model}")
+                         labels=[s.labels for s in samples[:k]], title=f"step scores: {script_args.reward_model}")
     return metrics
 
 
-def evaluate_policy(model, tokenizer, rm, prompts, answers, checker, a: ScriptArguments, fmt, out: Path) -> dict:
+def evaluate_policy(model, tokenizer, rm, prompts, answers, checker, script_args: ScriptArguments, fmt, out: Path) -> dict:
     """Accuracies of the policy: each process solves its shard of the problems; the accuracies
     count everyone's per-problem rows, gathered in input order."""
     from reward_models.evaluation import vote
@@ -148,38 +148,38 @@ def evaluate_policy(model, tokenizer, rm, prompts, answers, checker, a: ScriptAr
 
     own, n_own = dist.shard(list(zip(prompts, answers)))
     prompts, answers = [p for p, _ in own], [ans for _, ans in own]  # from here on: this process's problems
-    greedy = StepSampler(model, tokenizer, fmt, max_new_tokens=a.max_new_tokens, temperature=0.0, seed=a.seed)
-    sols = greedy.sample_solution_details(prompts, k=1, max_steps=a.max_steps)
+    greedy = StepSampler(model, tokenizer, fmt, max_new_tokens=script_args.max_new_tokens, temperature=0.0, seed=script_args.seed)
+    sols = greedy.sample_solution_details(prompts, k=1, max_steps=script_args.max_steps)
     per_problem = [{"prompt": p, "answer": ans, "greedy_steps": s[0].steps,
                     "greedy": bool(checker(p, s[0].steps, ans))} for p, s, ans in zip(prompts, sols, answers)]
     kinds = ["greedy"]
-    if a.n > 1:
-        sampler = StepSampler(model, tokenizer, fmt, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                              seed=a.seed)
+    if script_args.n > 1:
+        sampler = StepSampler(model, tokenizer, fmt, max_new_tokens=script_args.max_new_tokens, temperature=script_args.temperature,
+                              seed=script_args.seed)
         if rm is not None:
-            decoded = best_of_n(sampler, rm, prompts, n=a.n, max_steps=a.max_steps, aggregation=a.aggregation,
+            decoded = best_of_n(sampler, rm, prompts, n=script_args.n, max_steps=script_args.max_steps, aggregation=script_args.aggregation,
                                 keep_candidates=True)
             for row, p, d, ans in zip(per_problem, prompts, decoded, answers):
-                row[f"best-of-{a.n}"] = bool(checker(p, d.steps, ans))
-            kinds.append(f"best-of-{a.n}")
+                row[f"best-of-{script_args.n}"] = bool(checker(p, d.steps, ans))
+            kinds.append(f"best-of-{script_args.n}")
             cands = [[c["steps"] for c in d.candidates] for d in decoded]
         else:
-            cands = [[s.steps for s in row] for row in sampler.sample_solution_details(prompts, k=a.n,
-                                                                                      max_steps=a.max_steps)]
+            cands = [[s.steps for s in row] for row in sampler.sample_solution_details(prompts, k=script_args.n,
+                                                                                      max_steps=script_args.max_steps)]
         for row, p, sols_p, ans in zip(per_problem, prompts, cands, answers):
-            finals = [C.final_number("\n".join(s[-1:])) if s else None for s in sols_p]
+            finals = [common.final_number("\n".join(s[-1:])) if s else None for s in sols_p]
             winner = vote(finals, [1.0] * len(finals))
-            row[f"majority-of-{a.n}"] = bool(winner is not None and any(f == winner and checker(p, s, ans)
+            row[f"majority-of-{script_args.n}"] = bool(winner is not None and any(f == winner and checker(p, s, ans)
                                                                         for f, s in zip(finals, sols_p)))
-        kinds.append(f"majority-of-{a.n}")
+        kinds.append(f"majority-of-{script_args.n}")
     per_problem = dist.gather(per_problem[:n_own])  # every problem once, in input order
     results = {k: (sum(row[k] for row in per_problem), len(per_problem)) for k in kinds}
     if dist.is_main_process():
         plot_accuracy(results, out / "accuracy.png", title="policy accuracy")
-        C.write_jsonl(out / "per_problem.jsonl", per_problem)
+        common.write_jsonl(out / "per_problem.jsonl", per_problem)
     metrics = {name: {"correct": c, "total": t, "accuracy": c / t if t else None} for name, (c, t) in results.items()}
-    if a.compare_to:
-        metrics["paired_vs"] = {"file": a.compare_to, **compare_per_problem(per_problem, a.compare_to)}
+    if script_args.compare_to:
+        metrics["paired_vs"] = {"file": script_args.compare_to, **compare_per_problem(per_problem, script_args.compare_to)}
     return metrics
 
 
@@ -213,49 +213,48 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     from reward_models.steps import StepFormat
     from reward_models.types import StepSample
 
-    a = script_args
-    if a.dry_run:
-        a.max_samples = min(a.max_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
-        a.n = min(a.n, 2)
-        a.max_steps, a.max_new_tokens = min(a.max_steps, 3), min(a.max_new_tokens, 16)
+    if script_args.dry_run:
+        script_args.max_samples = min(script_args.max_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
+        script_args.n = min(script_args.n, 2)
+        script_args.max_steps, script_args.max_new_tokens = min(script_args.max_steps, 3), min(script_args.max_new_tokens, 16)
     name = model_args.model_name_or_path
-    if a.reward_model is None and not name:
+    if script_args.reward_model is None and not name:
         raise SystemExit("nothing to evaluate: give --reward_model and/or --model_name_or_path")
-    fmt = StepFormat(separator=a.step_separator, tag=a.step_tag)
-    data = C.read_data(a.dataset_name, split=a.dataset_split, config=a.dataset_config, max_samples=a.max_samples,
-                       step_format=fmt, arith_error_rate=a.arith_error_rate, seed=a.seed, neutral=a.data_neutral)
+    fmt = StepFormat(separator=script_args.step_separator, tag=script_args.step_tag)
+    data = common.read_data(script_args.dataset_name, split=script_args.dataset_split, config=script_args.dataset_config, max_samples=script_args.max_samples,
+                       step_format=fmt, arith_error_rate=script_args.arith_error_rate, seed=script_args.seed, neutral=script_args.data_neutral)
     dist.check_same([[x.to_dict() for x in data.items], data.prompts, data.answers], "evaluation data",
                     fix="Start every process with the same dataset options (dataset_name, dataset_split, max_samples, "
                         "arith_error_rate, seed) on a data file that every process sees and nothing rewrites.")
-    out = Path(a.output_dir)
+    out = Path(script_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = tokenizer = None
     if name:
-        tokenizer = C.load_tokenizer(name, a.trust_remote_code, model_args.model_revision)
-        model = C.to_device(C.load_causal_lm(name, model_args, trust_remote_code=a.trust_remote_code, seed=a.seed))
+        tokenizer = common.load_tokenizer(name, script_args.trust_remote_code, model_args.model_revision)
+        model = common.to_device(common.load_causal_lm(name, model_args, trust_remote_code=script_args.trust_remote_code, seed=script_args.seed))
         model.eval()
     rm = None
-    if a.reward_model is not None:
-        if a.reward_model in ("", "self") and model is None:
+    if script_args.reward_model is not None:
+        if script_args.reward_model in ("", "self") and model is None:
             raise SystemExit("reward_model 'self' needs the policy: set model_name_or_path")
-        rm = C.reward_model_from_spec(a.reward_model, policy=model, tokenizer=tokenizer, step_format=fmt)
-    metrics: dict = {"command": COMMAND, "dataset": a.dataset_name, "split": a.dataset_split,
+        rm = common.reward_model_from_spec(script_args.reward_model, policy=model, tokenizer=tokenizer, step_format=fmt)
+    metrics: dict = {"command": COMMAND, "dataset": script_args.dataset_name, "split": script_args.dataset_split,
                      "processes": dist.world()[0]}
     if rm is not None:
         labeled = [s for s in data.of_type(StepSample) if s.labels is not None]
         if labeled:
-            metrics["reward_model"] = {"name": a.reward_model, **evaluate_reward_model(rm, labeled, a, out)}
+            metrics["reward_model"] = {"name": script_args.reward_model, **evaluate_reward_model(rm, labeled, script_args, out)}
         else:
-            logger.warning("%s has no step labels: reward-model metrics skipped", a.dataset_name)
+            logger.warning("%s has no step labels: reward-model metrics skipped", script_args.dataset_name)
     if model is not None:
-        prompts, answers = C.unique_prompts(data.prompts, data.answers)
+        prompts, answers = common.unique_prompts(data.prompts, data.answers)
         if answers is None or data.checker is None:
-            raise SystemExit(f"{a.dataset_name}: policy accuracy needs gold answers (arith, or samples with answers)")
-        metrics["policy"] = {"name": name, **evaluate_policy(model, tokenizer, rm, prompts, answers, data.checker, a,
+            raise SystemExit(f"{script_args.dataset_name}: policy accuracy needs gold answers (arith, or samples with answers)")
+        metrics["policy"] = {"name": name, **evaluate_policy(model, tokenizer, rm, prompts, answers, data.checker, script_args,
                                                              fmt, out)}
     if not dist.is_main_process():
         return metrics
-    C.write_json(out / "metrics.json", metrics)
+    common.write_json(out / "metrics.json", metrics)
     flat = {}
     if "reward_model" in metrics:
         r = metrics["reward_model"]
@@ -264,9 +263,9 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     for k, v in metrics.get("policy", {}).items():
         if isinstance(v, dict):
             flat[f"policy_{k}_accuracy"] = v["accuracy"]
-    C.print_summary(COMMAND, {**flat, "processes": metrics["processes"], "output_dir": str(out)})
+    common.print_summary(COMMAND, {**flat, "processes": metrics["processes"], "output_dir": str(out)})
     return metrics
 
 
 if __name__ == "__main__":
-    C.run(sys.modules[__name__], command=COMMAND)
+    common.run(sys.modules[__name__], command=COMMAND)

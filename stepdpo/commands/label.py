@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepdpo import distributed as dist
-from stepdpo.commands import _common as C
+from stepdpo.commands import _common as common
 
 COMMAND = "label"
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class ScriptArguments:
 def make_parser(prog: str = "stepdpo label"):
     from trl import ModelConfig
 
-    return C.make_trl_parser((ScriptArguments, ModelConfig), prog, DESCRIPTION, EPILOG)
+    return common.make_trl_parser((ScriptArguments, ModelConfig), prog, DESCRIPTION, EPILOG)
 
 
 def label_agreement(old, new, threshold: float = 0.5) -> float | None:
@@ -106,24 +106,23 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     from reward_models.steps import StepFormat
     from reward_models.types import StepSample
 
-    a = script_args
-    if a.dry_run:
-        a.max_samples = min(a.max_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
-        a.n_rollouts = min(a.n_rollouts, 2)
-        a.max_new_tokens = min(a.max_new_tokens, 24)
+    if script_args.dry_run:
+        script_args.max_samples = min(script_args.max_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
+        script_args.n_rollouts = min(script_args.n_rollouts, 2)
+        script_args.max_new_tokens = min(script_args.max_new_tokens, 24)
     name = model_args.model_name_or_path
     if not name:
         raise SystemExit("no policy given: set model_name_or_path")
-    fmt = StepFormat(separator=a.step_separator, tag=a.step_tag)
-    data = C.read_data(a.dataset_name, split=a.dataset_split, config=a.dataset_config, max_samples=a.max_samples,
-                       step_format=fmt, arith_error_rate=a.arith_error_rate, seed=a.seed)
+    fmt = StepFormat(separator=script_args.step_separator, tag=script_args.step_tag)
+    data = common.read_data(script_args.dataset_name, split=script_args.dataset_split, config=script_args.dataset_config, max_samples=script_args.max_samples,
+                       step_format=fmt, arith_error_rate=script_args.arith_error_rate, seed=script_args.seed)
     samples = data.of_type(StepSample)
     if not samples:
         raise SystemExit(f"{data.source} holds no step-by-step solutions to label")
-    kind = a.checker if a.checker != "auto" else ("arith" if data.is_arith else "numeric")
+    kind = script_args.checker if script_args.checker != "auto" else ("arith" if data.is_arith else "numeric")
     if kind == "arith":
         def checker(prompt, steps):
-            return C.arith_checker(prompt, steps)
+            return common.arith_checker(prompt, steps)
     elif kind == "numeric":
         missing = [i for i, s in enumerate(samples) if s.answer is None]
         if missing:
@@ -131,22 +130,22 @@ def main(script_args: ScriptArguments, model_args) -> dict:
         gold = {s.prompt: s.answer for s in samples}
 
         def checker(prompt, steps):
-            return C.numeric_checker(prompt, steps, gold[prompt])
+            return common.numeric_checker(prompt, steps, gold[prompt])
     else:
-        raise SystemExit(f"checker must be 'arith', 'numeric' or 'auto', got {a.checker!r}")
+        raise SystemExit(f"checker must be 'arith', 'numeric' or 'auto', got {script_args.checker!r}")
     dist.check_same([s.to_dict() for s in samples], "solutions to label",
                     fix="Start every process with the same dataset options (dataset_name, dataset_split, max_samples, "
                         "arith_error_rate, seed) on a data file that every process sees and nothing rewrites.")
 
-    tokenizer = C.load_tokenizer(name, a.trust_remote_code, model_args.model_revision)
-    model = C.to_device(C.load_causal_lm(name, model_args, trust_remote_code=a.trust_remote_code, seed=a.seed))
-    rollout = HFRollout(model, tokenizer, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                        top_p=a.top_p, seed=a.seed)
+    tokenizer = common.load_tokenizer(name, script_args.trust_remote_code, model_args.model_revision)
+    model = common.to_device(common.load_causal_lm(name, model_args, trust_remote_code=script_args.trust_remote_code, seed=script_args.seed))
+    rollout = HFRollout(model, tokenizer, max_new_tokens=script_args.max_new_tokens, temperature=script_args.temperature,
+                        top_p=script_args.top_p, seed=script_args.seed)
     own, n_own = dist.shard(samples)  # this process's solutions (all of them in a one-process run)
-    labeled = monte_carlo_labels(own, rollout, checker, n_rollouts=a.n_rollouts, mode=a.mode,
-                                 batch_size=a.batch_size, step_format=fmt, progress=dist.is_main_process())
+    labeled = monte_carlo_labels(own, rollout, checker, n_rollouts=script_args.n_rollouts, mode=script_args.mode,
+                                 batch_size=script_args.batch_size, step_format=fmt, progress=dist.is_main_process())
     labeled = dist.gather(labeled[:n_own])  # every solution once, in input order, on every process
-    path = Path(a.output_file)
+    path = Path(script_args.output_file)
     if dist.is_main_process():
         save_samples(path, labeled)
     agree = label_agreement([s.labels for s in samples], [s.labels for s in labeled])
@@ -156,10 +155,10 @@ def main(script_args: ScriptArguments, model_args) -> dict:
                "agreement_with_given_labels": agree, "checker": kind, "processes": dist.world()[0],
                "output_file": str(path)}
     if dist.is_main_process():
-        C.write_json(path.with_name(path.name + ".stats.json"), summary)
-        C.print_summary(COMMAND, summary)
+        common.write_json(path.with_name(path.name + ".stats.json"), summary)
+        common.print_summary(COMMAND, summary)
     return summary
 
 
 if __name__ == "__main__":
-    C.run(sys.modules[__name__], command=COMMAND)
+    common.run(sys.modules[__name__], command=COMMAND)

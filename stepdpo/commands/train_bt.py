@@ -12,8 +12,8 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from stepdpo.commands import _common as C
-from stepdpo.commands import _reward as R
+from stepdpo.commands import _common as common
+from stepdpo.commands import _reward as reward_common
 
 COMMAND = "train-bt"
 logger = logging.getLogger(__name__)
@@ -44,17 +44,17 @@ example:
 
 
 @dataclass
-class ScriptArguments(R.RewardScriptArguments):
+class ScriptArguments(reward_common.RewardScriptArguments):
     _argument_group_name = "model and data (stepdpo train-bt)"
 
 
 def make_parser(prog: str = "stepdpo train-bt"):
     from reward_models.training import BTRewardConfig
 
-    parser = C.make_trl_parser((ScriptArguments, BTRewardConfig), prog, DESCRIPTION, EPILOG)
+    parser = common.make_trl_parser((ScriptArguments, BTRewardConfig), prog, DESCRIPTION, EPILOG)
     # trl.RewardConfig turns bf16 on by default, which fails on machines without bf16 (CPU-only ones): default to
     # bf16 only where the accelerator has it (a recipe or --bf16 still decides)
-    parser.set_defaults(bf16=C.bf16_available())
+    parser.set_defaults(bf16=common.bf16_available())
     return parser
 
 
@@ -63,7 +63,7 @@ def preference_pairs(data, step_format):
 
     >>> from reward_models.types import StepPair
     >>> from reward_models.steps import StepFormat
-    >>> d = C.Data("x", items=[StepPair("Q: 1+2\\n", ["1+2=3"], "Answer: 3", "Answer: 4", is_final=True)])
+    >>> d = common.Data("x", items=[StepPair("Q: 1+2\\n", ["1+2=3"], "Answer: 3", "Answer: 4", is_final=True)])
     >>> p = preference_pairs(d, StepFormat())[0]
     >>> p.prompt, p.chosen
     ('Q: 1+2\\n1+2=3\\n', 'Answer: 3')
@@ -86,19 +86,19 @@ def main(script_args: ScriptArguments, training_args) -> dict:
     from reward_models.training import BTRewardTrainer
 
     if script_args.dry_run:
-        R.shrink_for_dry_run(script_args, training_args)
+        reward_common.shrink_for_dry_run(script_args, training_args)
     fmt = training_args.step_format
-    train = preference_pairs(R.read(script_args, fmt, training_args.seed), fmt)
-    evals = R.read(script_args, fmt, training_args.seed, eval_=True)
+    train = preference_pairs(reward_common.read(script_args, fmt, training_args.seed), fmt)
+    evals = reward_common.read(script_args, fmt, training_args.seed, eval_=True)
     eval_pairs = preference_pairs(evals, fmt) if evals is not None else None
 
     def build_tiny(tok, seed, **spec):
         return tiny_sequence_classifier(tok, num_labels=1, seed=seed, **spec)
 
-    model, tokenizer = R.model_and_tokenizer(script_args, build_tiny, training_args.trust_remote_code,
+    model, tokenizer = reward_common.model_and_tokenizer(script_args, build_tiny, training_args.trust_remote_code,
                                              training_args.seed, training_args.output_dir)
     trainer = BTRewardTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer)
-    summary = R.train_and_save(trainer, training_args, COMMAND, train_pairs=len(train))
+    summary = reward_common.train_and_save(trainer, training_args, COMMAND, train_pairs=len(train))
     if trainer.accelerator.is_main_process:
         if eval_pairs:
             rm = load_reward_model(training_args.output_dir)
@@ -106,13 +106,13 @@ def main(script_args: ScriptArguments, training_args) -> dict:
             rejected = rm.score([p.prompt for p in eval_pairs], [p.rejected for p in eval_pairs])
             acc = sum(c > r for c, r in zip(chosen, rejected)) / len(eval_pairs)
             summary["eval_pairwise_accuracy"] = acc
-            C.write_json(f"{training_args.output_dir}/eval_metrics.json",
+            common.write_json(f"{training_args.output_dir}/eval_metrics.json",
                          {"pairwise_accuracy": acc, "n_pairs": len(eval_pairs)})
-        C.write_json(f"{training_args.output_dir}/stepdpo_train_bt.json",
+        common.write_json(f"{training_args.output_dir}/stepdpo_train_bt.json",
                      {**summary, "log_history": trainer.state.log_history})
-        C.print_summary(COMMAND, summary)
+        common.print_summary(COMMAND, summary)
     return summary
 
 
 if __name__ == "__main__":
-    C.run(sys.modules[__name__], command=COMMAND)
+    common.run(sys.modules[__name__], command=COMMAND)

@@ -12,8 +12,8 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from stepdpo.commands import _common as C
-from stepdpo.commands import _reward as R
+from stepdpo.commands import _common as common
+from stepdpo.commands import _reward as reward_common
 
 COMMAND = "train-orm"
 logger = logging.getLogger(__name__)
@@ -43,14 +43,14 @@ example:
 
 
 @dataclass
-class ScriptArguments(R.RewardScriptArguments):
+class ScriptArguments(reward_common.RewardScriptArguments):
     _argument_group_name = "model and data (stepdpo train-orm)"
 
 
 def make_parser(prog: str = "stepdpo train-orm"):
     from reward_models.training import ORMConfig
 
-    return C.make_trl_parser((ScriptArguments, ORMConfig), prog, DESCRIPTION, EPILOG)
+    return common.make_trl_parser((ScriptArguments, ORMConfig), prog, DESCRIPTION, EPILOG)
 
 
 def main(script_args: ScriptArguments, training_args) -> dict:
@@ -58,28 +58,28 @@ def main(script_args: ScriptArguments, training_args) -> dict:
     from reward_models.training import ORMTrainer
 
     if script_args.dry_run:
-        R.shrink_for_dry_run(script_args, training_args)
+        reward_common.shrink_for_dry_run(script_args, training_args)
     fmt = training_args.step_format
-    train = R.labeled_samples(R.read(script_args, fmt, training_args.seed), "train an ORM on")
-    evals = R.read(script_args, fmt, training_args.seed, eval_=True)
-    eval_samples = R.labeled_samples(evals, "evaluate") if evals is not None else None
+    train = reward_common.labeled_samples(reward_common.read(script_args, fmt, training_args.seed), "train an ORM on")
+    evals = reward_common.read(script_args, fmt, training_args.seed, eval_=True)
+    eval_samples = reward_common.labeled_samples(evals, "evaluate") if evals is not None else None
 
     def build_tiny(tok, seed, **spec):
         return tiny_token_classifier(tok, num_labels=1, seed=seed, **spec)
 
-    model, tokenizer = R.model_and_tokenizer(script_args, build_tiny, training_args.trust_remote_code,
+    model, tokenizer = reward_common.model_and_tokenizer(script_args, build_tiny, training_args.trust_remote_code,
                                              training_args.seed, training_args.output_dir)
     trainer = ORMTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer)
-    summary = R.train_and_save(trainer, training_args, COMMAND, train_examples=len(train))
+    summary = reward_common.train_and_save(trainer, training_args, COMMAND, train_examples=len(train))
     if trainer.accelerator.is_main_process:
         if eval_samples:
-            m = R.evaluate_saved(training_args.output_dir, eval_samples, "ORM")
+            m = reward_common.evaluate_saved(training_args.output_dir, eval_samples, "ORM")
             summary.update({"eval_auroc": m["steps"]["auroc"], "eval_processbench_f1": m["first_error"]["f1"]})
-        C.write_json(f"{training_args.output_dir}/stepdpo_train_orm.json",
+        common.write_json(f"{training_args.output_dir}/stepdpo_train_orm.json",
                      {**summary, "log_history": trainer.state.log_history})
-        C.print_summary(COMMAND, summary)
+        common.print_summary(COMMAND, summary)
     return summary
 
 
 if __name__ == "__main__":
-    C.run(sys.modules[__name__], command=COMMAND)
+    common.run(sys.modules[__name__], command=COMMAND)

@@ -15,8 +15,8 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from stepdpo.commands import _common as C
-from stepdpo.commands import _reward as R
+from stepdpo.commands import _common as common
+from stepdpo.commands import _reward as reward_common
 
 COMMAND = "train-prm"
 logger = logging.getLogger(__name__)
@@ -54,14 +54,14 @@ examples:
 
 
 @dataclass
-class ScriptArguments(R.RewardScriptArguments):
+class ScriptArguments(reward_common.RewardScriptArguments):
     _argument_group_name = "model and data (stepdpo train-prm)"
 
 
 def make_parser(prog: str = "stepdpo train-prm"):
     from reward_models.training import PRMConfig
 
-    return C.make_trl_parser((ScriptArguments, PRMConfig), prog, DESCRIPTION, EPILOG)
+    return common.make_trl_parser((ScriptArguments, PRMConfig), prog, DESCRIPTION, EPILOG)
 
 
 def main(script_args: ScriptArguments, training_args) -> dict:
@@ -69,32 +69,32 @@ def main(script_args: ScriptArguments, training_args) -> dict:
     from reward_models.training import PRMTrainer
 
     if script_args.dry_run:
-        R.shrink_for_dry_run(script_args, training_args)
+        reward_common.shrink_for_dry_run(script_args, training_args)
     fmt = training_args.step_format
-    train = R.labeled_samples(R.read(script_args, fmt, training_args.seed), "train a PRM on")
-    evals = R.read(script_args, fmt, training_args.seed, eval_=True)
-    eval_samples = R.labeled_samples(evals, "evaluate") if evals is not None else None
+    train = reward_common.labeled_samples(reward_common.read(script_args, fmt, training_args.seed), "train a PRM on")
+    evals = reward_common.read(script_args, fmt, training_args.seed, eval_=True)
+    eval_samples = reward_common.labeled_samples(evals, "evaluate") if evals is not None else None
 
     def build_tiny(tok, seed, **spec):
         if training_args.backend in ("token", "verification"):
             return tiny_causal_lm(tok, seed=seed, **spec)
         return tiny_token_classifier(tok, num_labels=training_args.num_labels, seed=seed, **spec)
 
-    model, tokenizer = R.model_and_tokenizer(script_args, build_tiny, training_args.trust_remote_code,
+    model, tokenizer = reward_common.model_and_tokenizer(script_args, build_tiny, training_args.trust_remote_code,
                                              training_args.seed, training_args.output_dir)
     logger.info("train-prm: %d labeled solutions from %s", len(train), script_args.dataset_name)
     trainer = PRMTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer)
-    summary = R.train_and_save(trainer, training_args, COMMAND, train_examples=len(train))
+    summary = reward_common.train_and_save(trainer, training_args, COMMAND, train_examples=len(train))
     if trainer.accelerator.is_main_process:
         if eval_samples:
-            m = R.evaluate_saved(training_args.output_dir, eval_samples, "PRM")
+            m = reward_common.evaluate_saved(training_args.output_dir, eval_samples, "PRM")
             summary.update({"eval_auroc": m["steps"]["auroc"], "eval_processbench_f1": m["first_error"]["f1"],
                             "eval_ece": m["ece"]})
-        C.write_json(f"{training_args.output_dir}/stepdpo_train_prm.json",
+        common.write_json(f"{training_args.output_dir}/stepdpo_train_prm.json",
                      {**summary, "log_history": trainer.state.log_history})
-        C.print_summary(COMMAND, summary)
+        common.print_summary(COMMAND, summary)
     return summary
 
 
 if __name__ == "__main__":
-    C.run(sys.modules[__name__], command=COMMAND)
+    common.run(sys.modules[__name__], command=COMMAND)

@@ -17,7 +17,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from stepdpo.commands import _common as C
+from stepdpo.commands import _common as common
 
 COMMAND = "train"
 DRY_RUN_SFT_STEPS = 80  # with DRY_RUN_SFT_LR the tiny policy learns the format (and the 8 dry-run problems)
@@ -103,7 +103,7 @@ def make_parser(prog: str = "stepdpo train"):
 
     from stepdpo.config import StepwiseDPOConfig
 
-    return C.make_trl_parser((ScriptArguments, StepwiseDPOConfig, ModelConfig), prog, DESCRIPTION, EPILOG)
+    return common.make_trl_parser((ScriptArguments, StepwiseDPOConfig, ModelConfig), prog, DESCRIPTION, EPILOG)
 
 
 def apply_dry_run(script_args: ScriptArguments, training_args) -> None:
@@ -111,8 +111,8 @@ def apply_dry_run(script_args: ScriptArguments, training_args) -> None:
     script_args.sft_warmup_steps = min(script_args.sft_warmup_steps, DRY_RUN_SFT_STEPS)
     script_args.sft_learning_rate = max(script_args.sft_learning_rate, DRY_RUN_SFT_LR)
     script_args.sft_dataset_name = None  # warm up on the dry run's own 8 problems, so some samples are right
-    script_args.max_samples = min(script_args.max_samples or C.DRY_RUN_SAMPLES, C.DRY_RUN_SAMPLES)
-    training_args.max_steps = C.DRY_RUN_STEPS
+    script_args.max_samples = min(script_args.max_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
+    training_args.max_steps = common.DRY_RUN_STEPS
     training_args.rounds = 1
     training_args.regenerate_every_steps = None
     training_args.save_strategy = "no"
@@ -146,7 +146,7 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
         raise SystemExit("no policy given: set model_name_or_path (a hub id, a folder, or tiny-gpt2)")
     trust = bool(training_args.trust_remote_code)
     fmt = training_args.step_format
-    data = C.read_data(script_args.dataset_name, split=script_args.dataset_split, config=script_args.dataset_config,
+    data = common.read_data(script_args.dataset_name, split=script_args.dataset_split, config=script_args.dataset_config,
                        max_samples=script_args.max_samples, step_format=fmt,
                        prompt_column=script_args.prompt_column, answer_column=script_args.answer_column,
                        prompt_template=script_args.prompt_template, seed=training_args.seed)
@@ -157,20 +157,20 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
     if script_args.sft_warmup_steps > 0 and (model_args.load_in_4bit or model_args.load_in_8bit):
         raise SystemExit("sft_warmup_steps trains all weights and cannot run on a 4/8-bit model: warm up first "
                          "without quantization, then start from the saved sft_model folder")
-    if C.is_tiny(name):  # saved first, then loaded like any checkpoint (a LoRA adapter then names its base)
+    if common.is_tiny(name):  # saved first, then loaded like any checkpoint (a LoRA adapter then names its base)
         from reward_models.testing import tiny_causal_lm
 
         if model_args.load_in_4bit or model_args.load_in_8bit:
             logger.warning("%s: the tiny test model is never quantized; load_in_4bit/load_in_8bit ignored", name)
             model_args.load_in_4bit = model_args.load_in_8bit = False
 
-        name = C.save_tiny_base(name, tiny_causal_lm, training_args.output_dir, training_args.seed)
-    tokenizer = C.load_tokenizer(name, trust, model_args.model_revision)
-    model = C.load_causal_lm(name, model_args, trust_remote_code=trust, seed=training_args.seed)
+        name = common.save_tiny_base(name, tiny_causal_lm, training_args.output_dir, training_args.seed)
+    tokenizer = common.load_tokenizer(name, trust, model_args.model_revision)
+    model = common.load_causal_lm(name, model_args, trust_remote_code=trust, seed=training_args.seed)
     if script_args.sft_warmup_steps > 0:
         sft_data = data
         if script_args.sft_dataset_name:
-            sft_data = C.read_data(script_args.sft_dataset_name, split=script_args.dataset_split,
+            sft_data = common.read_data(script_args.sft_dataset_name, split=script_args.dataset_split,
                                    max_samples=script_args.max_samples, step_format=fmt, seed=training_args.seed)
         model = warm_up(model, tokenizer, sft_data, script_args, training_args)
         # the warmed-up policy is the starting point: the reference, and the base of a LoRA adapter
@@ -185,7 +185,7 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
     needs_ref = not training_args.precompute_ref_log_probs or training_args.rounds > 1
     if peft_config is None and needs_ref:
         # a second copy loaded like the first (works under ZeRO-3, unlike copying a sharded model)
-        ref_model = C.load_causal_lm(name, model_args, trust_remote_code=trust, seed=training_args.seed)
+        ref_model = common.load_causal_lm(name, model_args, trust_remote_code=trust, seed=training_args.seed)
 
     kwargs: dict = {}
     pairs = data.of_type(StepPair)
@@ -193,10 +193,10 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
         kwargs["train_dataset"] = pairs
         mode = f"{len(pairs)} step pairs from {data.source}"
     else:
-        prompts, answers = C.unique_prompts(data.prompts, data.answers)
+        prompts, answers = common.unique_prompts(data.prompts, data.answers)
         kwargs["prompts"] = prompts
-        kwargs["reward_model"] = C.reward_model_from_spec(script_args.reward_model, step_format=fmt)
-        if C.use_answers(script_args.check_answers, answers, data.checker):
+        kwargs["reward_model"] = common.reward_model_from_spec(script_args.reward_model, step_format=fmt)
+        if common.use_answers(script_args.check_answers, answers, data.checker):
             kwargs["answers"], kwargs["answer_checker"] = answers, data.checker
         mode = f"pairs built from {len(prompts)} problems of {data.source}, judge {script_args.reward_model}"
     logger.info("stepdpo train: %s", mode)
@@ -209,9 +209,9 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
                "train_loss": float(result.training_loss), "global_step": int(trainer.state.global_step),
                "pair_stats": trainer.pair_stats, "dry_run": script_args.dry_run}
     if trainer.accelerator.is_main_process:
-        C.write_json(f"{training_args.output_dir}/stepdpo_train.json",
+        common.write_json(f"{training_args.output_dir}/stepdpo_train.json",
                      {**summary, "log_history": trainer.state.log_history})
-        C.print_summary(COMMAND, {k: v for k, v in summary.items() if k != "pair_stats"})
+        common.print_summary(COMMAND, {k: v for k, v in summary.items() if k != "pair_stats"})
     return summary
 
 
@@ -236,4 +236,4 @@ def warm_up(model, tokenizer, data, script_args: ScriptArguments, training_args)
 
 
 if __name__ == "__main__":
-    C.run(sys.modules[__name__], command=COMMAND)
+    common.run(sys.modules[__name__], command=COMMAND)
