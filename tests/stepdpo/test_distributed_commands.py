@@ -64,7 +64,7 @@ def test_label_two_processes(tmp_path, two_processes):
     # checker accepts as it is gets 1 without rollouts (the same in both runs), and the random tiny
     # policy never completes an arithmetic solution correctly, so every rolled-out step gets 0 either way.
     assert [s.to_dict() for s in rows] == [s.to_dict() for s in load_samples(tmp_path / "one.jsonl")]
-    assert {k: v for k, v in stats.items() if k not in ("processes", "output_file")} == \
+    assert {k: v for k, v in stats.items() if k not in ("processes", "output_file", "versions")} == \
         {k: v for k, v in single.items() if k not in ("processes", "output_file")}
 
 
