@@ -363,7 +363,7 @@ def worker(a: argparse.Namespace) -> None:
                "pair_stats": trainer.pair_stats[0], "build_s": max(p["build_s"] for p in everyone),
                "per_process": everyone, "load_avg": load_avg()}
         Path(a.out).write_text(json.dumps(res))
-    dist.barrier()
+    dist.shutdown()
 
 
 def worker_parser() -> argparse.ArgumentParser:

@@ -148,6 +148,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """End this process's part of a distributed run: wait for the others, then destroy the
+    process group (left to interpreter exit, gloo's threads can abort the process after the
+    work is done: "terminate called without an active exception")."""
+    dist = _dist()
+    if dist is not None:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def content_hash(obj: Any) -> str:
     """A stable hash of JSON-like data (dataclasses and other objects by their ``repr``)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=repr).encode()).hexdigest()
@@ -199,4 +209,4 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 __all__ = ["RankMismatchError", "atomic_write_text", "barrier", "broadcast", "check_same", "content_hash", "device",
            "gather", "gather_object", "init_distributed", "is_main_process", "main_process_first", "shard",
-           "shard_bounds", "world"]
+           "shard_bounds", "shutdown", "world"]

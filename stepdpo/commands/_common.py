@@ -113,12 +113,14 @@ def parse(parser, argv: Sequence[str] | None, command: str | None = None) -> tup
 
 def run(module, argv: Sequence[str] | None = None, command: str | None = None):
     """Parse ``argv`` with ``module.make_parser()`` and call ``module.main(*parsed)``."""
-    from stepdpo.distributed import init_distributed
+    from stepdpo.distributed import init_distributed, shutdown
 
     setup_logging()
     parsed = parse(module.make_parser(), argv, command or getattr(module, "COMMAND", None))
     init_distributed()  # several processes (accelerate launch): join their group before any work
-    return module.main(*parsed)
+    result = module.main(*parsed)
+    shutdown()  # only after a clean run: on an error the processes stop without waiting for each other
+    return result
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -73,6 +73,7 @@ def main(mode: str, policy_dir: str, out_dir: str) -> None:
               "given": {"ref_chosen_logps": ref, "global_step": given.state.global_step,
                         "cache_hit": given.ref_logps_cache_hit}}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.shutdown()
 
 
 if __name__ == "__main__":

@@ -49,19 +49,6 @@ def test_bad_combinations_raise(tmp_path, kw, match):
         make(tmp_path, **kw)
 
 
-def test_docstring_examples_of_the_stepdpo_modules():
-    import doctest
-
-    import stepdpo.config
-    import stepdpo.pairs
-    import stepdpo.sampling
-    import stepdpo.trainer
-
-    for mod in (stepdpo.config, stepdpo.pairs, stepdpo.sampling, stepdpo.trainer):
-        result = doctest.testmod(mod)
-        assert result.attempted > 0 and result.failed == 0, mod.__name__
-
-
 def test_vllm_settings_are_checked():
     with pytest.raises(ValueError, match="colocate"):
         StepwiseDPOConfig(output_dir="/tmp/x", report_to=[], use_vllm=True, vllm_mode="server")
