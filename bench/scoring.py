@@ -158,13 +158,13 @@ def seed004_verification_loop(model, tokenizer, prm, prompts, steps) -> list[lis
 def padded_chunks(tokenizer, step_format, prompts, steps, batch_size: int, pad_id: int, device):
     """The right-padded ``(ids, mask)`` chunks the head backend builds (sorted by length), moved
     to ``device``."""
-    from reward_models import _hf
+    from reward_models import hf_utils
 
     seqs = [step_format.tokenize(tokenizer, p, s).input_ids for p, s in zip(prompts, steps)]
     seqs.sort(key=len)  # as the head backend chunks them: similar lengths together
     out = []
-    for idx in _hf.chunks(len(seqs), batch_size):
-        ids, mask = _hf.pad_right([seqs[i] for i in idx], pad_id)
+    for idx in hf_utils.chunks(len(seqs), batch_size):
+        ids, mask = hf_utils.pad_right([seqs[i] for i in idx], pad_id)
         out.append((ids.to(device), mask.to(device)))
     return out
 

@@ -26,20 +26,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from reward_models.safety import NEVER_LOADED, PICKLE_SUFFIXES, TRAINER_STATE_FILES, refuse_pickles  # noqa: F401
 from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat
 from reward_models.types import DataError
 
 CONFIG_NAME = "reward_config.json"
 FORMAT_VERSION = 1
 AGGREGATIONS = ("min", "prod", "mean", "last", "max", "sum")
-# files that would need unpickling to load: refused everywhere (weights load from safetensors only)
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-# transformers.Trainer's resume state inside checkpoint-N dirs: never loaded by load_reward_model
-TRAINER_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth")
-
-# pickles that trainers write next to the weights but that nothing here ever loads (HF Trainer's
-# arguments record in every TRL / transformers output directory)
-NEVER_LOADED = frozenset({"training_args.bin"})
 
 _REGISTRY: dict[str, type[RewardModel]] = {}
 
@@ -223,25 +216,6 @@ def saved_settings(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in ("type", "format_version")}
 
 
-def refuse_pickles(path: str | os.PathLike) -> None:
-    """Raise if ``path`` holds weight files that would need unpickling (only safetensors load)."""
-    path = Path(path)
-    if not path.is_dir():
-        return
-    bad = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and not _is_trainer_state(p.name))
-    if bad:
-        raise ValueError(
-            f"{path} contains {bad}: pickle-based weight files can execute code when loaded and are refused. "
-            "Convert them to safetensors (model.save_pretrained(dir, safe_serialization=True)) and remove them."
-        )
-
-
-def _is_trainer_state(name: str) -> bool:
-    """Optimizer/scheduler/RNG files a Trainer checkpoint keeps for resuming (they are not weights)."""
-    return name in NEVER_LOADED or name in TRAINER_STATE_FILES or (name.startswith("rng_state_")
-                                                                    and name.endswith(".pth"))
-
-
 def load_reward_model(path: str | os.PathLike, **kwargs) -> RewardModel:
     """Rebuild any saved reward model from its directory.
 
@@ -273,7 +247,7 @@ def _load_plain_model_dir(path: Path, **kwargs) -> RewardModel:
     ``...ForSequenceClassification`` -> bradley_terry (TRL RewardTrainer output),
     ``...ForTokenClassification`` -> process head (outcome head when it has one label),
     anything else (a causal LM) -> process verification backend."""
-    from reward_models._hf import model_config
+    from reward_models.hf_utils import model_config
 
     config = model_config(path)
     archs = list(config.get("architectures") or [])
@@ -348,14 +322,11 @@ def _from_torch_module(model: Any, tokenizer: Any = None, **settings: Any) -> Re
         raise TypeError(f"as_reward_model got a {name} without its tokenizer: pass as_reward_model(model, "
                         "tokenizer=tok) (a causal LM then scores steps by its token probabilities, a token "
                         "classifier by its head), or save it and pass the directory")
+    _import_builtin_models()  # the concrete classes come from the registry: base imports none of them
     if name.endswith("ForTokenClassification"):
-        from reward_models.process import ProcessRewardModel
-
-        return ProcessRewardModel.from_model(model, tokenizer, backend="head", **settings)
+        return _REGISTRY["process"].from_model(model, tokenizer, backend="head", **settings)  # type: ignore
     if callable(getattr(model, "get_output_embeddings", None)) and model.get_output_embeddings() is not None:
-        from reward_models.likelihood import LikelihoodRewardModel
-
-        return LikelihoodRewardModel.from_model(model, tokenizer, **settings)
+        return _REGISTRY["likelihood"].from_model(model, tokenizer, **settings)  # type: ignore
     raise TypeError(f"cannot score steps with a {name}: expected a causal LM or a token classifier "
                     "(for a sequence classifier use BradleyTerryRewardModel.from_model)")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from reward_models import _hf
+from reward_models import hf_utils
 from reward_models.base import (
     CONFIG_NAME,
     PretrainedRewardModel,
@@ -65,15 +65,15 @@ class BradleyTerryRewardModel(PretrainedRewardModel):
 
         path = Path(model_name_or_path)
         saved = saved_settings(path, "bradley_terry")
-        archs = _hf.architectures(path)
+        archs = hf_utils.architectures(path)
         if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
             raise ValueError(f"{path} holds a {archs[0]}, not a ...ForSequenceClassification model with a scalar "
                              "head (what a Bradley-Terry reward model / TRL RewardTrainer saves)")
         saved.update(settings)
-        model = _hf.load_hf_model(AutoModelForSequenceClassification, path, device=device,
+        model = hf_utils.load_hf_model(AutoModelForSequenceClassification, path, device=device,
                                   dtype=dtype or torch_dtype, trust_remote_code=trust_remote_code,
                                   **(model_kwargs or {}))
-        tok = tokenizer if tokenizer is not None else _hf.load_tokenizer(path, trust_remote_code=trust_remote_code)
+        tok = tokenizer if tokenizer is not None else hf_utils.load_tokenizer(path, trust_remote_code=trust_remote_code)
         try:
             self._setup(model, tok, where=str(path), **saved)
         except TypeError as e:
@@ -90,7 +90,7 @@ class BradleyTerryRewardModel(PretrainedRewardModel):
 
     def _setup(self, model, tokenizer, *, where: str, append_eos: bool = True, step_format=None,
                max_length: int | None = None, batch_size: int = 16, aggregation: str = "last") -> None:
-        _hf.check_tokenizer(model, tokenizer, where)
+        hf_utils.check_tokenizer(model, tokenizer, where)
         n = int(getattr(model.config, "num_labels", 1))
         if n != 1:
             raise ValueError(f"{where}: a Bradley-Terry model needs a scalar head (num_labels=1), got {n}")
@@ -103,8 +103,8 @@ class BradleyTerryRewardModel(PretrainedRewardModel):
         self.step_format = step_format or DEFAULT_STEP_FORMAT
         self.batch_size = batch_size
         self.aggregation = aggregation
-        self.device = _hf.model_device(model)
-        self.max_length = _hf.max_positions(model, max_length)
+        self.device = hf_utils.model_device(model)
+        self.max_length = hf_utils.max_positions(model, max_length)
         self._max_length_setting = max_length
         # pad with the id the model pools by (the last token that is not the config's pad id)
         self.pad_token_id = model.config.pad_token_id
@@ -125,13 +125,13 @@ class BradleyTerryRewardModel(PretrainedRewardModel):
     def score_texts(self, texts: list[str], owner: list[int] | None = None) -> list[float]:
         """Rewards of full texts (already laid out), batched; ``owner[k]`` names text k's solution in errors."""
         seqs = [list(self.tokenizer(t)["input_ids"]) for t in texts]
-        _hf.check_lengths([len(s) for s in seqs], self.max_length, index=owner)
+        hf_utils.check_lengths([len(s) for s in seqs], self.max_length, index=owner)
         # without a pad id the model cannot find the last token of a padded row: run rows alone
         size = self.batch_size if self.pad_token_id is not None else 1
         out: list[float] = []
-        with _hf.scoring_mode(self.model):
-            for idx in _hf.batches(len(seqs), size):
-                ids, mask = _hf.pad_right([seqs[i] for i in idx], self.pad_token_id or 0)
+        with hf_utils.scoring_mode(self.model):
+            for idx in hf_utils.batches(len(seqs), size):
+                ids, mask = hf_utils.pad_right([seqs[i] for i in idx], self.pad_token_id or 0)
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 out.extend(logits[:, 0].float().cpu().double().tolist())
         return out
@@ -157,7 +157,7 @@ class BradleyTerryRewardModel(PretrainedRewardModel):
         return out
 
     def save(self, path: str | os.PathLike) -> None:
-        _hf.save_hf(self.model, self.tokenizer, path)
+        hf_utils.save_hf(self.model, self.tokenizer, path)
         write_reward_config(path, "bradley_terry", append_eos=self.append_eos, step_format=self.step_format,
                             max_length=self._max_length_setting, batch_size=self.batch_size,
                             aggregation=self.aggregation)

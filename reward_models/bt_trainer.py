@@ -14,8 +14,8 @@ from typing import Any
 
 from trl import RewardTrainer
 
-from reward_models._reliability import ReliableTrainerMixin
 from reward_models.bt_config import BTRewardConfig
+from reward_models.reliability import ReliableTrainerMixin
 from reward_models.rows import read_preference_rows
 from reward_models.trainer_utils import RewardConfigOnSave, config_or_default
 from reward_models.types import DataError
@@ -40,7 +40,7 @@ class BTRewardTrainer(ReliableTrainerMixin, RewardConfigOnSave, RewardTrainer):
         if quant is not None and isinstance(model, (str, os.PathLike)):
             kwargs.setdefault("quantization_config", quant)
         if isinstance(model, (str, os.PathLike)):
-            from reward_models.base import refuse_pickles
+            from reward_models.safety import refuse_pickles
 
             refuse_pickles(model)
             args.model_init_kwargs = {**(args.model_init_kwargs or {}), "use_safetensors": True}

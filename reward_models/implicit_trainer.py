@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
 from reward_models import truncation as _trunc
-from reward_models._reliability import ReliableTrainerMixin
 from reward_models.likelihood import REFERENCE_DIR, step_token_spans
 from reward_models.losses import IGNORE_INDEX
+from reward_models.reliability import ReliableTrainerMixin
 from reward_models.rows import StepRow, read_step_rows, rows_of, step_targets
 from reward_models.trainer_utils import (
     AdapterArgs,

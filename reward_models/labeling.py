@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reward_models._hf import completion_text, pad_left, seeded_sampling
+from reward_models.hf_utils import completion_text, pad_left, seeded_sampling
 from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat
 from reward_models.types import DataError, StepSample
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from reward_models import _hf
+from reward_models import hf_utils
 from reward_models.base import (
     AGGREGATIONS,
     CONFIG_NAME,
@@ -150,11 +150,11 @@ def token_logprobs(model, sequences: Sequence[Sequence[int]], pad_token_id: int,
     with ``with_top``, the top token's log-probability there. Right-padded chunks of similar length."""
     out: list[Any] = [None] * len(sequences)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    dev = _hf.model_device(model)
-    with _hf.scoring_mode(model):
-        for chunk in _hf.chunks(len(order), batch_size):
+    dev = hf_utils.model_device(model)
+    with hf_utils.scoring_mode(model):
+        for chunk in hf_utils.chunks(len(order), batch_size):
             idx = [order[c] for c in chunk]
-            ids, mask = _hf.pad_right([sequences[i] for i in idx], pad_token_id)
+            ids, mask = hf_utils.pad_right([sequences[i] for i in idx], pad_token_id)
             ids, mask = ids.to(dev), mask.to(dev)
             logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
             picked = torch.zeros(ids.shape, dtype=torch.float64, device=dev)
@@ -175,10 +175,10 @@ class _TokenScorer(PretrainedRewardModel):
     settings_cls: type = LikelihoodSettings
 
     def _setup(self, model, tokenizer, settings, where: str) -> None:
-        _hf.check_tokenizer(model, tokenizer, where)
+        hf_utils.check_tokenizer(model, tokenizer, where)
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
-        self.pad_token_id = _hf.pad_id(tokenizer)
-        self.max_length = _hf.max_positions(model, settings.max_length)
+        self.pad_token_id = hf_utils.pad_id(tokenizer)
+        self.max_length = hf_utils.max_positions(model, settings.max_length)
 
     @property
     def step_format(self) -> StepFormat:  # type: ignore[override]
@@ -199,7 +199,7 @@ class _TokenScorer(PretrainedRewardModel):
                 toks.append(self.step_format.tokenize(self.tokenizer, prompts[i], steps[i]))
             except DataError as e:
                 raise e.at(row=i) from None
-        _hf.check_lengths([len(t) for t in toks], self.max_length, index=todo)
+        hf_utils.check_lengths([len(t) for t in toks], self.max_length, index=todo)
         return toks, todo
 
     def _spans(self, tok, steps):
@@ -225,9 +225,9 @@ class LikelihoodRewardModel(_TokenScorer):
         path = Path(model_name_or_path)
         base = _saved_settings(path, "likelihood")
         s = build_settings(LikelihoodSettings, base, settings, source=str(path / CONFIG_NAME))
-        model = _hf.load_hf_model(AutoModelForCausalLM, path, device=device, dtype=dtype or torch_dtype,
+        model = hf_utils.load_hf_model(AutoModelForCausalLM, path, device=device, dtype=dtype or torch_dtype,
                                   trust_remote_code=trust_remote_code, **(model_kwargs or {}))
-        tok = tokenizer if tokenizer is not None else _hf.load_tokenizer(path, trust_remote_code=trust_remote_code)
+        tok = tokenizer if tokenizer is not None else hf_utils.load_tokenizer(path, trust_remote_code=trust_remote_code)
         self._setup(model, tok, s, where=str(path))
         self.name_or_path = str(model_name_or_path)
 
@@ -269,7 +269,7 @@ class LikelihoodRewardModel(_TokenScorer):
 
     def save(self, path: str | os.PathLike) -> None:
         """Weights (safetensors), tokenizer and ``reward_config.json``."""
-        _hf.save_hf(self.model, self.tokenizer, path)
+        hf_utils.save_hf(self.model, self.tokenizer, path)
         write_reward_config(path, "likelihood", **self.settings.to_dict())
 
     def __repr__(self) -> str:
@@ -303,9 +303,9 @@ class ImplicitRewardModel(_TokenScorer):
                                     "reference=<directory of the model it was trained from>")
         load = dict(device=device, dtype=dtype or torch_dtype, trust_remote_code=trust_remote_code,
                     **(model_kwargs or {}))
-        model = _hf.load_hf_model(AutoModelForCausalLM, path, **load)
-        ref = _hf.load_hf_model(AutoModelForCausalLM, ref_path, **load)
-        tok = tokenizer if tokenizer is not None else _hf.load_tokenizer(path, trust_remote_code=trust_remote_code)
+        model = hf_utils.load_hf_model(AutoModelForCausalLM, path, **load)
+        ref = hf_utils.load_hf_model(AutoModelForCausalLM, ref_path, **load)
+        tok = tokenizer if tokenizer is not None else hf_utils.load_tokenizer(path, trust_remote_code=trust_remote_code)
         self._setup(model, tok, s, where=str(path))
         self.ref_model = ref
         self.name_or_path = str(model_name_or_path)
@@ -339,13 +339,13 @@ class ImplicitRewardModel(_TokenScorer):
         for row in self.step_log_ratios(prompts, steps):
             if self.settings.cumulative:
                 row = [sum(row[: j + 1]) for j in range(len(row))]
-            out.append(_hf.to_output(torch.tensor(row, dtype=torch.float64), self.settings.output) if row else [])
+            out.append(hf_utils.to_output(torch.tensor(row, dtype=torch.float64), self.settings.output) if row else [])
         return out
 
     def save(self, path: str | os.PathLike) -> None:
         """Weights and tokenizer, the reference in ``reference/``, and ``reward_config.json``."""
-        _hf.save_hf(self.model, self.tokenizer, path)
-        _hf.save_hf(self.ref_model, self.tokenizer, Path(path) / REFERENCE_DIR)
+        hf_utils.save_hf(self.model, self.tokenizer, path)
+        hf_utils.save_hf(self.ref_model, self.tokenizer, Path(path) / REFERENCE_DIR)
         write_reward_config(path, "implicit", **self.settings.to_dict())
 
     def __repr__(self) -> str:

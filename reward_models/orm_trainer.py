@@ -14,9 +14,9 @@ from typing import Any
 from transformers import Trainer
 
 from reward_models import truncation as _trunc
-from reward_models._reliability import ReliableTrainerMixin
 from reward_models.losses import IGNORE_INDEX, masked_bce_loss
 from reward_models.orm_config import ORMConfig
+from reward_models.reliability import ReliableTrainerMixin
 from reward_models.rows import OutcomeRow, read_outcome_rows, rows_of
 from reward_models.steps import StepFormat, TokenizedSteps
 from reward_models.trainer_utils import (

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from reward_models import _hf
+from reward_models import hf_utils
 from reward_models.base import (
     CONFIG_NAME,
     PretrainedRewardModel,
@@ -123,16 +123,16 @@ class OutcomeRewardModel(PretrainedRewardModel):
         from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
         path = Path(model_name_or_path)
-        default = "head" if any(a.endswith("ForTokenClassification") for a in _hf.architectures(path)) \
+        default = "head" if any(a.endswith("ForTokenClassification") for a in hf_utils.architectures(path)) \
             else "verification"
         base = settings_from_dir(path, "outcome", default) if path.is_dir() else {"backend": "verification"}
         if base.pop("num_labels", 1) != 1:
             raise DataError("an outcome head has num_labels=1", source=str(path / CONFIG_NAME), field="num_labels")
         s = build_settings(OutcomeSettings, base, settings, source=str(path / CONFIG_NAME))
         auto = AutoModelForTokenClassification if s.backend == "head" else AutoModelForCausalLM
-        model = _hf.load_hf_model(auto, path, device=device, dtype=dtype or torch_dtype,
+        model = hf_utils.load_hf_model(auto, path, device=device, dtype=dtype or torch_dtype,
                                   trust_remote_code=trust_remote_code, **(model_kwargs or {}))
-        tok = tokenizer if tokenizer is not None else _hf.load_tokenizer(path, trust_remote_code=trust_remote_code)
+        tok = tokenizer if tokenizer is not None else hf_utils.load_tokenizer(path, trust_remote_code=trust_remote_code)
         self._setup(model, tok, s, where=str(path))
         self.name_or_path = str(model_name_or_path)
 
@@ -147,18 +147,18 @@ class OutcomeRewardModel(PretrainedRewardModel):
         return obj
 
     def _setup(self, model, tokenizer, settings: OutcomeSettings, where: str) -> None:
-        _hf.check_tokenizer(model, tokenizer, where)
+        hf_utils.check_tokenizer(model, tokenizer, where)
         if settings.backend == "head" and int(getattr(model.config, "num_labels", 1)) != 1:
             raise ValueError(f"{where}: an outcome head needs num_labels=1 (one logit per token), "
                              f"got {model.config.num_labels}")
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
-        self.device = _hf.model_device(model)
-        self.pad_token_id = _hf.pad_id(tokenizer)
-        self.max_length = _hf.max_positions(model, settings.max_length)
+        self.device = hf_utils.model_device(model)
+        self.pad_token_id = hf_utils.pad_id(tokenizer)
+        self.max_length = hf_utils.max_positions(model, settings.max_length)
         self.candidate_ids = []
         if settings.backend == "verification":
-            self.candidate_ids = [_hf.token_id(tokenizer, settings.yes_token, "yes_token"),
-                                  _hf.token_id(tokenizer, settings.no_token, "no_token")]
+            self.candidate_ids = [hf_utils.token_id(tokenizer, settings.yes_token, "yes_token"),
+                                  hf_utils.token_id(tokenizer, settings.no_token, "no_token")]
             if self.candidate_ids[0] == self.candidate_ids[1]:
                 raise ValueError(f"{where}: yes_token and no_token map to the same id {self.candidate_ids[0]}")
 
@@ -231,19 +231,19 @@ class OutcomeRewardModel(PretrainedRewardModel):
 
     def _head(self, seqs: list[list[int]], ranges: list[list[tuple[int, int]]]) -> list[list[float]]:
         """One right-padded forward per chunk; each ``(start, end)`` range reduced to one score."""
-        _hf.check_lengths([len(x) for x in seqs], self.max_length)
+        hf_utils.check_lengths([len(x) for x in seqs], self.max_length)
         out: list[list[float]] = [[] for _ in seqs]
         todo = [i for i, r in enumerate(ranges) if r]
-        with _hf.scoring_mode(self.model):
-            for idx in _hf.batches(len(todo), self.settings.batch_size):
+        with hf_utils.scoring_mode(self.model):
+            for idx in hf_utils.batches(len(todo), self.settings.batch_size):
                 rows = [todo[k] for k in idx]
-                ids, mask = _hf.pad_right([seqs[i] for i in rows], self.pad_token_id)
+                ids, mask = hf_utils.pad_right([seqs[i] for i in rows], self.pad_token_id)
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 logits = logits[..., 0].float().cpu()
                 for b, i in enumerate(rows):
                     lo = torch.stack([reduce_token_logits(logits[b], s, e, self.settings.reduce)
                                       for s, e in ranges[i]])
-                    out[i] = _hf.to_output(lo, self.settings.output)
+                    out[i] = hf_utils.to_output(lo, self.settings.output)
         return out
 
     def _verify(self, queries: list[str], owner: list[int]) -> list[float]:
@@ -251,14 +251,14 @@ class OutcomeRewardModel(PretrainedRewardModel):
             return []
         flat = yes_no_logodds(self.model, self.tokenizer, queries, self.candidate_ids, self.pad_token_id,
                               self.settings.batch_size, self.max_length, owner)
-        return _hf.to_output(flat, self.settings.output)
+        return hf_utils.to_output(flat, self.settings.output)
 
     def get_reward_for_problem_solution(self, problem: str, solution: str) -> float:
         return self.score([problem], [solution])[0]
 
     # -- persistence -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        _hf.save_hf(self.model, self.tokenizer, path)
+        hf_utils.save_hf(self.model, self.tokenizer, path)
         write_reward_config(path, "outcome", **self.settings.to_dict())
 
     def __repr__(self) -> str:

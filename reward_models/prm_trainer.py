@@ -30,10 +30,10 @@ import torch
 from transformers import Trainer
 
 from reward_models import truncation as _trunc
-from reward_models._hf import token_id
-from reward_models._reliability import ReliableTrainerMixin
+from reward_models.hf_utils import token_id
 from reward_models.losses import IGNORE_INDEX, masked_step_loss, token_pair_logits, weighted_next_token_loss
 from reward_models.prm_config import PRMConfig
+from reward_models.reliability import ReliableTrainerMixin
 from reward_models.rows import (
     StepRow,
     as_row_dict,
@@ -90,7 +90,7 @@ class PRMTrainer(ReliableTrainerMixin, RewardConfigOnSave, Trainer):
             from transformers import AutoModelForCausalLM
 
             model = load_model(model, AutoModelForCausalLM, args, tokenizer)
-            if args.backend == "verification":  # the scorer reads the answers' first tokens (_hf.token_id): the same ids
+            if args.backend == "verification":  # the scorer reads the answers' first tokens (hf_utils.token_id): the same ids
                 self.positive_id = token_id(tokenizer, args.yes_token, "yes_token")
                 self.negative_id = token_id(tokenizer, args.no_token, "no_token")
             else:

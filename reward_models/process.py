@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from reward_models import _hf
+from reward_models import hf_utils
 from reward_models.base import (
     AGGREGATIONS,
     CONFIG_NAME,
@@ -203,7 +203,7 @@ def settings_from_dir(path: Path, cls_type: str, default_backend: str) -> dict[s
     if not (path / CONFIG_NAME).exists():
         legacy = path / REFERENCE_PROCESS_CONFIG
         if cls_type == "process" and legacy.exists():  # written by the reference API's ProcessRewardModel.save
-            prompt = _hf.read_json(legacy).get("verification_prompt")
+            prompt = hf_utils.read_json(legacy).get("verification_prompt")
             if not isinstance(prompt, str):
                 raise DataError("missing key or not a string", source=str(legacy), field="verification_prompt")
             return {"backend": "verification", "prompt_template": prompt + "{step}"}
@@ -215,7 +215,7 @@ def settings_from_dir(path: Path, cls_type: str, default_backend: str) -> dict[s
 
 
 def backend_for_architectures(path: Path) -> str:
-    archs = _hf.architectures(path)
+    archs = hf_utils.architectures(path)
     return "head" if any(a.endswith("ForTokenClassification") for a in archs) else "verification"
 
 
@@ -251,13 +251,13 @@ class ProcessRewardModel(PretrainedRewardModel):
         auto = AutoModelForTokenClassification if s.backend == "head" else AutoModelForCausalLM
         # a LoRA adapter over a plain base needs the head's size; a full checkpoint brings its own (checked below)
         extra = {"num_labels": s.num_labels} if s.backend == "head" and "num_labels" in base \
-            and _hf.is_adapter_dir(path) else {}
-        model = _hf.load_hf_model(auto, path, device=device, dtype=dtype or torch_dtype,
+            and hf_utils.is_adapter_dir(path) else {}
+        model = hf_utils.load_hf_model(auto, path, device=device, dtype=dtype or torch_dtype,
                                   trust_remote_code=trust_remote_code, **extra, **(model_kwargs or {}))
         if s.backend == "head" and "num_labels" not in base:
             s.num_labels = int(model.config.num_labels)
             s.__post_init__()
-        tok = tokenizer if tokenizer is not None else _hf.load_tokenizer(path, trust_remote_code=trust_remote_code)
+        tok = tokenizer if tokenizer is not None else hf_utils.load_tokenizer(path, trust_remote_code=trust_remote_code)
         self._setup(model, tok, s, where=str(path))
         self.name_or_path = str(model_name_or_path)
 
@@ -282,13 +282,13 @@ class ProcessRewardModel(PretrainedRewardModel):
         return cls(path, **kwargs)
 
     def _setup(self, model, tokenizer, settings: ProcessSettings, where: str) -> None:
-        _hf.check_tokenizer(model, tokenizer, where)
+        hf_utils.check_tokenizer(model, tokenizer, where)
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
-        self.device = _hf.model_device(model)
-        self.pad_token_id = _hf.pad_id(tokenizer)
-        self.max_length = _hf.max_positions(model, settings.max_length)
+        self.device = hf_utils.model_device(model)
+        self.pad_token_id = hf_utils.pad_id(tokenizer)
+        self.max_length = hf_utils.max_positions(model, settings.max_length)
         self._shared_prefix_ok: bool | None = None  # verification: checked at first use
         self.last_verification: dict[str, Any] = {}  # what the last verification call ran (benchmarks, tests)
         s = settings
@@ -297,11 +297,11 @@ class ProcessRewardModel(PretrainedRewardModel):
             if n != s.num_labels:
                 raise ValueError(f"{where}: the head has {n} labels but the settings say num_labels={s.num_labels}")
         if s.backend == "token":
-            self.candidate_ids = [_hf.token_id(tokenizer, s.positive_token, "positive_token"),
-                                  _hf.token_id(tokenizer, s.negative_token, "negative_token")]
+            self.candidate_ids = [hf_utils.token_id(tokenizer, s.positive_token, "positive_token"),
+                                  hf_utils.token_id(tokenizer, s.negative_token, "negative_token")]
         elif s.backend == "verification":
-            self.candidate_ids = [_hf.token_id(tokenizer, s.yes_token, "yes_token"),
-                                  _hf.token_id(tokenizer, s.no_token, "no_token")]
+            self.candidate_ids = [hf_utils.token_id(tokenizer, s.yes_token, "yes_token"),
+                                  hf_utils.token_id(tokenizer, s.no_token, "no_token")]
         else:
             self.candidate_ids = []
         if self.candidate_ids and self.candidate_ids[0] == self.candidate_ids[1]:
@@ -358,21 +358,21 @@ class ProcessRewardModel(PretrainedRewardModel):
                 laid.append(self._layout(p, st))
             except DataError as e:
                 raise e.at(row=rows[i]) from None
-        _hf.check_lengths([len(ids) for ids, _ in laid], self.max_length, index=rows)
+        hf_utils.check_lengths([len(ids) for ids, _ in laid], self.max_length, index=rows)
         weights = s.good_weight if s.backend == "head" else [1.0, 0.0]
         out: list[list[float]] = [[] for _ in laid]
         order = sorted(range(len(laid)), key=lambda i: len(laid[i][0]))  # similar lengths share a chunk
-        with _hf.scoring_mode(self.model):
-            for chunk in _hf.batches(len(order), s.batch_size):
+        with hf_utils.scoring_mode(self.model):
+            for chunk in hf_utils.batches(len(order), s.batch_size):
                 idx = [order[c] for c in chunk]
-                ids, mask = _hf.pad_right([laid[i][0] for i in idx], self.pad_token_id)
+                ids, mask = hf_utils.pad_right([laid[i][0] for i in idx], self.pad_token_id)
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 rows = [b for b, i in enumerate(idx) for _ in laid[i][1]]
                 cols = [p for i in idx for p in laid[i][1]]
                 picked = logits[rows, cols]
                 if s.backend == "token":
                     picked = picked[:, self.candidate_ids]
-                vals = _hf.to_output(_hf.class_logodds(picked.float(), weights), s.output)
+                vals = hf_utils.to_output(hf_utils.class_logodds(picked.float(), weights), s.output)
                 k = 0
                 for i in idx:
                     n = len(laid[i][1])
@@ -403,7 +403,7 @@ class ProcessRewardModel(PretrainedRewardModel):
         shared = self.settings.shared_prefix and self._shared_prefix_works(ids, groups)
         flat, self.last_verification = _yes_no_from_ids(self.model, ids, self.candidate_ids, self.pad_token_id,
                                                         self.settings.batch_size, shared, groups)
-        vals = _hf.to_output(flat, self.settings.output)
+        vals = hf_utils.to_output(flat, self.settings.output)
         out, k = [], 0
         for st in steps:
             out.append(vals[k:k + len(st)])
@@ -442,7 +442,7 @@ class ProcessRewardModel(PretrainedRewardModel):
     # -- persistence -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Weights (safetensors; adapter only for LoRA), tokenizer and ``reward_config.json``."""
-        _hf.save_hf(self.model, self.tokenizer, path)
+        hf_utils.save_hf(self.model, self.tokenizer, path)
         write_reward_config(path, "process", **self.settings.to_dict())
 
     def __repr__(self) -> str:
@@ -498,29 +498,29 @@ def _yes_no_from_ids(model, ids: list[list[int]], candidate_ids: list[int], pad_
                             "model_tokens": query_tokens, "forwards": 0}
     if not ids:
         return out, info
-    keep = _hf.supports_logits_to_keep(model)  # no vocabulary logits where no score is read
+    keep = hf_utils.supports_logits_to_keep(model)  # no vocabulary logits where no score is read
     longest = max(len(x) for x in ids)
     if shared_prefix:
         packed = pack_token_trees(ids, groups, max_row_tokens=SHARED_ROW_TOKENS)
         if force or packed.num_tokens <= 0.9 * packed.num_query_tokens:
             budget = batch_size * longest  # the padded tokens of one per-query chunk
-            with _hf.scoring_mode(model):
+            with hf_utils.scoring_mode(model):
                 logits = tree_next_token_logits(model, packed, candidate_ids, pad_token_id, budget,
                                                 logits_to_keep=keep)
-            out[:] = _hf.class_logodds(logits, [1.0, 0.0])
+            out[:] = hf_utils.class_logodds(logits, [1.0, 0.0])
             info.update(path="shared_prefix", model_tokens=packed.num_tokens,
                         forwards=len(row_batches(packed.rows, budget)))
             return out, info
     order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # similar lengths share a chunk: less padding
     extra = {"logits_to_keep": 1} if keep else {}
-    with _hf.scoring_mode(model):
-        dev = _hf.model_device(model)
-        for idx in _hf.batches(len(order), batch_size):
+    with hf_utils.scoring_mode(model):
+        dev = hf_utils.model_device(model)
+        for idx in hf_utils.batches(len(order), batch_size):
             rows = [order[k] for k in idx]
-            x, mask = _hf.pad_left([ids[i] for i in rows], pad_token_id)
+            x, mask = hf_utils.pad_left([ids[i] for i in rows], pad_token_id)
             logits = model(input_ids=x.to(dev), attention_mask=mask.to(dev),
-                           position_ids=_hf.position_ids(mask).to(dev), **extra).logits[:, -1, candidate_ids]
-            out[rows] = _hf.class_logodds(logits.float(), [1.0, 0.0]).cpu()
+                           position_ids=hf_utils.position_ids(mask).to(dev), **extra).logits[:, -1, candidate_ids]
+            out[rows] = hf_utils.class_logodds(logits.float(), [1.0, 0.0]).cpu()
             info["forwards"] += 1
     return out, info
 

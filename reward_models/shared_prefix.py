@@ -293,9 +293,9 @@ def tree_next_token_logits(model, packed: PackedTrees, token_ids: Sequence[int],
     positions of each row, where the query ends are."""
     from tqdm.auto import tqdm
 
-    from reward_models import _hf
+    from reward_models import hf_utils
 
-    dev = _hf.model_device(model)
+    dev = hf_utils.model_device(model)
     cand = torch.tensor(list(token_ids), dtype=torch.long)
     by_row: dict[int, list[int]] = {}
     for q, (r, _node) in enumerate(packed.ends):

@@ -248,7 +248,7 @@ def find_head_name(model) -> str | None:
 def load_model(model, auto_cls, args, tokenizer, **kwargs):
     """Load ``model`` (a path) with ``auto_cls`` safely, or return the given model."""
     if isinstance(model, (str, os.PathLike)):
-        from reward_models._hf import safe_from_pretrained
+        from reward_models.hf_utils import safe_from_pretrained
 
         quant = args.quantization_config()
         extra = {"quantization_config": quant} if quant is not None else {}

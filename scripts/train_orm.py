@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from stepdpo.commands import train_orm as command  # noqa: E402
-from stepdpo.commands._common import run  # noqa: E402
+from stepdpo.commands.common import run  # noqa: E402
 
 if __name__ == "__main__":
     run(command, command=command.COMMAND)

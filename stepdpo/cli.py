@@ -76,7 +76,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
-        from stepdpo.commands._common import run
+        from stepdpo.commands.common import run
 
         run(command_module(argv[0]), argv[1:], command=argv[0])
         return 0

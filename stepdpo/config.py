@@ -134,7 +134,7 @@ class StepwiseDPOConfig(DPOConfig):
         if self.bf16 is None and not self.fp16:
             # TRL defaults to bf16, which fails on machines without bf16 support (CPU-only ones):
             # use it where the accelerator supports it, full precision elsewhere.
-            from reward_models._hf import bf16_supported
+            from reward_models.hf_utils import bf16_supported
 
             self.bf16 = bf16_supported()
         super().__post_init__()

@@ -257,7 +257,7 @@ def train_prm(cfg: DemoConfig, tokenizer, policy_dir: Path, train_samples, outpu
     or a fresh model of the policy's size); save it to ``output_dir/prm``; returns (path, log history)."""
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
-    from reward_models._hf import safe_from_pretrained
+    from reward_models.hf_utils import safe_from_pretrained
     from reward_models.testing import tiny_causal_lm, tiny_token_classifier
     from stepdpo.tasks.arith import STEP_FORMAT
 
@@ -486,7 +486,7 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
         if cfg.policy_path:
             from transformers import AutoModelForCausalLM
 
-            from reward_models._hf import safe_from_pretrained
+            from reward_models.hf_utils import safe_from_pretrained
 
             policy, sft_log = safe_from_pretrained(AutoModelForCausalLM, cfg.policy_path), []
             policy.save_pretrained(out / "policy_sft", safe_serialization=True)

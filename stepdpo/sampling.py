@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from reward_models._hf import pad_left, seeded_sampling
+from reward_models.hf_utils import pad_left, seeded_sampling
 from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat
 from reward_models.types import DataError
 
@@ -80,7 +80,7 @@ def pick_device(model=None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-left_pad = pad_left  # (input_ids, attention_mask), padded on the left: reward_models._hf.pad_left
+left_pad = pad_left  # (input_ids, attention_mask), padded on the left: reward_models.hf_utils.pad_left
 
 
 def cut_step(text: str, step_format: StepFormat, ended_with_eos: bool, hit_limit: bool) -> tuple[str, bool, bool]:

@@ -52,7 +52,7 @@ def train_sft(model, tokenizer, samples, *, output_dir: str, step_format: StepFo
     """Fine-tune ``model`` on gold step-by-step ``samples`` with TRL's SFTTrainer; returns the trainer."""
     from trl import SFTConfig, SFTTrainer
 
-    from reward_models._hf import bf16_supported
+    from reward_models.hf_utils import bf16_supported
 
     # TRL turns gradient checkpointing on by default; for small policies it only costs time
     sft_kwargs.setdefault("gradient_checkpointing", False)

@@ -51,9 +51,9 @@ import torch
 from datasets import Dataset
 from trl import DPOTrainer
 
-from reward_models._internals import DPOHooks
-from reward_models._reliability import ReliableTrainerMixin
 from reward_models.base import as_reward_model
+from reward_models.hf_internals import DPOHooks
+from reward_models.reliability import ReliableTrainerMixin
 from reward_models.steps import StepFormat
 from reward_models.types import DataError, StepPair
 from stepdpo import distributed as dist
@@ -205,7 +205,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
             if isinstance(model, str):
                 from transformers import AutoModelForCausalLM
 
-                from reward_models._hf import safe_from_pretrained
+                from reward_models.hf_utils import safe_from_pretrained
 
                 init = dict(args.model_init_kwargs or {})
                 init.setdefault("trust_remote_code", args.trust_remote_code)
@@ -560,7 +560,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
         """Tokenize step pairs piecewise (no EOS after a mid-solution step); pass pre-tokenized
         data through; hand any other dataset to TRL.
 
-        TRL's dataset preparation (reached through :class:`reward_models._internals.DPOHooks`)
+        TRL's dataset preparation (reached through :class:`reward_models.hf_internals.DPOHooks`)
         is used for ordinary DPO data only: its own tokenization appends EOS to every
         completion and tokenizes prompt+completion jointly, both wrong for steps.
         """

@@ -144,3 +144,55 @@ def test_docstring_examples_run():
                 failed.append(f"{name}: {result.failed} of {result.attempted}")
     assert not failed, failed
     assert ran > 50
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Module -> the project modules it imports (at any level: lazy imports count)."""
+    out = {}
+    for pkg in ("reward_models", "stepdpo"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            deps = set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    deps |= {a.name for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    deps.add(node.module)
+                    deps |= {f"{node.module}.{a.name}" for a in node.names}
+            out[name] = {d for d in deps if d.split(".")[0] in ("reward_models", "stepdpo")}
+    return out
+
+
+def test_no_import_cycles_between_modules():
+    graph = _package_imports()
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    packages = {"reward_models", "stepdpo", "stepdpo.commands", "stepdpo.tasks"}  # lazy export tables
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m, path):
+        state[m] = 1
+        for d in sorted(graph[m] - packages):
+            if state.get(d) == 1:
+                cycles.append(path[path.index(d):] + [d])
+            elif d not in state:
+                visit(d, path + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles
+
+
+def test_no_private_name_is_imported_from_another_module():
+    private = []
+    for pkg in ("reward_models", "stepdpo"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("reward_models", "stepdpo"):
+                    private += [f"{path.relative_to(ROOT)}: from {node.module} import {a.name}"
+                                for a in node.names if a.name.startswith("_") and a.name != "__version__"]
+                    if any(part.startswith("_") for part in node.module.split(".")):
+                        private.append(f"{path.relative_to(ROOT)}: from {node.module} (a private module)")
+    assert not private, private

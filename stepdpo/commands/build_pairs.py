@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepdpo import distributed as dist
-from stepdpo.commands import _common as common
+from stepdpo.commands import common
 
 COMMAND = "build-pairs"
 logger = logging.getLogger(__name__)

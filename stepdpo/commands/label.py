@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepdpo import distributed as dist
-from stepdpo.commands import _common as common
+from stepdpo.commands import common
 
 COMMAND = "label"
 logger = logging.getLogger(__name__)

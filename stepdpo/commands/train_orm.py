@@ -12,8 +12,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from stepdpo.commands import _common as common
-from stepdpo.commands import _reward as reward_common
+from stepdpo.commands import common, reward_common
 
 COMMAND = "train-orm"
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from stepdpo.commands import _common as common
+from stepdpo.commands import common
 
 COMMAND = "train"
 DRY_RUN_SFT_STEPS = 80  # with DRY_RUN_SFT_LR the tiny policy learns the format (and the 8 dry-run problems)

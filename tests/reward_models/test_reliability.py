@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reward_models._reliability import NonFiniteLossError, is_complete_checkpoint, latest_complete_checkpoint
+from reward_models.reliability import NonFiniteLossError, is_complete_checkpoint, latest_complete_checkpoint
 from reward_models.testing import tiny_sequence_classifier, tiny_token_classifier
 from reward_models.training import (
     BTRewardConfig,

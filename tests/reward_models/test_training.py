@@ -441,9 +441,9 @@ def test_verification_backend_learns_and_reloads_as_a_yes_no_prm(tokenizer, tmp_
 
 
 def test_token_backend_trains_the_ids_the_scorer_reads(tokenizer, tmp_path):
-    """One token lookup (reward_models._hf.token_id) for training and scoring: a label token of
+    """One token lookup (reward_models.hf_utils.token_id) for training and scoring: a label token of
     several tokens is read by its first token in both (training used to refuse it)."""
-    from reward_models._hf import token_id
+    from reward_models.hf_utils import token_id
 
     multi = " correct step"
     assert len(tokenizer(multi, add_special_tokens=False)["input_ids"]) > 1

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from stepdpo.cli import main as cli_main
 from stepdpo.commands import COMMANDS, command_module
-from stepdpo.commands._common import (
+from stepdpo.commands.common import (
     final_number,
     numeric_checker,
     parse,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from stepdpo.commands import command_module
-from stepdpo.commands._common import read_data, run
+from stepdpo.commands.common import read_data, run
 
 pytestmark = pytest.mark.smoke
 

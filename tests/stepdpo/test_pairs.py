@@ -398,7 +398,7 @@ def test_every_route_reads_a_fixture_the_same_way(name, tmp_path):
     own dataset handling turn the same file into the same samples or pairs."""
     from reward_models.data import iter_file_rows, load_samples
     from reward_models.testing import tiny_causal_lm, tiny_tokenizer
-    from stepdpo.commands._common import read_data
+    from stepdpo.commands.common import read_data
     from stepdpo.config import StepwiseDPOConfig
     from stepdpo.trainer import StepwiseDPOTrainer
 

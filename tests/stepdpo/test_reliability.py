@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from reward_models._reliability import NonFiniteLossError
 from reward_models.evaluation import evaluate_prm
 from reward_models.labeling import HFRollout, monte_carlo_labels_to_file
 from reward_models.process import ProcessRewardModel
+from reward_models.reliability import NonFiniteLossError
 from reward_models.testing import tiny_causal_lm, tiny_token_classifier, tiny_tokenizer
 from reward_models.training import PRMConfig, PRMTrainer
 from reward_models.types import DataError, StepPair, StepSample

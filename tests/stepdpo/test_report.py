@@ -30,7 +30,7 @@ def test_result_files_record_the_library_versions(tmp_path):
 
     import trl
 
-    from stepdpo.commands._common import write_json
+    from stepdpo.commands.common import write_json
     from stepdpo.report import library_versions, write_metrics
 
     v = library_versions()

@@ -1,4 +1,4 @@
-"""Pins every behaviour of transformers' and TRL's private names that reward_models._internals
+"""Pins every behaviour of transformers' and TRL's private names that reward_models.hf_internals
 relies on. A failure here after an upgrade names the hook that changed. (TRL's per-token
 ``log_probs`` output that the Stepwise DPO forward hook reads is pinned by
 tests/stepdpo/test_losses.py::test_dpop_at_lambda_zero_is_trl_sigmoid.)"""
@@ -8,7 +8,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 from trl import DPOConfig, DPOTrainer
 
-from reward_models._internals import DPOHooks, StagedCheckpoints
+from reward_models.hf_internals import DPOHooks, StagedCheckpoints
 from reward_models.testing import tiny_causal_lm, tiny_tokenizer
 
 ROWS = [{"prompt": "Q: 1+2\n", "chosen": "1+2=3", "rejected": "1+2=4"},

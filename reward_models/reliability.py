@@ -29,7 +29,7 @@ import shutil
 
 import torch
 
-from reward_models._internals import StagedCheckpoints
+from reward_models.hf_internals import StagedCheckpoints
 
 logger = logging.getLogger(__name__)
 

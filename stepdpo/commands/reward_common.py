@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stepdpo.commands import _common as common
+from stepdpo.commands import common
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The one module that uses private names of ``transformers`` and TRL.
 
 Everything else in the two packages goes through the public methods these mixins add. Each
-hook says what it relies on; ``tests/reward_models/test_internals.py`` pins every one of them
+hook says what it relies on; ``tests/reward_models/test_hf_internals.py`` pins every one of them
 against the installed versions (pyproject.toml pins the range they were written for), so an
 upgrade that changes one fails there, by name, instead of silently changing training.
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from reward_models.base import refuse_pickles
+from reward_models.safety import refuse_pickles
 
 logger = logging.getLogger(__name__)
 

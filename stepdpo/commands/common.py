@@ -232,7 +232,7 @@ def load_causal_lm(name: str, model_args=None, *, trust_remote_code: bool = Fals
     check_quantization(model_args)
     from transformers import AutoModelForCausalLM
 
-    from reward_models._hf import safe_from_pretrained
+    from reward_models.hf_utils import safe_from_pretrained
 
     kwargs: dict[str, Any] = {}
     if model_args is not None:
@@ -255,7 +255,7 @@ def load_causal_lm(name: str, model_args=None, *, trust_remote_code: bool = Fals
 
 
 def bf16_available() -> bool:
-    from reward_models._hf import bf16_supported
+    from reward_models.hf_utils import bf16_supported
 
     return bf16_supported()
 
