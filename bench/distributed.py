@@ -30,7 +30,7 @@ for its own slice, so 2 processes draw other samples than 1 process (the same on
 repeat): the numbers of pairs and ``generate`` calls differ a little and are recorded.
 
 Policy: the 2-layer, 64-wide GPT-2 of the tests (0.14M parameters, fitted in ~10 s on gold
-solutions of easy problems, as ``tests/stepdpo/conftest.py``'s ``fit_arith_policy``). A trained
+solutions of easy problems: ``stepdpo.tasks.arith.fit_tiny_policy``, as in the tests). A trained
 policy is needed: its solutions are well-formed and right part of the time, so first errors,
 verified continuations and pairs are found as in real use (a random-weight GPT-2 from
 :mod:`bench.models` finds none, and the trainer refuses to go on without pairs). Measured on
@@ -75,7 +75,6 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "accelerate" / "multi_cpu.yaml"
-ARITH_KW = dict(min_steps=1, max_steps=2, ops="+-", start_min=2, start_max=9, min_operand=1, max_operand=5)
 PROMPT_SEED = 41
 TARGET = 0.65
 
@@ -103,45 +102,11 @@ def sizes(mode: str) -> list[DistSize]:
 
 
 # -- the policy (parent) ----------------------------------------------------------------------------
-def fit_policy(steps: int = 250, seed: int = 0):
-    """The tests' arithmetic policy (``tests/stepdpo/conftest.py``: ``fit_arith_policy``): a 2-layer,
-    64-wide GPT-2 fitted on gold solutions of easy problems, on one thread; deterministic."""
-    from reward_models.testing import tiny_causal_lm, tiny_tokenizer
-    from stepdpo.tasks.arith import STEP_FORMAT, ArithConfig, make_samples
-
-    tok = tiny_tokenizer()
-    cfg = ArithConfig(**ARITH_KW)
-    samples = make_samples(400, seed=seed, cfg=cfg)
-    seqs = [STEP_FORMAT.tokenize(tok, s.prompt, s.steps).input_ids + [tok.eos_token_id] for s in samples]
-    model = tiny_causal_lm(tok, seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(seed)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model.train()
-        for _ in range(steps):
-            idx = torch.randint(len(seqs), (16,), generator=g).tolist()
-            batch = [seqs[i] for i in idx]
-            width = max(map(len, batch))
-            ids = torch.full((len(batch), width), tok.pad_token_id)
-            labels = torch.full((len(batch), width), -100)
-            for r, s in enumerate(batch):
-                ids[r, : len(s)] = torch.tensor(s)
-                labels[r, : len(s)] = torch.tensor(s)
-            loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-    finally:
-        torch.set_num_threads(n)
-    model.eval()
-    return model, tok, cfg
-
-
 def save_policy(path: Path, steps: int) -> dict[str, Any]:
+    from stepdpo.tasks.arith import fit_tiny_policy
+
     t0 = time.perf_counter()
-    model, tok, cfg = fit_policy(steps)
+    model, tok, cfg = fit_tiny_policy(steps)
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     (path / "arith.json").write_text(json.dumps(dataclasses.asdict(cfg)))

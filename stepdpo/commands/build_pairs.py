@@ -56,19 +56,11 @@ example:
 
 
 @dataclass
-class ScriptArguments:
+class ScriptArguments(common.ProblemArguments):
     """Problems, judge and output of pair building."""
 
     _argument_group_name = "data, judge and output (stepdpo build-pairs)"
 
-    dataset_name: str = field(default="arith", metadata={
-        "help": "Problems: 'arith[:n]', a local file/folder read by reward_models.data, or a hub dataset."})
-    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a hub dataset."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to read."})
-    prompt_column: str | None = field(default=None, metadata={"help": "Read plain rows; the problem is this column."})
-    answer_column: str | None = field(default=None, metadata={"help": "With prompt_column: the gold-answer column."})
-    prompt_template: str = field(default="{prompt}", metadata={"help": "How a problem is shown ('{prompt}')."})
-    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N problems."})
     reward_model: str = field(default="self", metadata={
         "help": "Judge: 'checker:arith', 'self' (the policy's Yes/No verification prompt) or a saved reward-model "
                 "folder."})

@@ -49,6 +49,34 @@ DRY_RUN_SAMPLES = 8
 DRY_RUN_STEPS = 2
 
 
+# -- shared options --------------------------------------------------------------------------------
+@dataclass
+class DataArguments:
+    """The data options every command reads, declared once: each command's ``ScriptArguments``
+    extends this (or :class:`ProblemArguments`) and redeclares only a default it changes."""
+
+    dataset_name: str = field(default="arith", metadata={
+        "help": "Data: 'arith' or 'arith:<n>' (the embedded arithmetic task, n examples), a local .jsonl/.json/"
+                ".parquet file or folder in any format reward_models.data reads (PRM800K, Math-Shepherd, TRL "
+                "stepwise, ProcessBench, Step-DPO, hh-rlhf, ...), or a hub dataset."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a hub dataset."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to read."})
+    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N examples."})
+
+
+@dataclass
+class ProblemArguments(DataArguments):
+    """The data options of the commands that read problems, also from plain rows (e.g. openai/gsm8k)."""
+
+    prompt_column: str | None = field(default=None, metadata={
+        "help": "Read the data as plain rows and take each problem from this column (e.g. 'question' for "
+                "openai/gsm8k). Leave unset for the formats reward_models.data reads."})
+    answer_column: str | None = field(default=None, metadata={
+        "help": "With prompt_column: the column holding the gold answer (its final number is compared)."})
+    prompt_template: str = field(default="{prompt}", metadata={
+        "help": "How a problem is shown to the policy; '{prompt}' is replaced by the problem text."})
+
+
 # -- parsing -------------------------------------------------------------------------------------
 @dataclass
 class RecipeArguments:
@@ -479,6 +507,18 @@ def write_jsonl(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
 
 
+def shrink_training_for_dry_run(training_args) -> None:
+    """The training settings of every ``--dry_run``: a few optimizer steps on small batches, no
+    checkpoints, evaluation or reporting, every step logged."""
+    training_args.max_steps = DRY_RUN_STEPS
+    training_args.save_strategy = "no"
+    training_args.eval_strategy = "no"
+    training_args.logging_steps = 1
+    training_args.report_to = []
+    training_args.gradient_accumulation_steps = 1
+    training_args.per_device_train_batch_size = min(training_args.per_device_train_batch_size, 4)
+
+
 def unique_prompts(prompts, answers):
     """Problems in first-seen order (labeled data holds several solutions per problem).
 
@@ -527,8 +567,8 @@ def use_answers(check_answers: bool | None, answers, checker) -> bool:
     return bool(available if check_answers is None else check_answers)
 
 
-__all__ = ["Data", "arith_checker", "use_answers", "chunks", "final_number", "is_tiny", "kbit_device_map", "load_causal_lm",
+__all__ = ["Data", "DataArguments", "ProblemArguments", "RecipeArguments", "arith_checker", "use_answers", "chunks", "final_number", "is_tiny", "kbit_device_map", "load_causal_lm",
            "load_tokenizer", "make_trl_parser", "numeric_checker", "parse", "parse_arith_spec", "parse_tiny_spec",
-           "print_summary", "read_data", "unique_prompts", "read_recipe", "reward_model_from_spec", "run", "to_device", "write_json",
+           "print_summary", "read_data", "shrink_training_for_dry_run", "unique_prompts", "read_recipe", "reward_model_from_spec", "run", "to_device", "write_json",
            "write_jsonl"]
 

@@ -55,19 +55,12 @@ example:
 
 
 @dataclass
-class ScriptArguments:
+class ScriptArguments(common.ProblemArguments):
     """Problems, reward model, search settings and output."""
 
     _argument_group_name = "search and output (stepdpo decode)"
 
-    dataset_name: str = field(default="arith", metadata={
-        "help": "Problems: 'arith[:n]', a file/folder read by reward_models.data, or a hub dataset."})
-    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a hub dataset."})
     dataset_split: str = field(default="test", metadata={"help": "Split to read."})
-    prompt_column: str | None = field(default=None, metadata={"help": "Read plain rows; the problem is this column."})
-    answer_column: str | None = field(default=None, metadata={"help": "With prompt_column: the gold-answer column."})
-    prompt_template: str = field(default="{prompt}", metadata={"help": "How a problem is shown ('{prompt}')."})
-    max_samples: int | None = field(default=None, metadata={"help": "Decode only the first N problems."})
     reward_model: str = field(default="self", metadata={
         "help": "Scorer: 'checker:arith', 'self' (the policy's Yes/No verification prompt) or a saved reward-model "
                 "folder."})

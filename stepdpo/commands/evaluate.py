@@ -58,19 +58,14 @@ examples:
 
 
 @dataclass
-class ScriptArguments:
+class ScriptArguments(common.DataArguments):
     """What to evaluate, on which data, and where the report goes."""
 
     _argument_group_name = "evaluation (stepdpo evaluate)"
 
+    dataset_split: str = field(default="test", metadata={"help": "Split to read."})
     reward_model: str | None = field(default=None, metadata={
         "help": "Reward model to evaluate: 'checker:arith', 'self' (needs a policy) or a saved folder."})
-    dataset_name: str = field(default="arith", metadata={
-        "help": "Step-labeled solutions (for the reward model) and problems (for the policy): 'arith[:n]' (with "
-                "injected errors), a file/folder read by reward_models.data, or a hub dataset."})
-    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a hub dataset."})
-    dataset_split: str = field(default="test", metadata={"help": "Split to read."})
-    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N examples."})
     arith_error_rate: float = field(default=0.5, metadata={"help": "With 'arith': share of corrupted solutions."})
     data_neutral: str = field(default="positive", metadata={"help": "PRM800K neutral rating: positive|negative|half."})
     threshold: float = field(default=0.5, metadata={"help": "A step is predicted bad when its score is below this."})

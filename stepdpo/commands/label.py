@@ -53,17 +53,11 @@ example:
 
 
 @dataclass
-class ScriptArguments:
+class ScriptArguments(common.DataArguments):
     """Solutions to label, the checker, rollouts and output."""
 
     _argument_group_name = "data, rollouts and output (stepdpo label)"
 
-    dataset_name: str = field(default="arith", metadata={
-        "help": "Solutions to label: 'arith[:n]' (gold and corrupted arithmetic solutions), or a file/folder/hub "
-                "dataset of step-by-step solutions with gold answers."})
-    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a hub dataset."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to read."})
-    max_samples: int | None = field(default=None, metadata={"help": "Label only the first N solutions."})
     arith_error_rate: float = field(default=0.5, metadata={"help": "With 'arith': share of corrupted solutions."})
     checker: str = field(default="auto", metadata={
         "help": "Who decides a completed solution is right: 'arith' (exact checker), 'numeric' (its final "

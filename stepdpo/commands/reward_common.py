@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RewardScriptArguments:
+class RewardScriptArguments(common.DataArguments):
     """Base model and data of a reward-model training run."""
 
     _argument_group_name = "model and data"
@@ -23,16 +23,9 @@ class RewardScriptArguments:
     model_name_or_path: str | None = field(default=None, metadata={
         "help": "Base model: a hub id (e.g. Qwen/Qwen2.5-Math-1.5B-Instruct), a local folder (safetensors "
                 "only), or tiny-gpt2[:<layers>x<width>] (offline test model)."})
-    dataset_name: str = field(default="arith", metadata={
-        "help": "Training data: 'arith[:n]' (arithmetic task with injected errors), a local .jsonl/.json/.parquet "
-                "file or folder, or a hub dataset, in any format reward_models.data reads (PRM800K, "
-                "Math-Shepherd, TRL stepwise, ProcessBench, Step-DPO, hh-rlhf, ...)."})
-    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a hub dataset."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_dataset_name: str | None = field(default=None, metadata={
         "help": "Held-out data to evaluate the saved model on after training (same sources as dataset_name)."})
     eval_split: str = field(default="test", metadata={"help": "Split of eval_dataset_name."})
-    max_samples: int | None = field(default=None, metadata={"help": "Train on the first N examples only."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N examples only."})
     data_neutral: str = field(default="positive", metadata={
         "help": "How PRM800K's neutral rating (0) is read: 'positive' (1.0), 'negative' (0.0) or 'half' (0.5)."})
@@ -45,13 +38,7 @@ class RewardScriptArguments:
 def shrink_for_dry_run(script_args, training_args) -> None:
     script_args.max_samples = min(script_args.max_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
     script_args.max_eval_samples = min(script_args.max_eval_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
-    training_args.max_steps = common.DRY_RUN_STEPS
-    training_args.save_strategy = "no"
-    training_args.eval_strategy = "no"
-    training_args.logging_steps = 1
-    training_args.report_to = []
-    training_args.gradient_accumulation_steps = 1
-    training_args.per_device_train_batch_size = min(training_args.per_device_train_batch_size, 4)
+    common.shrink_training_for_dry_run(training_args)
 
 
 def read(script_args, step_format, seed: int, eval_: bool = False):

@@ -58,25 +58,11 @@ examples:
 
 
 @dataclass
-class ScriptArguments:
+class ScriptArguments(common.ProblemArguments):
     """What to train on and who judges steps."""
 
     _argument_group_name = "data and judge (stepdpo train)"
 
-    dataset_name: str = field(default="arith", metadata={
-        "help": "Training data: 'arith' or 'arith:<n>' (the embedded arithmetic task, n problems), a local "
-                ".jsonl/.json/.parquet file or folder, or a hub dataset. Step pairs are trained on directly; "
-                "problems (or step-by-step samples) become pairs built from the policy's own samples."})
-    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a hub dataset."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to read."})
-    prompt_column: str | None = field(default=None, metadata={
-        "help": "Read the data as plain rows and take each problem from this column (e.g. 'question' for "
-                "openai/gsm8k). Leave unset for the formats reward_models.data reads."})
-    answer_column: str | None = field(default=None, metadata={
-        "help": "With prompt_column: the column holding the gold answer (its final number is compared)."})
-    prompt_template: str = field(default="{prompt}", metadata={
-        "help": "How a problem is shown to the policy; '{prompt}' is replaced by the problem text."})
-    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N examples."})
     reward_model: str = field(default="self", metadata={
         "help": "Judge used to build pairs from problems: 'checker:arith' (exact checker of the arithmetic "
                 "task), 'self' (the policy's own Yes/No verification prompt) or a folder saved by "
@@ -112,15 +98,9 @@ def apply_dry_run(script_args: ScriptArguments, training_args) -> None:
     script_args.sft_learning_rate = max(script_args.sft_learning_rate, DRY_RUN_SFT_LR)
     script_args.sft_dataset_name = None  # warm up on the dry run's own 8 problems, so some samples are right
     script_args.max_samples = min(script_args.max_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
-    training_args.max_steps = common.DRY_RUN_STEPS
+    common.shrink_training_for_dry_run(training_args)
     training_args.rounds = 1
     training_args.regenerate_every_steps = None
-    training_args.save_strategy = "no"
-    training_args.eval_strategy = "no"
-    training_args.logging_steps = 1
-    training_args.report_to = []
-    training_args.gradient_accumulation_steps = 1
-    training_args.per_device_train_batch_size = min(training_args.per_device_train_batch_size, 4)
     training_args.num_candidates = min(training_args.num_candidates, 4)
     if training_args.sample_temperature == 0:  # a barely trained policy: sampled solutions have errors to find
         training_args.sample_temperature = 1.0

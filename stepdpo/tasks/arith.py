@@ -575,7 +575,50 @@ def checker_reward_model(cfg: ArithConfig | None = None):
     return FunctionRewardModel(arith_checker, step_format=STEP_FORMAT, aggregation="min", name="arith_checker")
 
 
-__all__ = ["ArithConfig", "checker_reward_model", "CheckResult", "ERROR_KINDS", "HABITS", "Op", "ParseError",
+EASY = dict(min_steps=1, max_steps=2, ops="+-", start_min=2, start_max=9, min_operand=1, max_operand=5)
+"""Easy problems (one or two additions/subtractions of small numbers): what :func:`fit_tiny_policy` learns."""
+
+
+def fit_tiny_policy(steps: int = 250, seed: int = 0):
+    """A 2-layer, 64-wide GPT-2 fitted for ``steps`` steps on gold solutions of 400 :data:`EASY`
+    problems, on one thread (a few seconds; deterministic for a seed): it then writes well-formed
+    steps that are right only part of the time. For tests and benchmarks that need a policy with
+    errors to find. Returns ``(model, tokenizer, ArithConfig)``."""
+    import torch
+
+    from reward_models.testing import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cfg = ArithConfig(**EASY)
+    samples = make_samples(400, seed=seed, cfg=cfg)
+    seqs = [STEP_FORMAT.tokenize(tok, s.prompt, s.steps).input_ids + [tok.eos_token_id] for s in samples]
+    model = tiny_causal_lm(tok, seed=seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model.train()
+        for _ in range(steps):
+            idx = torch.randint(len(seqs), (16,), generator=g).tolist()
+            batch = [seqs[i] for i in idx]
+            width = max(map(len, batch))
+            ids = torch.full((len(batch), width), tok.pad_token_id)
+            labels = torch.full((len(batch), width), -100)
+            for r, s in enumerate(batch):
+                ids[r, : len(s)] = torch.tensor(s)
+                labels[r, : len(s)] = torch.tensor(s)
+            loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    finally:
+        torch.set_num_threads(n)
+    model.eval()
+    return model, tok, cfg
+
+
+__all__ = ["EASY", "fit_tiny_policy", "ArithConfig", "checker_reward_model", "CheckResult", "ERROR_KINDS", "HABITS", "Op", "ParseError",
            "STEP_FORMAT", "Tree", "habit_applies", "habit_result", "habit_steps",
            "check_solution", "count_ops", "evaluate", "extract_answer", "gold_steps", "inject_error",
            "is_correct", "make_samples", "make_splits", "parse_expression", "random_problem", "render"]

@@ -3,50 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-ARITH_KW = dict(min_steps=1, max_steps=2, ops="+-", start_min=2, start_max=9, min_operand=1, max_operand=5)
-
-
-def fit_arith_policy(steps: int = 250, seed: int = 0):
-    """Fit a 2-layer, 64-wide GPT-2 on gold solutions of easy problems (a few seconds): it
-    then writes well-formed steps that are right only part of the time."""
-    from reward_models.testing import tiny_causal_lm, tiny_tokenizer
-    from stepdpo.tasks.arith import STEP_FORMAT, ArithConfig, make_samples
-
-    tok = tiny_tokenizer()
-    cfg = ArithConfig(**ARITH_KW)
-    samples = make_samples(400, seed=seed, cfg=cfg)
-    seqs = [STEP_FORMAT.tokenize(tok, s.prompt, s.steps).input_ids + [tok.eos_token_id] for s in samples]
-    model = tiny_causal_lm(tok, seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(seed)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model.train()
-        for _ in range(steps):
-            idx = torch.randint(len(seqs), (16,), generator=g).tolist()
-            batch = [seqs[i] for i in idx]
-            width = max(map(len, batch))
-            ids = torch.full((len(batch), width), tok.pad_token_id)
-            labels = torch.full((len(batch), width), -100)
-            for r, s in enumerate(batch):
-                ids[r, : len(s)] = torch.tensor(s)
-                labels[r, : len(s)] = torch.tensor(s)
-            loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-    finally:
-        torch.set_num_threads(n)
-    model.eval()
-    return model, tok, cfg
+from stepdpo.tasks.arith import fit_tiny_policy
 
 
 @pytest.fixture(scope="session")
 def arith_policy():
-    return fit_arith_policy()
+    return fit_tiny_policy()
 
 
 @pytest.fixture
