@@ -168,6 +168,21 @@ class PretrainedRewardModel(RewardModel):
         return super().load(path, device=device, **kwargs)
 
 
+class ConfiguredRewardModel(PretrainedRewardModel):
+    """A pretrained reward model whose step format and aggregation are those of its ``settings``
+    (the dataclass saved in ``reward_config.json``)."""
+
+    settings: Any
+
+    @property
+    def step_format(self) -> StepFormat:  # type: ignore[override]
+        return self.settings.step_format
+
+    @property
+    def aggregation(self) -> str:  # type: ignore[override]
+        return getattr(self.settings, "aggregation", RewardModel.aggregation)
+
+
 def write_reward_config(path: str | os.PathLike, reward_type: str, **settings: Any) -> Path:
     """Write ``reward_config.json`` (``type``, ``format_version`` and the model's settings)."""
     path = Path(path)
@@ -366,6 +381,6 @@ def as_reward_model(obj: Any, **kwargs) -> RewardModel:
                     "get_rewards_for_steps or get_reward_for_text, or must be a callable f(prompt, steps)")
 
 
-__all__ = ["AGGREGATIONS", "CONFIG_NAME", "FORMAT_VERSION", "AdaptedRewardModel", "PretrainedRewardModel", "RewardModel", "aggregate",
+__all__ = ["AGGREGATIONS", "CONFIG_NAME", "FORMAT_VERSION", "AdaptedRewardModel", "ConfiguredRewardModel", "PretrainedRewardModel", "RewardModel", "aggregate",
            "as_reward_model", "check_scores", "load_reward_model", "read_reward_config", "refuse_pickles", "saved_settings",
            "register_reward_model", "registered_types", "write_reward_config"]

@@ -47,7 +47,7 @@ from reward_models import hf_utils
 from reward_models.base import (
     AGGREGATIONS,
     CONFIG_NAME,
-    PretrainedRewardModel,
+    ConfiguredRewardModel,
     register_reward_model,
     saved_settings,
     write_reward_config,
@@ -169,7 +169,7 @@ def token_logprobs(model, sequences: Sequence[Sequence[int]], pad_token_id: int,
     return out
 
 
-class _TokenScorer(PretrainedRewardModel):
+class _TokenScorer(ConfiguredRewardModel):
     """Shared plumbing: settings, tokenizing solutions and checking lengths."""
 
     settings_cls: type = LikelihoodSettings
@@ -180,13 +180,7 @@ class _TokenScorer(PretrainedRewardModel):
         self.pad_token_id = hf_utils.pad_id(tokenizer)
         self.max_length = hf_utils.max_positions(model, settings.max_length)
 
-    @property
-    def step_format(self) -> StepFormat:  # type: ignore[override]
-        return self.settings.step_format
 
-    @property
-    def aggregation(self) -> str:  # type: ignore[override]
-        return self.settings.aggregation
 
     def _tokenize(self, prompts, steps) -> tuple[list[TokenizedSteps], list[int]]:
         prompts, steps = list(prompts), [list(s) for s in steps]

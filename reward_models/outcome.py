@@ -26,7 +26,7 @@ import torch
 from reward_models import hf_utils
 from reward_models.base import (
     CONFIG_NAME,
-    PretrainedRewardModel,
+    ConfiguredRewardModel,
     register_reward_model,
     write_reward_config,
 )
@@ -106,7 +106,7 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
 
 
 @register_reward_model("outcome")
-class OutcomeRewardModel(PretrainedRewardModel):
+class OutcomeRewardModel(ConfiguredRewardModel):
     """An outcome reward model (ORM) over a transformers model; see the module docstring.
 
     Args:
@@ -162,9 +162,6 @@ class OutcomeRewardModel(PretrainedRewardModel):
             if self.candidate_ids[0] == self.candidate_ids[1]:
                 raise ValueError(f"{where}: yes_token and no_token map to the same id {self.candidate_ids[0]}")
 
-    @property
-    def step_format(self) -> StepFormat:  # type: ignore[override]
-        return self.settings.step_format
 
     @property
     def backend(self) -> str:

@@ -39,7 +39,7 @@ from reward_models import hf_utils
 from reward_models.base import (
     AGGREGATIONS,
     CONFIG_NAME,
-    PretrainedRewardModel,
+    ConfiguredRewardModel,
     register_reward_model,
     saved_settings,
     write_reward_config,
@@ -220,7 +220,7 @@ def backend_for_architectures(path: Path) -> str:
 
 
 @register_reward_model("process")
-class ProcessRewardModel(PretrainedRewardModel):
+class ProcessRewardModel(ConfiguredRewardModel):
     """A process reward model (PRM) over a transformers model; see the module docstring.
 
     Args:
@@ -308,14 +308,6 @@ class ProcessRewardModel(PretrainedRewardModel):
             raise ValueError(f"{where}: the two answer tokens map to the same id {self.candidate_ids[0]}")
 
     # reference-API conveniences
-    @property
-    def step_format(self) -> StepFormat:  # type: ignore[override]
-        return self.settings.step_format
-
-    @property
-    def aggregation(self) -> str:  # type: ignore[override]
-        return self.settings.aggregation
-
     @property
     def backend(self) -> str:
         return self.settings.backend
