@@ -162,7 +162,6 @@ class OutcomeRewardModel(ConfiguredRewardModel):
             if self.candidate_ids[0] == self.candidate_ids[1]:
                 raise ValueError(f"{where}: yes_token and no_token map to the same id {self.candidate_ids[0]}")
 
-
     @property
     def backend(self) -> str:
         return self.settings.backend

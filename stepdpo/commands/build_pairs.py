@@ -56,7 +56,7 @@ example:
 
 
 @dataclass
-class ScriptArguments(common.ProblemArguments):
+class ScriptArguments(common.ProblemArguments, common.RunArguments):
     """Problems, judge and output of pair building."""
 
     _argument_group_name = "data, judge and output (stepdpo build-pairs)"
@@ -94,8 +94,6 @@ class ScriptArguments(common.ProblemArguments):
         "help": "Drop pairs the policy already ranks right by more than this many nats."})
     sample_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
     sample_batch_size: int = field(default=64, metadata={"help": "Sequences per generate call."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder."})
-    seed: int = field(default=0, metadata={"help": "Random seed (sampling and the arith task)."})
     dry_run: bool = field(default=False, metadata={"help": "At most 8 problems and 2 candidates: a quick check."})
 
 
@@ -125,10 +123,7 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     if not name:
         raise SystemExit("no policy given: set model_name_or_path")
     fmt = StepFormat(separator=script_args.step_separator, tag=script_args.step_tag)
-    data = common.read_data(script_args.dataset_name, split=script_args.dataset_split, config=script_args.dataset_config, max_samples=script_args.max_samples,
-                       step_format=fmt, prompt_column=script_args.prompt_column, answer_column=script_args.answer_column,
-                       prompt_template=script_args.prompt_template, seed=script_args.seed)
-    prompts, answers = common.unique_prompts(data.prompts, data.answers)
+    data, prompts, answers = common.read_problems(script_args, fmt, script_args.seed)
     tokenizer = common.load_tokenizer(name, script_args.trust_remote_code, model_args.model_revision)
     model = common.to_device(common.load_causal_lm(name, model_args, trust_remote_code=script_args.trust_remote_code, seed=script_args.seed))
     model.eval()

@@ -77,6 +77,14 @@ class ProblemArguments(DataArguments):
         "help": "How a problem is shown to the policy; '{prompt}' is replaced by the problem text."})
 
 
+@dataclass
+class RunArguments:
+    """Options of the commands that run a model without a Trainer (build-pairs, label, evaluate, decode)."""
+
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder."})
+    seed: int = field(default=0, metadata={"help": "Random seed (sampling, and the problems of the arith task)."})
+
+
 # -- parsing -------------------------------------------------------------------------------------
 @dataclass
 class RecipeArguments:
@@ -507,6 +515,15 @@ def write_jsonl(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
 
 
+def read_problems(args: ProblemArguments, step_format, seed: int) -> tuple[Data, list[str], list[Any] | None]:
+    """The data named by ``args`` (:func:`read_data`), and its distinct problems with their answers."""
+    data = read_data(args.dataset_name, split=args.dataset_split, config=args.dataset_config,
+                     max_samples=args.max_samples, step_format=step_format, prompt_column=args.prompt_column,
+                     answer_column=args.answer_column, prompt_template=args.prompt_template, seed=seed)
+    prompts, answers = unique_prompts(data.prompts, data.answers)
+    return data, prompts, answers
+
+
 def shrink_training_for_dry_run(training_args) -> None:
     """The training settings of every ``--dry_run``: a few optimizer steps on small batches, no
     checkpoints, evaluation or reporting, every step logged."""
@@ -567,8 +584,8 @@ def use_answers(check_answers: bool | None, answers, checker) -> bool:
     return bool(available if check_answers is None else check_answers)
 
 
-__all__ = ["Data", "DataArguments", "ProblemArguments", "RecipeArguments", "arith_checker", "use_answers", "chunks", "final_number", "is_tiny", "kbit_device_map", "load_causal_lm",
+__all__ = ["Data", "DataArguments", "ProblemArguments", "RecipeArguments", "RunArguments", "arith_checker", "use_answers", "chunks", "final_number", "is_tiny", "kbit_device_map", "load_causal_lm",
            "load_tokenizer", "make_trl_parser", "numeric_checker", "parse", "parse_arith_spec", "parse_tiny_spec",
-           "print_summary", "read_data", "shrink_training_for_dry_run", "unique_prompts", "read_recipe", "reward_model_from_spec", "run", "to_device", "write_json",
+           "print_summary", "read_data", "read_problems", "shrink_training_for_dry_run", "unique_prompts", "read_recipe", "reward_model_from_spec", "run", "to_device", "write_json",
            "write_jsonl"]
 

@@ -55,7 +55,7 @@ example:
 
 
 @dataclass
-class ScriptArguments(common.ProblemArguments):
+class ScriptArguments(common.ProblemArguments, common.RunArguments):
     """Problems, reward model, search settings and output."""
 
     _argument_group_name = "search and output (stepdpo decode)"
@@ -79,8 +79,6 @@ class ScriptArguments(common.ProblemArguments):
     step_separator: str = field(default="\n", metadata={"help": "Text that ends every step."})
     step_tag: str | None = field(default=None, metadata={"help": "Optional scoring tag after each step."})
     output_file: str = field(default="decoded.jsonl", metadata={"help": "Output JSONL file."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder."})
-    seed: int = field(default=0, metadata={"help": "Random seed."})
     dry_run: bool = field(default=False, metadata={"help": "At most 8 problems, 2 candidates: a quick check."})
 
 
@@ -107,10 +105,7 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     if not name:
         raise SystemExit("no policy given: set model_name_or_path")
     fmt = StepFormat(separator=script_args.step_separator, tag=script_args.step_tag)
-    data = common.read_data(script_args.dataset_name, split=script_args.dataset_split, config=script_args.dataset_config, max_samples=script_args.max_samples,
-                       step_format=fmt, prompt_column=script_args.prompt_column, answer_column=script_args.answer_column,
-                       prompt_template=script_args.prompt_template, seed=script_args.seed)
-    prompts, answers = common.unique_prompts(data.prompts, data.answers)
+    data, prompts, answers = common.read_problems(script_args, fmt, script_args.seed)
     dist.check_same([prompts, answers], "problems to decode",
                     fix="Start every process with the same dataset options (dataset_name, dataset_split, max_samples, "
                         "prompt_column, prompt_template, seed) on a data file that every process sees and nothing "

@@ -58,7 +58,7 @@ examples:
 
 
 @dataclass
-class ScriptArguments(common.DataArguments):
+class ScriptArguments(common.DataArguments, common.RunArguments):
     """What to evaluate, on which data, and where the report goes."""
 
     _argument_group_name = "evaluation (stepdpo evaluate)"
@@ -84,8 +84,6 @@ class ScriptArguments(common.DataArguments):
         "help": "A per_problem.jsonl of an earlier evaluation on the same problems (e.g. the policy before "
                 "training): metrics.json gets the paired difference (mean, standard error, problems gained and "
                 "lost) for each accuracy both runs measured."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder."})
-    seed: int = field(default=0, metadata={"help": "Random seed."})
     dry_run: bool = field(default=False, metadata={"help": "At most 8 examples and 2 samples: a quick check."})
 
 

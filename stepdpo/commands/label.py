@@ -53,7 +53,7 @@ example:
 
 
 @dataclass
-class ScriptArguments(common.DataArguments):
+class ScriptArguments(common.DataArguments, common.RunArguments):
     """Solutions to label, the checker, rollouts and output."""
 
     _argument_group_name = "data, rollouts and output (stepdpo label)"
@@ -71,8 +71,6 @@ class ScriptArguments(common.DataArguments):
     step_separator: str = field(default="\n", metadata={"help": "Text that ends every step."})
     step_tag: str | None = field(default=None, metadata={"help": "Optional scoring tag after each step."})
     output_file: str = field(default="mc_labels.jsonl", metadata={"help": "Where the labeled solutions go."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder."})
-    seed: int = field(default=0, metadata={"help": "Random seed."})
     dry_run: bool = field(default=False, metadata={"help": "At most 8 solutions, 2 rollouts: a quick check."})
 
 
