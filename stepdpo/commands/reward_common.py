@@ -96,3 +96,30 @@ def labeled_samples(data, what: str):
         raise SystemExit(f"{data.source} holds no step-labeled solutions to {what} (PRM800K, Math-Shepherd, TRL "
                          "stepwise, ProcessBench, arith, ... formats)")
     return samples
+
+
+def train_step_model(script_args, training_args, trainer_cls, build_tiny, what: str, command: str) -> dict[str, Any]:
+    """The whole of ``train-prm`` / ``train-orm``: read the labeled solutions (and the held-out
+    ones), build or load the model, train and save it, evaluate the saved model, and write
+    ``stepdpo_<command>.json``. ``build_tiny(tokenizer, seed, **sizes)`` builds a tiny-gpt2 model."""
+    if script_args.dry_run:
+        shrink_for_dry_run(script_args, training_args)
+    fmt = training_args.step_format
+    article = "an" if what[0] in "AEIOU" else "a"
+    train = labeled_samples(read(script_args, fmt, training_args.seed), f"train {article} {what} on")
+    evals = read(script_args, fmt, training_args.seed, eval_=True)
+    eval_samples = labeled_samples(evals, "evaluate") if evals is not None else None
+    model, tokenizer = model_and_tokenizer(script_args, build_tiny, training_args.trust_remote_code,
+                                           training_args.seed, training_args.output_dir)
+    logger.info("%s: %d labeled solutions from %s", command, len(train), script_args.dataset_name)
+    trainer = trainer_cls(model=model, args=training_args, train_dataset=train, processing_class=tokenizer)
+    summary = train_and_save(trainer, training_args, command, train_examples=len(train))
+    if trainer.accelerator.is_main_process:
+        if eval_samples:
+            m = evaluate_saved(training_args.output_dir, eval_samples, what)
+            summary.update({"eval_auroc": m["steps"]["auroc"], "eval_processbench_f1": m["first_error"]["f1"],
+                            "eval_ece": m["ece"]})
+        common.write_json(f"{training_args.output_dir}/stepdpo_{command.replace('-', '_')}.json",
+                          {**summary, "log_history": trainer.state.log_history})
+        common.print_summary(command, summary)
+    return summary

@@ -56,28 +56,10 @@ def main(script_args: ScriptArguments, training_args) -> dict:
     from reward_models.testing import tiny_token_classifier
     from reward_models.training import ORMTrainer
 
-    if script_args.dry_run:
-        reward_common.shrink_for_dry_run(script_args, training_args)
-    fmt = training_args.step_format
-    train = reward_common.labeled_samples(reward_common.read(script_args, fmt, training_args.seed), "train an ORM on")
-    evals = reward_common.read(script_args, fmt, training_args.seed, eval_=True)
-    eval_samples = reward_common.labeled_samples(evals, "evaluate") if evals is not None else None
-
     def build_tiny(tok, seed, **spec):
         return tiny_token_classifier(tok, num_labels=1, seed=seed, **spec)
 
-    model, tokenizer = reward_common.model_and_tokenizer(script_args, build_tiny, training_args.trust_remote_code,
-                                             training_args.seed, training_args.output_dir)
-    trainer = ORMTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer)
-    summary = reward_common.train_and_save(trainer, training_args, COMMAND, train_examples=len(train))
-    if trainer.accelerator.is_main_process:
-        if eval_samples:
-            m = reward_common.evaluate_saved(training_args.output_dir, eval_samples, "ORM")
-            summary.update({"eval_auroc": m["steps"]["auroc"], "eval_processbench_f1": m["first_error"]["f1"]})
-        common.write_json(f"{training_args.output_dir}/stepdpo_train_orm.json",
-                     {**summary, "log_history": trainer.state.log_history})
-        common.print_summary(COMMAND, summary)
-    return summary
+    return reward_common.train_step_model(script_args, training_args, ORMTrainer, build_tiny, "ORM", COMMAND)
 
 
 if __name__ == "__main__":

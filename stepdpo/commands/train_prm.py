@@ -67,32 +67,12 @@ def main(script_args: ScriptArguments, training_args) -> dict:
     from reward_models.testing import tiny_causal_lm, tiny_token_classifier
     from reward_models.training import PRMTrainer
 
-    if script_args.dry_run:
-        reward_common.shrink_for_dry_run(script_args, training_args)
-    fmt = training_args.step_format
-    train = reward_common.labeled_samples(reward_common.read(script_args, fmt, training_args.seed), "train a PRM on")
-    evals = reward_common.read(script_args, fmt, training_args.seed, eval_=True)
-    eval_samples = reward_common.labeled_samples(evals, "evaluate") if evals is not None else None
-
     def build_tiny(tok, seed, **spec):
         if training_args.backend in ("token", "verification"):
             return tiny_causal_lm(tok, seed=seed, **spec)
         return tiny_token_classifier(tok, num_labels=training_args.num_labels, seed=seed, **spec)
 
-    model, tokenizer = reward_common.model_and_tokenizer(script_args, build_tiny, training_args.trust_remote_code,
-                                             training_args.seed, training_args.output_dir)
-    logger.info("train-prm: %d labeled solutions from %s", len(train), script_args.dataset_name)
-    trainer = PRMTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer)
-    summary = reward_common.train_and_save(trainer, training_args, COMMAND, train_examples=len(train))
-    if trainer.accelerator.is_main_process:
-        if eval_samples:
-            m = reward_common.evaluate_saved(training_args.output_dir, eval_samples, "PRM")
-            summary.update({"eval_auroc": m["steps"]["auroc"], "eval_processbench_f1": m["first_error"]["f1"],
-                            "eval_ece": m["ece"]})
-        common.write_json(f"{training_args.output_dir}/stepdpo_train_prm.json",
-                     {**summary, "log_history": trainer.state.log_history})
-        common.print_summary(COMMAND, summary)
-    return summary
+    return reward_common.train_step_model(script_args, training_args, PRMTrainer, build_tiny, "PRM", COMMAND)
 
 
 if __name__ == "__main__":
