@@ -358,10 +358,9 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
             dist.check_same([prompts, None if answers is None else [repr(a) for a in answers]],
                             "prompts and answers to build pairs from",
                             "Give every process the same prompts= (and answers=); the trainer shards them itself.")
-        own, n_own = dist.shard(prompts, self.accelerator.num_processes, self.accelerator.process_index)
-        start = dist.shard_bounds(len(prompts), self.accelerator.num_processes, self.accelerator.process_index)[0]
-        own = own[:n_own]  # every process makes the generate calls its own prompts need (full weights, no collectives)
-        own_answers = None if answers is None else list(answers[start:start + n_own])
+        start, stop, _ = dist.shard_bounds(len(prompts), self.accelerator.num_processes, self.accelerator.process_index)
+        own = prompts[start:stop]  # every process makes the generate calls its own prompts need (full weights)
+        own_answers = None if answers is None else list(answers[start:stop])
         synced = False if self.accelerator.num_processes > 1 else None
 
         llm = self._vllm_engine(model, tok) if args.use_vllm else None
@@ -769,11 +768,9 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
         key = dist.broadcast(h.hexdigest()[:24])
         cache = Path(self.args.output_dir) / "ref_logps_cache"
         path = cache / f"{name}-{key}.safetensors"
-        hit = False
-        if self.accelerator.is_main_process and path.exists():
-            hit = len(load_file(str(path))["ref_chosen_logps"]) == len(dataset)
-        if dist.broadcast(hit):
-            t = load_file(str(path))
+        t = load_file(str(path)) if self.accelerator.is_main_process and path.exists() else None
+        if dist.broadcast(t is not None and len(t["ref_chosen_logps"]) == len(dataset)):
+            t = t if t is not None else load_file(str(path))
             logger.info("loaded reference log-probs for %s from %s", name, path)
             self.ref_logps_cache_hit = True
             dataset = dataset.add_column("ref_chosen_logps", t["ref_chosen_logps"].tolist())
