@@ -182,6 +182,25 @@ class ConfiguredRewardModel(PretrainedRewardModel):
     def aggregation(self) -> str:  # type: ignore[override]
         return getattr(self.settings, "aggregation", RewardModel.aggregation)
 
+    def _load(self, auto_class, model_name_or_path: str | os.PathLike, settings: Any, *, device, dtype,
+              trust_remote_code: bool, model_kwargs: dict[str, Any] | None, tokenizer,
+              adjust_settings: Callable[[Any], None] | None = None, **load_kwargs: Any) -> None:
+        """Load ``auto_class`` and the tokenizer from a directory, then ``_setup`` with ``settings``.
+
+        ``adjust_settings(model)`` runs between loading and setup (for settings read off the
+        loaded config); ``tokenizer`` given by the caller is used as is.
+        """
+        from reward_models import hf_utils
+
+        path = Path(model_name_or_path)
+        model = hf_utils.load_hf_model(auto_class, path, device=device, dtype=dtype,
+                                       trust_remote_code=trust_remote_code, **load_kwargs, **(model_kwargs or {}))
+        if adjust_settings is not None:
+            adjust_settings(model)
+        tok = tokenizer if tokenizer is not None else hf_utils.load_tokenizer(path, trust_remote_code=trust_remote_code)
+        self._setup(model, tok, settings, where=str(path))
+        self.name_or_path = str(model_name_or_path)
+
 
 def write_reward_config(path: str | os.PathLike, reward_type: str, **settings: Any) -> Path:
     """Write ``reward_config.json`` (``type``, ``format_version`` and the model's settings)."""

@@ -41,7 +41,7 @@ from reward_models.trainer_utils import (
     checked_features,
     load_model,
     pad_id_for,
-    tokenizer_for,
+    trainer_inputs,
     truncate_tokenized,
 )
 from reward_models.types import DataError
@@ -173,12 +173,8 @@ class ImplicitPRMTrainer(ReliableTrainerMixin, RewardConfigOnSave, Trainer):
                  processing_class=None, ref_model=None, data_collator=None, **kwargs):
         from transformers import AutoModelForCausalLM
 
-        args = args or ImplicitPRMConfig(output_dir="implicit-prm-output")
-        if not isinstance(args, ImplicitPRMConfig):
-            raise TypeError(f"args must be an ImplicitPRMConfig, got {type(args).__name__}")
-        if train_dataset is None:
-            raise ValueError("train_dataset is required")
-        tokenizer = tokenizer_for(model, processing_class, args.trust_remote_code)
+        args, tokenizer = trainer_inputs(args, ImplicitPRMConfig, "implicit-prm-output", model, processing_class,
+                                         train_dataset)
         model = load_model(model, AutoModelForCausalLM, args, tokenizer)
         if args.use_peft:  # the reference is the same weights with the adapter switched off
             if ref_model is not None:

@@ -219,11 +219,8 @@ class LikelihoodRewardModel(_TokenScorer):
         path = Path(model_name_or_path)
         base = _saved_settings(path, "likelihood")
         s = build_settings(LikelihoodSettings, base, settings, source=str(path / CONFIG_NAME))
-        model = hf_utils.load_hf_model(AutoModelForCausalLM, path, device=device, dtype=dtype or torch_dtype,
-                                  trust_remote_code=trust_remote_code, **(model_kwargs or {}))
-        tok = tokenizer if tokenizer is not None else hf_utils.load_tokenizer(path, trust_remote_code=trust_remote_code)
-        self._setup(model, tok, s, where=str(path))
-        self.name_or_path = str(model_name_or_path)
+        self._load(AutoModelForCausalLM, model_name_or_path, s, device=device, dtype=dtype or torch_dtype,
+                   trust_remote_code=trust_remote_code, model_kwargs=model_kwargs, tokenizer=tokenizer)
 
     @classmethod
     def from_model(cls, model, tokenizer, **settings: Any) -> LikelihoodRewardModel:

@@ -24,10 +24,9 @@ from reward_models.trainer_utils import (
     RewardConfigOnSave,
     RewardDataCollator,
     checked_features,
-    config_or_default,
     load_token_classifier,
     pad_id_for,
-    tokenizer_for,
+    trainer_inputs,
     truncate_tokenized,
 )
 from reward_models.types import DataError
@@ -82,10 +81,7 @@ class ORMTrainer(ReliableTrainerMixin, RewardConfigOnSave, Trainer):
 
     def __init__(self, model, args: ORMConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, data_collator=None, **kwargs):
-        args = config_or_default(args, ORMConfig, "orm-output")
-        if train_dataset is None:
-            raise ValueError("train_dataset is required")
-        tokenizer = tokenizer_for(model, processing_class, args.trust_remote_code)
+        args, tokenizer = trainer_inputs(args, ORMConfig, "orm-output", model, processing_class, train_dataset)
         self.step_format = args.step_format
         model = load_token_classifier(model, args, tokenizer, 1, "an outcome model (one logit per token)")
 

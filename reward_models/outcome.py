@@ -130,11 +130,8 @@ class OutcomeRewardModel(ConfiguredRewardModel):
             raise DataError("an outcome head has num_labels=1", source=str(path / CONFIG_NAME), field="num_labels")
         s = build_settings(OutcomeSettings, base, settings, source=str(path / CONFIG_NAME))
         auto = AutoModelForTokenClassification if s.backend == "head" else AutoModelForCausalLM
-        model = hf_utils.load_hf_model(auto, path, device=device, dtype=dtype or torch_dtype,
-                                  trust_remote_code=trust_remote_code, **(model_kwargs or {}))
-        tok = tokenizer if tokenizer is not None else hf_utils.load_tokenizer(path, trust_remote_code=trust_remote_code)
-        self._setup(model, tok, s, where=str(path))
-        self.name_or_path = str(model_name_or_path)
+        self._load(auto, model_name_or_path, s, device=device, dtype=dtype or torch_dtype,
+                   trust_remote_code=trust_remote_code, model_kwargs=model_kwargs, tokenizer=tokenizer)
 
     @classmethod
     def from_model(cls, model, tokenizer, backend: str = "head", step_format: StepFormat | None = None,

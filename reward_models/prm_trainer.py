@@ -49,11 +49,10 @@ from reward_models.trainer_utils import (
     RewardDataCollator,
     apply_peft,
     checked_features,
-    config_or_default,
     load_model,
     load_token_classifier,
     pad_id_for,
-    tokenizer_for,
+    trainer_inputs,
     truncate_tokenized,
 )
 from reward_models.types import DataError
@@ -78,10 +77,7 @@ class PRMTrainer(ReliableTrainerMixin, RewardConfigOnSave, Trainer):
 
     def __init__(self, model, args: PRMConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, data_collator=None, **kwargs):
-        args = config_or_default(args, PRMConfig, "prm-output")
-        if train_dataset is None:
-            raise ValueError("train_dataset is required")
-        tokenizer = tokenizer_for(model, processing_class, args.trust_remote_code)
+        args, tokenizer = trainer_inputs(args, PRMConfig, "prm-output", model, processing_class, train_dataset)
         self.step_format = args.step_format
         if args.backend == "head":
             model = load_token_classifier(model, args, tokenizer, args.num_labels, "backend='head'")

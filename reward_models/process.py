@@ -252,14 +252,15 @@ class ProcessRewardModel(ConfiguredRewardModel):
         # a LoRA adapter over a plain base needs the head's size; a full checkpoint brings its own (checked below)
         extra = {"num_labels": s.num_labels} if s.backend == "head" and "num_labels" in base \
             and hf_utils.is_adapter_dir(path) else {}
-        model = hf_utils.load_hf_model(auto, path, device=device, dtype=dtype or torch_dtype,
-                                  trust_remote_code=trust_remote_code, **extra, **(model_kwargs or {}))
-        if s.backend == "head" and "num_labels" not in base:
-            s.num_labels = int(model.config.num_labels)
-            s.__post_init__()
-        tok = tokenizer if tokenizer is not None else hf_utils.load_tokenizer(path, trust_remote_code=trust_remote_code)
-        self._setup(model, tok, s, where=str(path))
-        self.name_or_path = str(model_name_or_path)
+
+        def num_labels_from_config(model) -> None:
+            if s.backend == "head" and "num_labels" not in base:
+                s.num_labels = int(model.config.num_labels)
+                s.__post_init__()
+
+        self._load(auto, model_name_or_path, s, device=device, dtype=dtype or torch_dtype,
+                   trust_remote_code=trust_remote_code, model_kwargs=model_kwargs, tokenizer=tokenizer,
+                   adjust_settings=num_labels_from_config, **extra)
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod

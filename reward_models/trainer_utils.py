@@ -295,8 +295,18 @@ def config_or_default(args, cls, default_output_dir: str):
     if args is None:
         return cls(output_dir=default_output_dir)
     if not isinstance(args, cls):
-        raise TypeError(f"args must be a {cls.__name__}, got {type(args).__name__}")
+        article = "an" if cls.__name__[0] in "AEIOU" else "a"
+        raise TypeError(f"args must be {article} {cls.__name__}, got {type(args).__name__}")
     return args
+
+
+def trainer_inputs(args, cls, default_output_dir: str, model, processing_class, train_dataset):
+    """What every step-model trainer starts from: its config (see :func:`config_or_default`) and the
+    tokenizer (see :func:`tokenizer_for`); raises when there is no ``train_dataset``."""
+    args = config_or_default(args, cls, default_output_dir)
+    if train_dataset is None:
+        raise ValueError("train_dataset is required")
+    return args, tokenizer_for(model, processing_class, args.trust_remote_code)
 
 
 def load_token_classifier(model, args, tokenizer, num_labels: int, what: str):
@@ -353,6 +363,6 @@ class RewardConfigOnSave:
         raise NotImplementedError
 
 
-__all__ = ["HEAD_NAMES", "TRUNCATION_MODES", "AdapterArgs", "config_or_default", "load_token_classifier", "ListDataset", "RewardConfigOnSave", "RewardDataCollator",
+__all__ = ["HEAD_NAMES", "TRUNCATION_MODES", "AdapterArgs", "config_or_default", "trainer_inputs", "load_token_classifier", "ListDataset", "RewardConfigOnSave", "RewardDataCollator",
            "StepFormatArgs", "apply_peft", "checked_features", "find_head_name", "load_model", "pad_id_for",
            "require_token_classifier", "tokenizer_for", "truncate_tokenized"]

@@ -36,6 +36,7 @@ bottom in the order they run.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -443,6 +444,73 @@ def best_of_n_at_chosen_temperature(cfg: DemoConfig, model, tokenizer, data, prm
 
 
 # -- the whole run -----------------------------------------------------------------------------------
+class _Stage:
+    """Times one stage of the demo into ``timings[name]`` and prints its start."""
+
+    def __init__(self, timings: dict[str, float], name: str):
+        self.timings, self.name = timings, name
+
+    def __enter__(self):
+        self.t = time.time()
+        print(f"[demo] {self.name} ...", flush=True)
+
+    def __exit__(self, *exc):
+        self.timings[self.name] = round(time.time() - self.t, 1)
+
+
+def _stepwise_dpo_stage(cfg: DemoConfig, policy, tok, data, prm, threshold: float, out: Path):
+    """Rounds of Stepwise DPO from the SFT policy (judged by the PRM or the checker, ``cfg.judge``),
+    validation accuracy after each; saves ``policy_stepdpo`` with its tokenizer.
+
+    Returns (policy, rounds, log history, checker quality of the last pairs, pair stats, loss)."""
+    from stepdpo.tasks.arith import checker_reward_model
+
+    if cfg.judge == "prm":
+        judge, judge_threshold = prm, threshold
+    elif cfg.judge == "checker":
+        judge, judge_threshold = checker_reward_model(data["task"]), 0.5
+    else:
+        raise ValueError(f"judge must be 'prm' or 'checker', got {cfg.judge!r}")
+    rounds: list[dict[str, Any]] = []
+    dpo_log: list[dict] = []
+
+    def on_round(model, r, stats, log_history):
+        cv, nv, _ = policy_accuracy(model, tok, data["val"])
+        offset = r * cfg.steps_per_round
+        dpo_log.extend({**h, "step": h.get("step", 0) + offset} for h in log_history)
+        moved = [h for h in log_history if "probe/logps_chosen" in h]
+        rounds.append({"round": r, "pairs": stats["pairs"], "chosen_verified": stats.get("chosen_verified", 0),
+                       "greedy_right_train": stats.get("correct_solutions", 0), "val_correct": cv, "n_val": nv,
+                       "probe_first": {k: moved[0][k] for k in PROBE_KEYS} if moved else None,
+                       "probe_last": {k: moved[-1][k] for k in PROBE_KEYS} if moved else None})
+        print(f"[demo] round {r}: {stats['pairs']} pairs ({stats.get('chosen_verified', 0)} chosen steps "
+              f"verified by a rollout); validation accuracy {cv}/{nv}", flush=True)
+
+    from stepdpo.trainer import NoPairsError
+
+    try:
+        dpo = stepwise_dpo_rounds(
+            policy, tok, [s.prompt for s in data["pair_prompts"]],
+            [s.meta["expression"] for s in data["pair_prompts"]], judge, output_dir=out / "dpo_run",
+            rounds=cfg.rounds, steps=cfg.steps_per_round, lr=cfg.dpo_lr, loss=cfg.dpo_loss,
+            loss_weights=cfg.dpo_loss_weights, replay_weight=cfg.replay_weight, beta=cfg.dpo_beta,
+            dpop_lambda=cfg.dpop_lambda, batch=cfg.dpo_batch,
+            threshold=judge_threshold, continuations=cfg.continuations,
+            rollout_temperature=cfg.rollout_temperature, seed=cfg.seed, warmup=cfg.dpo_warmup,
+            scheduler=cfg.dpo_scheduler, save_pairs_to=str(out / "pairs.jsonl"), on_round=on_round)
+        policy = dpo.accelerator.unwrap_model(dpo.model)
+        quality, pair_stats = pair_quality(dpo.last_pairs, data["task"]), dpo.pair_stats
+        loss = {"types": [n for n, _ in dpo.applied_losses], "weights": [w for _, w in dpo.applied_losses],
+                "replayed_per_round": [st.get("replayed", 0) for st in pair_stats]}
+    except NoPairsError as e:  # an honest no-op: nothing to train on (e.g. a policy that gets every step wrong)
+        print(f"[demo] Stepwise DPO skipped: {e}")
+        quality, pair_stats, loss = pair_quality([], data["task"]), [], None
+    policy.eval()
+    policy.save_pretrained(out / "policy_stepdpo", safe_serialization=True)
+    tok.save_pretrained(out / "policy_stepdpo")
+    return policy, rounds, dpo_log, quality, pair_stats, loss
+
+
 def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 0,
              cfg: DemoConfig | None = None) -> dict[str, Any]:
     """Run every stage, print progress and results, write the report; returns the metrics."""
@@ -453,7 +521,6 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     from reward_models.evaluation import evaluate_prm
     from reward_models.testing import tiny_tokenizer
     from stepdpo import report
-    from stepdpo.tasks.arith import checker_reward_model
 
     cfg = cfg or (DemoConfig.quick(seed) if quick else DemoConfig(seed=seed))
     torch.set_num_threads(cfg.threads)
@@ -464,18 +531,7 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t_all = time.time()
-
-    def stage(name: str):
-        class _T:
-            def __enter__(self):
-                self.t = time.time()
-                print(f"[demo] {name} ...", flush=True)
-
-            def __exit__(self, *exc):
-                timings[name] = round(time.time() - self.t, 1)
-
-        return _T()
-
+    stage = functools.partial(_Stage, timings)
     tok = tiny_tokenizer()
     with stage("data"):
         data = make_data(cfg)
@@ -519,49 +575,8 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
           f"{_f(baselines['policy_likelihood']['first_error']['f1'])}")
 
     with stage("stepwise_dpo"):
-        if cfg.judge == "prm":
-            judge, judge_threshold = prm, threshold
-        elif cfg.judge == "checker":
-            judge, judge_threshold = checker_reward_model(data["task"]), 0.5
-        else:
-            raise ValueError(f"judge must be 'prm' or 'checker', got {cfg.judge!r}")
-        rounds: list[dict[str, Any]] = []
-        dpo_log: list[dict] = []
-
-        def on_round(model, r, stats, log_history):
-            cv, nv, _ = policy_accuracy(model, tok, data["val"])
-            offset = r * cfg.steps_per_round
-            dpo_log.extend({**h, "step": h.get("step", 0) + offset} for h in log_history)
-            moved = [h for h in log_history if "probe/logps_chosen" in h]
-            rounds.append({"round": r, "pairs": stats["pairs"], "chosen_verified": stats.get("chosen_verified", 0),
-                           "greedy_right_train": stats.get("correct_solutions", 0), "val_correct": cv, "n_val": nv,
-                           "probe_first": {k: moved[0][k] for k in PROBE_KEYS} if moved else None,
-                           "probe_last": {k: moved[-1][k] for k in PROBE_KEYS} if moved else None})
-            print(f"[demo] round {r}: {stats['pairs']} pairs ({stats.get('chosen_verified', 0)} chosen steps "
-                  f"verified by a rollout); validation accuracy {cv}/{nv}", flush=True)
-
-        from stepdpo.trainer import NoPairsError
-
-        try:
-            dpo = stepwise_dpo_rounds(
-                policy, tok, [s.prompt for s in data["pair_prompts"]],
-                [s.meta["expression"] for s in data["pair_prompts"]], judge, output_dir=out / "dpo_run",
-                rounds=cfg.rounds, steps=cfg.steps_per_round, lr=cfg.dpo_lr, loss=cfg.dpo_loss,
-                loss_weights=cfg.dpo_loss_weights, replay_weight=cfg.replay_weight, beta=cfg.dpo_beta,
-                dpop_lambda=cfg.dpop_lambda, batch=cfg.dpo_batch,
-                threshold=judge_threshold, continuations=cfg.continuations,
-                rollout_temperature=cfg.rollout_temperature, seed=cfg.seed, warmup=cfg.dpo_warmup,
-                scheduler=cfg.dpo_scheduler, save_pairs_to=str(out / "pairs.jsonl"), on_round=on_round)
-            policy = dpo.accelerator.unwrap_model(dpo.model)
-            quality, pair_stats = pair_quality(dpo.last_pairs, data["task"]), dpo.pair_stats
-            loss = {"types": [n for n, _ in dpo.applied_losses], "weights": [w for _, w in dpo.applied_losses],
-                    "replayed_per_round": [st.get("replayed", 0) for st in pair_stats]}
-        except NoPairsError as e:  # an honest no-op: nothing to train on (e.g. a policy that gets every step wrong)
-            print(f"[demo] Stepwise DPO skipped: {e}")
-            quality, pair_stats, loss = pair_quality([], data["task"]), [], None
-        policy.eval()
-        policy.save_pretrained(out / "policy_stepdpo", safe_serialization=True)
-        tok.save_pretrained(out / "policy_stepdpo")
+        policy, rounds, dpo_log, quality, pair_stats, loss = _stepwise_dpo_stage(cfg, policy, tok, data, prm,
+                                                                                threshold, out)
     print(f"[demo] Stepwise DPO: {len(rounds)} rounds, {sum(r['pairs'] for r in rounds)} step pairs in all "
           f"(judge: {cfg.judge}); by the checker {quality['both']:.1%} of the last round's pairs have a valid chosen "
           "and an invalid rejected step")

@@ -112,16 +112,11 @@ def main(script_args: ScriptArguments, model_args) -> dict:
 
     if script_args.output_format not in ("jsonl", "step_dpo"):
         raise SystemExit(f"output_format must be 'jsonl' or 'step_dpo', got {script_args.output_format!r}")
-    if script_args.dry_run:
-        script_args.max_samples = min(script_args.max_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
-        script_args.num_candidates = min(script_args.num_candidates, 2)
-        script_args.num_continuations = min(script_args.num_continuations, 2)
-        script_args.sample_temperature = script_args.sample_temperature or 1.0  # a barely trained policy: sampled solutions have errors
-        script_args.max_solution_steps = min(script_args.max_solution_steps, 3)
-        script_args.sample_max_new_tokens = min(script_args.sample_max_new_tokens, 16)
-    name = model_args.model_name_or_path
-    if not name:
-        raise SystemExit("no policy given: set model_name_or_path")
+    common.shrink_for_dry_run(script_args, num_candidates=2, num_continuations=2, max_solution_steps=3,
+                              sample_max_new_tokens=16)
+    if script_args.dry_run:  # a barely trained policy: sampled solutions have errors
+        script_args.sample_temperature = script_args.sample_temperature or 1.0
+    name = common.policy_name(model_args)
     fmt = StepFormat(separator=script_args.step_separator, tag=script_args.step_tag)
     data, prompts, answers = common.read_problems(script_args, fmt, script_args.seed)
     tokenizer = common.load_tokenizer(name, script_args.trust_remote_code, model_args.model_revision)

@@ -536,6 +536,23 @@ def shrink_training_for_dry_run(training_args) -> None:
     training_args.per_device_train_batch_size = min(training_args.per_device_train_batch_size, 4)
 
 
+def shrink_for_dry_run(script_args, **caps: int) -> None:
+    """With ``--dry_run``: at most :data:`DRY_RUN_SAMPLES` problems and each option named in
+    ``caps`` lowered to its cap (never raised)."""
+    if not script_args.dry_run:
+        return
+    script_args.max_samples = min(script_args.max_samples or DRY_RUN_SAMPLES, DRY_RUN_SAMPLES)
+    for name, cap in caps.items():
+        setattr(script_args, name, min(getattr(script_args, name), cap))
+
+
+def policy_name(model_args) -> str:
+    """The policy's ``model_name_or_path``; exits with the fix when none was given."""
+    if not model_args.model_name_or_path:
+        raise SystemExit("no policy given: set model_name_or_path")
+    return model_args.model_name_or_path
+
+
 def unique_prompts(prompts, answers):
     """Problems in first-seen order (labeled data holds several solutions per problem).
 

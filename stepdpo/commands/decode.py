@@ -97,13 +97,8 @@ def main(script_args: ScriptArguments, model_args) -> dict:
 
     if script_args.method not in METHODS:
         raise SystemExit(f"method must be one of {METHODS}, got {script_args.method!r}")
-    if script_args.dry_run:
-        script_args.max_samples = min(script_args.max_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
-        script_args.n, script_args.beam_width, script_args.expand = min(script_args.n, 2), min(script_args.beam_width, 2), min(script_args.expand, 2)
-        script_args.max_steps, script_args.max_new_tokens = min(script_args.max_steps, 3), min(script_args.max_new_tokens, 16)
-    name = model_args.model_name_or_path
-    if not name:
-        raise SystemExit("no policy given: set model_name_or_path")
+    common.shrink_for_dry_run(script_args, n=2, beam_width=2, expand=2, max_steps=3, max_new_tokens=16)
+    name = common.policy_name(model_args)
     fmt = StepFormat(separator=script_args.step_separator, tag=script_args.step_tag)
     data, prompts, answers = common.read_problems(script_args, fmt, script_args.seed)
     dist.check_same([prompts, answers], "problems to decode",

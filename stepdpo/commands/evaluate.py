@@ -206,10 +206,7 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     from reward_models.steps import StepFormat
     from reward_models.types import StepSample
 
-    if script_args.dry_run:
-        script_args.max_samples = min(script_args.max_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
-        script_args.n = min(script_args.n, 2)
-        script_args.max_steps, script_args.max_new_tokens = min(script_args.max_steps, 3), min(script_args.max_new_tokens, 16)
+    common.shrink_for_dry_run(script_args, n=2, max_steps=3, max_new_tokens=16)
     name = model_args.model_name_or_path
     if script_args.reward_model is None and not name:
         raise SystemExit("nothing to evaluate: give --reward_model and/or --model_name_or_path")

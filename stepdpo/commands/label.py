@@ -98,13 +98,8 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     from reward_models.steps import StepFormat
     from reward_models.types import StepSample
 
-    if script_args.dry_run:
-        script_args.max_samples = min(script_args.max_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
-        script_args.n_rollouts = min(script_args.n_rollouts, 2)
-        script_args.max_new_tokens = min(script_args.max_new_tokens, 24)
-    name = model_args.model_name_or_path
-    if not name:
-        raise SystemExit("no policy given: set model_name_or_path")
+    common.shrink_for_dry_run(script_args, n_rollouts=2, max_new_tokens=24)
+    name = common.policy_name(model_args)
     fmt = StepFormat(separator=script_args.step_separator, tag=script_args.step_tag)
     data = common.read_data(script_args.dataset_name, split=script_args.dataset_split, config=script_args.dataset_config, max_samples=script_args.max_samples,
                        step_format=fmt, arith_error_rate=script_args.arith_error_rate, seed=script_args.seed)

@@ -36,7 +36,7 @@ class RewardScriptArguments(common.DataArguments):
 
 
 def shrink_for_dry_run(script_args, training_args) -> None:
-    script_args.max_samples = min(script_args.max_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
+    common.shrink_for_dry_run(script_args)
     script_args.max_eval_samples = min(script_args.max_eval_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
     common.shrink_training_for_dry_run(training_args)
 

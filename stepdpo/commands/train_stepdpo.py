@@ -97,7 +97,7 @@ def apply_dry_run(script_args: ScriptArguments, training_args) -> None:
     script_args.sft_warmup_steps = min(script_args.sft_warmup_steps, DRY_RUN_SFT_STEPS)
     script_args.sft_learning_rate = max(script_args.sft_learning_rate, DRY_RUN_SFT_LR)
     script_args.sft_dataset_name = None  # warm up on the dry run's own 8 problems, so some samples are right
-    script_args.max_samples = min(script_args.max_samples or common.DRY_RUN_SAMPLES, common.DRY_RUN_SAMPLES)
+    common.shrink_for_dry_run(script_args)
     common.shrink_training_for_dry_run(training_args)
     training_args.rounds = 1
     training_args.regenerate_every_steps = None
