@@ -109,6 +109,9 @@ class RewardModel:
     reward_type: str = "base"
     step_format: StepFormat = DEFAULT_STEP_FORMAT
     aggregation: str = "min"
+    #: what the scores are: ``probability`` (of a good step, in [0, 1]), ``logodds`` (log p(good) -
+    #: log p(bad)) or ``raw`` (any other number); pair building reads a probability threshold on it
+    score_scale: str = "probability"
 
     # -- the batched protocol ------------------------------------------------------------------
     def score_steps(self, prompts: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
@@ -181,6 +184,10 @@ class ConfiguredRewardModel(PretrainedRewardModel):
     @property
     def aggregation(self) -> str:  # type: ignore[override]
         return getattr(self.settings, "aggregation", RewardModel.aggregation)
+
+    @property
+    def score_scale(self) -> str:  # type: ignore[override]
+        return "logodds" if getattr(self.settings, "output", "prob") == "logodds" else "probability"
 
     def _load(self, auto_class, model_name_or_path: str | os.PathLike, settings: Any, *, device, dtype,
               trust_remote_code: bool, model_kwargs: dict[str, Any] | None, tokenizer,
@@ -310,6 +317,10 @@ class AdaptedRewardModel(RewardModel):
     """Wraps a user object so it satisfies the batched protocol (see :func:`as_reward_model`)."""
 
     reward_type = "adapted"
+
+    @property
+    def score_scale(self) -> str:  # type: ignore[override]
+        return getattr(self.obj, "score_scale", "probability")
 
     def __init__(self, obj: Any, step_format: StepFormat | None = None, aggregation: str = "min"):
         self.obj = obj

@@ -58,6 +58,8 @@ class BradleyTerryRewardModel(PretrainedRewardModel):
         batch_size: texts per forward pass.
     """
 
+    score_scale = "raw"  # a pairwise-trained reward: only differences mean something
+
     def __init__(self, model_name_or_path: str | os.PathLike, device: str | None = None, *, tokenizer=None,
                  dtype=None, torch_dtype=None, trust_remote_code: bool = False,
                  model_kwargs: dict[str, Any] | None = None, **settings: Any):

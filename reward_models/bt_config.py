@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from trl import RewardConfig
 
+from reward_models.hf_utils import current_checkpointing_names
 from reward_models.steps import StepFormat
 from reward_models.trainer_utils import AdapterArgs
 
@@ -26,6 +27,7 @@ class BTRewardConfig(AdapterArgs, RewardConfig):
     def __post_init__(self) -> None:
         StepFormat(separator=self.step_separator, tag=self.step_tag, final_separator=self.final_separator)
         self._check_adapter_args()
+        current_checkpointing_names(self)  # TRL's default gradient_checkpointing=True: no FutureWarning
         super().__post_init__()
 
     @property

@@ -66,6 +66,18 @@ def _build(obj: Any, kind: str, device: str | None) -> RewardModel | None:
     return as_reward_model(obj)
 
 
+def common_scale(models: Sequence[RewardModel | None]) -> str:
+    """The members' :attr:`~reward_models.base.RewardModel.score_scale` when they share one, else ``raw``
+    (a mix of probabilities and log-odds is neither).
+
+    >>> from reward_models.rules import FunctionRewardModel
+    >>> common_scale([FunctionRewardModel(lambda p, s: [0.5]), None])
+    'probability'
+    """
+    scales = {m.score_scale for m in models if m is not None}
+    return scales.pop() if len(scales) == 1 else "raw"
+
+
 def weighted_mean_std(values: Sequence[float], weights: Sequence[float]) -> tuple[float, float, float]:
     """``(weighted mean, min, population std)`` of members' scores for one step.
 
@@ -151,6 +163,10 @@ class CombinedRewardModel(RewardModel):
     @property
     def aggregation(self) -> str:  # type: ignore[override]
         return self.step_aggregation
+
+    @property
+    def score_scale(self) -> str:  # type: ignore[override]
+        return common_scale([self._process, self._outcome])
 
     # -- scoring ---------------------------------------------------------------------------------
     def score_steps(self, prompts, steps) -> list[list[float]]:
@@ -265,6 +281,10 @@ class EnsembleRewardModel(RewardModel):
         self.step_format = self.models[0].step_format
         self.aggregation = self.models[0].aggregation
 
+    @property
+    def score_scale(self) -> str:  # type: ignore[override]
+        return common_scale(self.models)
+
     def _reduce(self, columns: list[list[float]]) -> tuple[list[float], list[float]]:
         """Per item, the reduced score and the members' std; ``columns[m][k]`` = member m, item k."""
         scores, stds = [], []
@@ -350,6 +370,7 @@ class ShapedRewardModel(RewardModel):
     """
 
     reward_type = "shaped"
+    score_scale = "raw"  # whatever the user's shaping function returns
 
     def __init__(self, model, shape, aggregation: str | None = None):
         if not callable(shape):

@@ -46,7 +46,6 @@ import gzip
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -763,22 +762,17 @@ def load_samples(path_or_name: str | os.PathLike, format: str | None = None, **k
 
 def save_samples(path: str | os.PathLike, items: Sequence[Item]) -> Path:
     """Write items as JSONL (``.gz`` suffix: gzipped) atomically; :func:`load_samples` reads them back."""
+    from reward_models.safety import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            f = gzip.GzipFile(fileobj=raw, mode="wb") if path.name.endswith(".gz") else raw
-            for item in items:
-                if not isinstance(item, (StepSample, StepPair, PreferencePair)):
-                    raise TypeError(f"cannot save a {type(item).__name__}")
-                f.write((json.dumps(item.to_dict(), ensure_ascii=False, default=str) + "\n").encode("utf-8"))
-            if f is not raw:
-                f.close()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as raw:
+        f = gzip.GzipFile(fileobj=raw, mode="wb") if path.name.endswith(".gz") else raw
+        for item in items:
+            if not isinstance(item, (StepSample, StepPair, PreferencePair)):
+                raise TypeError(f"cannot save a {type(item).__name__}")
+            f.write((json.dumps(item.to_dict(), ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+        if f is not raw:
+            f.close()
     return path
 
 

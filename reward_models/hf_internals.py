@@ -13,10 +13,22 @@ upgrade that changes one fails there, by name, instead of silently changing trai
   (``_precompute_ref_logps``, and the ``_precompute_model_hash`` it keys the cache on), the
   columns the Trainer keeps (``_set_signature_columns_if_needed`` / ``_signature_columns``) and
   its metric buffers (``_metrics[mode][name]``, averaged into every log).
+* :func:`use_current_checkpointing_names` - ``trl.trainer.dpo_trainer`` looks up
+  ``disable_gradient_checkpointing`` (from ``trl.models.utils``) in its module namespace for every
+  reference forward pass; that function reads transformers' deprecated ``is_gradient_checkpointing``
+  names. Rebinding the module attribute to :func:`activation_checkpointing_off` (same switch, current
+  names) removes a FutureWarning from every run.
+* :func:`copyable_fused_forward` - ``trl.trainer.utils.add_fused_lm_head`` replaces the model's
+  ``forward`` with a method whose plain (non-fused) path calls the *original model's* bound
+  ``forward``, captured in a closure; a ``copy.deepcopy`` of the model keeps that closure, so the
+  copy generates and scores with the original's weights. The replacement calls the copy's own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -101,4 +113,74 @@ class DPOHooks:
             self._signature_columns = list(self._signature_columns) + extra  # type: ignore[has-type]
 
 
-__all__ = ["DPOHooks", "StagedCheckpoints"]
+@contextlib.contextmanager
+def activation_checkpointing_off(model, checkpointing_kwargs: dict | None = None):
+    """``model`` with activation (gradient) checkpointing off inside the block and as it was after.
+
+    TRL 1.16's ``disable_gradient_checkpointing``, which its DPO trainer wraps around every
+    reference forward pass, written with transformers' current names: TRL's uses
+    ``is_gradient_checkpointing`` and ``gradient_checkpointing_enable/disable``, deprecated in
+    transformers 5.2x, a FutureWarning in every run. Turned back on, it takes
+    ``every_n_layers`` and ``offload`` out of ``checkpointing_kwargs`` as the Trainer does when
+    it first turns it on (TRL's would hand them to ``torch.utils.checkpoint``). A model with only
+    the old names (older transformers) goes to TRL's own; one with neither has nothing to switch.
+    """
+    if not hasattr(model, "is_activation_checkpointing"):
+        if hasattr(model, "is_gradient_checkpointing"):
+            from trl.models.utils import disable_gradient_checkpointing
+
+            with disable_gradient_checkpointing(model, checkpointing_kwargs):
+                yield
+        else:
+            yield
+        return
+    was_on = bool(model.is_activation_checkpointing)
+    if was_on:
+        model.activation_checkpointing_disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            kwargs = dict(checkpointing_kwargs or {})
+            every_n_layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs or None,
+                                                  every_n_layers=every_n_layers, offload=offload)
+
+
+def use_current_checkpointing_names() -> None:
+    """Point TRL's DPO trainer at :func:`activation_checkpointing_off` instead of its
+    ``disable_gradient_checkpointing`` (the same switch; only while it still uses TRL's own, and
+    only where transformers has the current names)."""
+    import trl.trainer.dpo_trainer as trl_dpo
+    from transformers import PreTrainedModel
+    from trl.models.utils import disable_gradient_checkpointing
+
+    if (getattr(trl_dpo, "disable_gradient_checkpointing", None) is disable_gradient_checkpointing
+            and hasattr(PreTrainedModel, "is_activation_checkpointing")):
+        trl_dpo.disable_gradient_checkpointing = activation_checkpointing_off
+
+
+def copyable_fused_forward(model) -> bool:
+    """Make TRL's fused-LM-head ``forward`` of ``model`` safe to deep-copy (see the module docstring):
+    its fused path (``fused_lm_head=True``, TRL's training forward) is TRL's own, which reads the
+    backbone and head off ``self``; its plain path runs ``type(model).forward`` on ``self``. Returns
+    whether ``model`` had TRL's patch."""
+    patched = model.__dict__.get("forward")
+    if not (isinstance(patched, types.MethodType) and patched.__self__ is model
+            and getattr(patched.__func__, "__code__", None) is not None
+            and patched.__func__.__code__.co_name == "_fused_forward"):  # (functools.wraps renamed the rest)
+        return False
+    fused = patched.__func__
+
+    @functools.wraps(type(model).forward)  # the signature `generate` validates its kwargs against
+    def forward(self, *args, fused_lm_head=False, **kwargs):
+        if fused_lm_head:
+            return fused(self, *args, fused_lm_head=True, **kwargs)
+        return type(self).forward(self, *args, **kwargs)
+
+    model.forward = types.MethodType(forward, model)
+    return True
+
+
+__all__ = ["DPOHooks", "StagedCheckpoints", "activation_checkpointing_off", "copyable_fused_forward",
+           "use_current_checkpointing_names"]

@@ -155,6 +155,17 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
+def current_checkpointing_names(args) -> None:
+    """Carry ``gradient_checkpointing`` / ``_kwargs`` (TRL's configs set them by default) over to
+    transformers' ``activation_checkpointing`` / ``_kwargs`` unless those are set; call before
+    ``TrainingArguments.__post_init__``, which warns (FutureWarning) whenever it resolves the
+    deprecated names itself. The same setting, no warning."""
+    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        if hasattr(args, new) and getattr(args, new) is None and getattr(args, old, None) is not None:
+            setattr(args, new, getattr(args, old))
+
+
 def max_positions(model, max_length: int | None = None) -> int | None:
     """The longest sequence the model accepts: its position table size, capped by ``max_length``."""
     cfg = getattr(model, "config", None)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
+from reward_models import hf_utils
 from reward_models import truncation as _trunc
 from reward_models.likelihood import REFERENCE_DIR, step_token_spans
 from reward_models.losses import IGNORE_INDEX
@@ -40,7 +41,6 @@ from reward_models.trainer_utils import (
     apply_peft,
     checked_features,
     load_model,
-    pad_id_for,
     trainer_inputs,
     truncate_tokenized,
 )
@@ -197,7 +197,7 @@ class ImplicitPRMTrainer(ReliableTrainerMixin, RewardConfigOnSave, Trainer):
         train = feats(train_dataset, "train")
         evals = feats(eval_dataset, "eval") if eval_dataset is not None else None
         super().__init__(model=model, args=args, train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
-                         data_collator=data_collator or ImplicitCollator(pad_id_for(tokenizer)), **kwargs)
+                         data_collator=data_collator or ImplicitCollator(hf_utils.pad_id(tokenizer)), **kwargs)
         self.ref_model = ref.to(self.args.device) if ref is not None else None
         self.can_return_loss = True
         self.label_names = ["step_labels"]

@@ -13,6 +13,7 @@ from typing import Any
 
 from transformers import Trainer
 
+from reward_models import hf_utils
 from reward_models import truncation as _trunc
 from reward_models.losses import IGNORE_INDEX, masked_bce_loss
 from reward_models.orm_config import ORMConfig
@@ -23,9 +24,9 @@ from reward_models.trainer_utils import (
     ListDataset,
     RewardConfigOnSave,
     RewardDataCollator,
+    cap_max_length,
     checked_features,
     load_token_classifier,
-    pad_id_for,
     trainer_inputs,
     truncate_tokenized,
 )
@@ -87,9 +88,15 @@ class ORMTrainer(ReliableTrainerMixin, RewardConfigOnSave, Trainer):
 
         self.truncation_stats: dict[str, dict[str, int]] = {}
 
+        cap_max_length(args, model)
+        train_rows = read_outcome_rows(rows_of(train_dataset))
+        self.step_format = args.resolve_separator(s for r in train_rows if not isinstance(r.completion, str)
+                                                  for s in r.completion)
+
         def feats(data, split):
             stats = _trunc.empty_stats()
-            out = build_orm_features(read_outcome_rows(rows_of(data)), tokenizer, self.step_format,
+            rows = train_rows if split == "train" else read_outcome_rows(rows_of(data))
+            out = build_orm_features(rows, tokenizer, self.step_format,
                                      last_token_only=args.last_token_only, max_length=args.max_length,
                                      truncation=args.truncation, min_prompt_tokens=args.min_prompt_tokens, stats=stats)
             return ListDataset(checked_features(out, stats, split, args.max_length, self.truncation_stats))
@@ -97,7 +104,7 @@ class ORMTrainer(ReliableTrainerMixin, RewardConfigOnSave, Trainer):
         super().__init__(model=model, args=args, train_dataset=feats(train_dataset, "train"),
                          eval_dataset=feats(eval_dataset, "eval") if eval_dataset is not None else None,
                          processing_class=tokenizer,
-                         data_collator=data_collator or RewardDataCollator(pad_id_for(tokenizer)), **kwargs)
+                         data_collator=data_collator or RewardDataCollator(hf_utils.pad_id(tokenizer)), **kwargs)
         self.can_return_loss = True
         self.label_names = ["labels"]
 

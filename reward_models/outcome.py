@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 OUTCOME_BACKENDS = ("head", "verification")
 DEFAULT_SOLUTION_TEMPLATE = "Problem: {problem}\n\nSolution: {solution}\nIs this solution correct? Yes or No:"
+# the reference API's question, asked when there is no problem (get_reward_for_text)
+TEXT_ONLY_SOLUTION_TEMPLATE = "Is this solution correct? Yes or No: {solution}"
 
 
 @dataclass
@@ -167,6 +169,12 @@ class OutcomeRewardModel(ConfiguredRewardModel):
     def evaluation_prompt(self) -> str:  # reference-API name
         return self.settings.prompt_template
 
+    def question_template(self, problem: str) -> str:
+        """The verification question: ``prompt_template``, except that with no problem the default
+        template gives way to the reference API's :data:`TEXT_ONLY_SOLUTION_TEMPLATE`."""
+        t = self.settings.prompt_template
+        return TEXT_ONLY_SOLUTION_TEMPLATE if not problem and t == DEFAULT_SOLUTION_TEMPLATE else t
+
     def forward(self, input_ids, attention_mask=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask)
 
@@ -179,7 +187,7 @@ class OutcomeRewardModel(ConfiguredRewardModel):
             if not isinstance(c, str) or not c.strip():
                 raise DataError("a completion must be a non-empty string", row=i, field="completion")
         if self.settings.backend == "verification":
-            queries = [fill_template(self.settings.prompt_template, problem=p, solution=c)
+            queries = [fill_template(self.question_template(p), problem=p, solution=c)
                        for p, c in zip(prompts, completions)]
             return self._verify(queries, list(range(len(queries))))
         seqs, ends = [], []
@@ -204,7 +212,7 @@ class OutcomeRewardModel(ConfiguredRewardModel):
                         sol = fmt.join(st[: j + 1], complete=j == len(st) - 1)
                     except DataError as e:
                         raise e.at(row=i) from None
-                    queries.append(fill_template(self.settings.prompt_template, problem=p, solution=sol))
+                    queries.append(fill_template(self.question_template(p), problem=p, solution=sol))
                     owner.append(i)
             flat = self._verify(queries, owner)
             out, k = [], 0
@@ -247,6 +255,10 @@ class OutcomeRewardModel(ConfiguredRewardModel):
         return hf_utils.to_output(flat, self.settings.output)
 
     def get_reward_for_problem_solution(self, problem: str, solution: str) -> float:
+        """The reference API's call. With the default verification template it asks the reference's
+        question about ``"Problem: {problem}\n\nSolution: {solution}"``; otherwise ``score``."""
+        if self.backend == "verification" and self.settings.prompt_template == DEFAULT_SOLUTION_TEMPLATE:
+            return self.score([""], [f"Problem: {problem}\n\nSolution: {solution}"])[0]
         return self.score([problem], [solution])[0]
 
     # -- persistence -----------------------------------------------------------------------------

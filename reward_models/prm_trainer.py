@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from reward_models import hf_utils
 from reward_models import truncation as _trunc
 from reward_models.hf_utils import token_id
 from reward_models.losses import IGNORE_INDEX, masked_step_loss, token_pair_logits, weighted_next_token_loss
@@ -48,10 +49,10 @@ from reward_models.trainer_utils import (
     RewardConfigOnSave,
     RewardDataCollator,
     apply_peft,
+    cap_max_length,
     checked_features,
     load_model,
     load_token_classifier,
-    pad_id_for,
     trainer_inputs,
     truncate_tokenized,
 )
@@ -93,15 +94,17 @@ class PRMTrainer(ReliableTrainerMixin, RewardConfigOnSave, Trainer):
                 self.positive_id = token_id(tokenizer, args.positive_token, "positive_token")
                 self.negative_id = token_id(tokenizer, args.negative_token, "negative_token")
             model = apply_peft(model, args, "CAUSAL_LM", None)
+        cap_max_length(args, model)
         rows = read_step_rows(rows_of(train_dataset))
+        self.step_format = args.resolve_separator(s for r in rows for s in r.steps)
         self.label_scheme = resolve_label_scheme(rows, args.label_scheme, args.num_labels)
         self.truncation_stats: dict[str, dict[str, int]] = {}
         train = ListDataset(self._features(rows, tokenizer, args, "train"))
         evals = None
         if eval_dataset is not None:
             evals = ListDataset(self._features(read_step_rows(rows_of(eval_dataset)), tokenizer, args, "eval"))
-        collator = NextTokenCollator(pad_id_for(tokenizer)) if args.backend == "verification" \
-            else RewardDataCollator(pad_id_for(tokenizer))
+        collator = NextTokenCollator(hf_utils.pad_id(tokenizer)) if args.backend == "verification" \
+            else RewardDataCollator(hf_utils.pad_id(tokenizer))
         super().__init__(model=model, args=args, train_dataset=train, eval_dataset=evals,
                          processing_class=tokenizer, data_collator=data_collator or collator, **kwargs)
         self.can_return_loss = True
@@ -222,7 +225,7 @@ def predict_step_probs(model, tokenizer, samples: Sequence[Any], step_format: St
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    pad = pad_id_for(tokenizer)
+    pad = hf_utils.pad_id(tokenizer)
     out: list[list[float]] = []
     try:
         for b in range(0, len(pairs), batch_size):

@@ -61,6 +61,8 @@ OUTPUTS = ("prob", "logodds")
 NEUTRAL_RULES = {"positive": 1.0, "negative": 0.0, "half": 0.5}
 DEFAULT_STEP_TEMPLATE = ("Problem: {problem}\nSolution so far:\n{previous_steps}New step: {step}\n"
                          "Is the new step correct? Yes or No:")
+# the reference API's question, asked when there is no problem (get_reward_for_text, steps scored alone)
+TEXT_ONLY_STEP_TEMPLATE = "Is this step correct? Yes or No: {step}"
 TEMPLATE_FIELDS = ("problem", "previous_steps", "step")
 REFERENCE_PROCESS_CONFIG = "process_reward_config.json"
 # keys of reward_config.json that are bookkeeping, not settings
@@ -373,12 +375,30 @@ class ProcessRewardModel(ConfiguredRewardModel):
                     k += n
         return out
 
+    def question_template(self, problem: str) -> str:
+        """The verification question: ``prompt_template``, except that with no problem the default
+        context-aware template gives way to the reference API's :data:`TEXT_ONLY_STEP_TEMPLATE`."""
+        t = self.settings.prompt_template
+        return TEXT_ONLY_STEP_TEMPLATE if not problem and t == DEFAULT_STEP_TEMPLATE else t
+
     def verification_queries(self, prompt: str, steps: list[str]) -> list[str]:
         """One Yes/No question per step: the problem, the previous steps, and the step judged."""
         fmt = self.settings.step_format
-        return [fill_template(self.settings.prompt_template, problem=prompt,
+        template = self.question_template(prompt)
+        return [fill_template(template, problem=prompt,
                               previous_steps=fmt.join(steps[:j], complete=False) if j else "", step=steps[j])
                 for j in range(len(steps))]
+
+    def get_reward_for_text(self, text: str) -> float:
+        """The reference API's call: with the verification backend the whole ``text`` is one step,
+        asked about with :meth:`question_template` (log-odds by default, as in the reference);
+        the other backends score it as a solution split into steps."""
+        if self.backend != "verification":
+            return super().get_reward_for_text(text)
+        query = fill_template(self.question_template(""), problem="", previous_steps="", step=text)
+        flat = yes_no_logodds(self.model, self.tokenizer, [query], self.candidate_ids, self.pad_token_id, 1,
+                              self.max_length)
+        return hf_utils.to_output(flat, self.settings.output)[0]
 
     def _score_verification(self, prompts, steps, rows: list[int]) -> list[list[float]]:
         queries, owner, groups = [], [], []

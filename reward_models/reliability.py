@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+from pathlib import Path
 
 import torch
 
@@ -69,11 +70,42 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return None
 
 
+UNNAMED_BASE = "[None](https://huggingface.co/None)"  # what TRL's card template renders for no hub id
+
+
+def name_base_model(card: str | os.PathLike, base: str | None) -> None:
+    """In a model card TRL wrote, name a base model that has no hub id (a local folder or a model built
+    in memory) instead of TRL's ``[None](https://huggingface.co/None)``.
+
+    >>> import tempfile, pathlib; p = pathlib.Path(tempfile.mkdtemp()) / "README.md"
+    >>> _ = p.write_text("a fine-tuned version of [None](https://huggingface.co/None)."); name_base_model(p, None)
+    >>> p.read_text()
+    'a fine-tuned version of a model built locally (no hub id).'
+    """
+    path = Path(card)
+    if not path.is_file():
+        return
+    text = path.read_text()
+    if UNNAMED_BASE in text:
+        path.write_text(text.replace(UNNAMED_BASE, f"the local model `{base}`" if base
+                                     else "a model built locally (no hub id)"))
+
+
 class ReliableTrainerMixin(StagedCheckpoints):
     """Atomic checkpoints, resume from complete checkpoints only, a finite-loss guard,
     truncation counts in the metrics (see the module docstring)."""
 
     _micro_batch = 0
+
+    def create_model_card(self, *args, **kwargs):
+        """The Trainer's model card, with a base model that has no hub id named (see :func:`name_base_model`)."""
+        out = super().create_model_card(*args, **kwargs)  # type: ignore[misc]
+        config = getattr(self.model, "config", None)  # type: ignore[attr-defined]
+        base = getattr(config, "_name_or_path", None) or None
+        if self.is_world_process_zero():  # type: ignore[attr-defined]
+            name_base_model(os.path.join(self.args.output_dir, "README.md"),  # type: ignore[attr-defined]
+                            os.path.abspath(base) if base and os.path.isdir(base) else base)
+        return out
 
     # -- finite-loss guard ------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):

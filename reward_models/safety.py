@@ -1,14 +1,49 @@
-"""Loading safety, a leaf module (standard library only): weights load from safetensors only.
+"""Safe loading and writing, a leaf module (standard library only).
 
 :func:`refuse_pickles` is called on every folder before anything is loaded from it
 (``reward_models.hf_utils.safe_from_pretrained``, ``reward_models.base.load_reward_model``): a folder
 holding pickle-based weight files is refused, naming them, because unpickling can run code.
+:func:`atomic_file` writes every data file (samples, pairs, results): readers never see half a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """Write ``path`` through a uniquely named temporary file in the same folder, renamed over it
+    when the block ends without error (removed otherwise). The file gets the mode ``open()`` would
+    give it (``0o666`` less the umask), not ``mkstemp``'s owner-only ``0o600``.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp())
+    >>> with atomic_file(d / "a.txt") as f: _ = f.write("hi")
+    >>> (d / "a.txt").read_text(), oct((d / "a.txt").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    ('hi', True)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 # files that would need unpickling to load: refused everywhere (weights load from safetensors only)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")

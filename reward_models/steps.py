@@ -23,7 +23,7 @@ boundary. Consequently the ids of ``prompt + first k steps`` are a prefix of the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -189,6 +189,24 @@ def adds_bos(tokenizer) -> bool:
 
 
 DEFAULT_STEP_FORMAT = StepFormat()
+
+# ``step_separator: auto``: the first of these that no step of the training data contains
+AUTO_SEPARATOR = "auto"
+SEPARATOR_CANDIDATES = ("\n", "\n\n", "\n\n\n")
+
+
+def choose_separator(steps: Iterable[str], candidates: Sequence[str] = SEPARATOR_CANDIDATES) -> str:
+    r"""The first of ``candidates`` that no step contains (PRM800K's final steps hold ``"\n\n"``).
+
+    >>> choose_separator(["a", "b"]), choose_separator(["x = 2\ny = 3", "# Answer\n\n7"])
+    ('\n', '\n\n\n')
+    """
+    steps = [s for s in steps if isinstance(s, str)]
+    for sep in candidates:
+        if not any(sep in s for s in steps):
+            return sep
+    raise ValueError(f"every candidate step separator {list(candidates)} occurs inside a step: set step_separator "
+                     "to a text no step contains (e.g. '<extra_0>')")
 MATH_SHEPHERD_FORMAT = StepFormat(separator="\n", tag=" ки", final_separator=False)
 # Qwen2.5-Math-PRM lays steps out as "<extra_0>".join(steps) + "<extra_0>": the tag is the separator.
 QWEN_PRM_FORMAT = StepFormat(separator="<extra_0>")

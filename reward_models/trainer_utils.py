@@ -5,7 +5,7 @@
   ``truncation``, ``trust_remote_code``).
 * Model loading: :func:`tokenizer_for`, :func:`load_model` (safetensors only, optional
   quantization), :func:`require_token_classifier`, :func:`find_head_name`, :func:`apply_peft`.
-* Features: :class:`RewardDataCollator`, :class:`ListDataset`, :func:`pad_id_for`,
+* Features: :class:`RewardDataCollator`, :class:`ListDataset`, :func:`~reward_models.hf_utils.pad_id`,
   :func:`truncate_tokenized` (the truncation policy on one tokenized example) and
   :func:`checked_features` (log a split's truncation counts, refuse an empty split).
 * Saving: :class:`RewardConfigOnSave`, the mixin that writes ``reward_config.json`` (and the
@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from reward_models import hf_utils
 from reward_models import truncation as _trunc
 from reward_models.base import write_reward_config
 from reward_models.losses import IGNORE_INDEX
-from reward_models.steps import StepFormat
+from reward_models.steps import AUTO_SEPARATOR, SEPARATOR_CANDIDATES, StepFormat, choose_separator
 from reward_models.types import DataError
 
 logger = logging.getLogger(__name__)
@@ -102,7 +104,9 @@ class AdapterArgs:
 class StepFormatArgs:
     """Step-format, length/truncation and ``trust_remote_code`` fields shared by the PRM, ORM and implicit configs."""
 
-    step_separator: str = field(default="\n", metadata={"help": "Text after each step (StepFormat.separator)."})
+    step_separator: str = field(default=AUTO_SEPARATOR, metadata={
+        "help": "Text after each step (StepFormat.separator). 'auto': '\\n', or when a training step contains it "
+                "the first of '\\n\\n', '\\n\\n\\n' that none contains (logged, and saved with the model)."})
     step_tag: str | None = field(default=None, metadata={"help": "Optional scoring tag after each step "
                                                                  "(e.g. ' ки'); scores are read at it."})
     final_separator: bool = field(default=True, metadata={"help": "Whether the last step is followed by the "
@@ -120,7 +124,20 @@ class StepFormatArgs:
 
     @property
     def step_format(self) -> StepFormat:
-        return StepFormat(separator=self.step_separator, tag=self.step_tag, final_separator=self.final_separator)
+        """The step format; an ``auto`` separator reads as ``"\\n"`` until :meth:`resolve_separator`."""
+        sep = SEPARATOR_CANDIDATES[0] if self.step_separator == AUTO_SEPARATOR else self.step_separator
+        return StepFormat(separator=sep, tag=self.step_tag, final_separator=self.final_separator)
+
+    def resolve_separator(self, steps: Iterable[str]) -> StepFormat:
+        """Fix an ``auto`` separator from the training steps (see :func:`~reward_models.steps.choose_separator`)
+        and return the step format."""
+        if self.step_separator == AUTO_SEPARATOR:
+            self.step_separator = choose_separator(steps)
+            log = logger.info if self.step_separator == SEPARATOR_CANDIDATES[0] else logger.warning
+            log("step_separator auto: %r%s (saved with the model; set step_separator to choose another)",
+                self.step_separator, "" if self.step_separator == SEPARATOR_CANDIDATES[0]
+                else ", because some training steps contain '\\n'")
+        return self.step_format
 
     def _check_truncation_args(self) -> None:
         if self.max_length <= 0:
@@ -173,15 +190,6 @@ class ListDataset(torch.utils.data.Dataset):
         return self.features[i]
 
 
-def pad_id_for(tokenizer) -> int:
-    """The padding id for the collators: the tokenizer's pad token, else EOS, else 0."""
-    for name in ("pad_token_id", "eos_token_id"):
-        v = getattr(tokenizer, name, None)
-        if v is not None:
-            return int(v)
-    return 0
-
-
 def _too_long(n_tokens: int, max_length: int, row: int) -> DataError:
     return DataError(f"tokenizes to {n_tokens} tokens, more than max_length={max_length}; raise max_length, shorten "
                      "the example or use truncation='steps' (nothing is cut silently)", row=row)
@@ -220,6 +228,16 @@ def _log_truncation(stats, what: str, max_length: int) -> None:
                        + stats["examples_dropped"], stats["examples"], max_length, stats["examples_truncated"],
                        stats["steps_dropped"], stats["labeled_steps_dropped"], stats["prompt_tokens_cut"],
                        stats["examples_dropped"])
+
+
+def cap_max_length(args, model) -> None:
+    """Lower ``args.max_length`` to the model's position table (logged): a longer example would index
+    past it. Over-long examples then follow ``args.truncation`` and are counted."""
+    limit = hf_utils.max_positions(model)
+    if limit is not None and args.max_length > limit:
+        logger.warning("max_length %d is more than the model's %d positions: using %d (longer examples follow "
+                       "truncation=%r)", args.max_length, limit, limit, args.truncation)
+        args.max_length = limit
 
 
 def checked_features(feats: list, stats, split: str, max_length: int, into: dict) -> list:
@@ -262,7 +280,7 @@ def load_model(model, auto_cls, args, tokenizer, **kwargs):
         logger.warning("load_in_4bit/load_in_8bit apply when the model is given as a path; the loaded model is "
                        "used as is")
     if getattr(model.config, "pad_token_id", None) is None and tokenizer is not None:
-        model.config.pad_token_id = pad_id_for(tokenizer)
+        model.config.pad_token_id = hf_utils.pad_id(tokenizer)
     return model
 
 
@@ -363,6 +381,6 @@ class RewardConfigOnSave:
         raise NotImplementedError
 
 
-__all__ = ["HEAD_NAMES", "TRUNCATION_MODES", "AdapterArgs", "config_or_default", "trainer_inputs", "load_token_classifier", "ListDataset", "RewardConfigOnSave", "RewardDataCollator",
-           "StepFormatArgs", "apply_peft", "checked_features", "find_head_name", "load_model", "pad_id_for",
+__all__ = ["HEAD_NAMES", "TRUNCATION_MODES", "AdapterArgs", "cap_max_length", "config_or_default", "trainer_inputs", "load_token_classifier", "ListDataset", "RewardConfigOnSave", "RewardDataCollator",
+           "StepFormatArgs", "apply_peft", "checked_features", "find_head_name", "load_model",
            "require_token_classifier", "tokenizer_for", "truncate_tokenized"]

@@ -3,6 +3,8 @@ relies on. A failure here after an upgrade names the hook that changed. (TRL's p
 ``log_probs`` output that the Stepwise DPO forward hook reads is pinned by
 tests/stepdpo/test_losses.py::test_dpop_at_lambda_zero_is_trl_sigmoid.)"""
 
+from pathlib import Path
+
 import pytest
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
@@ -100,3 +102,57 @@ def test_dpo_trainer_keeps_signature_columns_and_logs_metric_means(tmp_path):
     trainer.log_metric("train", "custom/x", 4.0)
     trainer.log({"loss": 1.0})
     assert trainer.state.log_history[-1]["custom/x"] == pytest.approx(3.0)
+
+
+def test_trl_dpo_switches_checkpointing_off_through_the_current_names():
+    """TRL's DPO trainer calls the ``disable_gradient_checkpointing`` of its module namespace around
+    every reference forward; importing the trainer rebinds it to activation_checkpointing_off, which
+    switches checkpointing off and back (with every_n_layers) without transformers' FutureWarning."""
+    import warnings
+
+    import trl.trainer.dpo_trainer as trl_dpo
+
+    import stepdpo.trainer  # noqa: F401 - applies use_current_checkpointing_names()
+    from reward_models.hf_internals import activation_checkpointing_off
+
+    source = Path(trl_dpo.__file__).read_text()
+    assert "disable_gradient_checkpointing(" in source  # still called by name from the module namespace
+    assert trl_dpo.disable_gradient_checkpointing is activation_checkpointing_off
+    model = tiny_causal_lm(tiny_tokenizer())
+    model.activation_checkpointing_enable(every_n_layers=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        with trl_dpo.disable_gradient_checkpointing(model, {"use_reentrant": False, "every_n_layers": 1}):
+            assert not model.is_activation_checkpointing
+        assert model.is_activation_checkpointing
+
+
+def test_a_deep_copy_of_a_dpo_trained_model_runs_its_own_weights(tmp_path):
+    """TRL's add_fused_lm_head makes the model's plain forward call the original model's bound forward
+    (a closure): a deep copy generated and scored with the original's weights. copyable_fused_forward
+    gives the copy its own; the fused training path stays TRL's."""
+    import copy
+
+    import torch
+
+    from reward_models.hf_internals import copyable_fused_forward
+
+    tok = tiny_tokenizer()
+    x = torch.tensor([[5, 6, 7]])
+
+    def copy_follows_its_weights(model) -> bool:
+        twin = copy.deepcopy(model)
+        before = twin(input_ids=x).logits.sum().item()
+        with torch.no_grad():
+            for p in twin.parameters():
+                p.add_(0.1)
+        return twin(input_ids=x).logits.sum().item() != before
+
+    trainer = DPOTrainer(model=tiny_causal_lm(tok), ref_model=tiny_causal_lm(tok), args=_dpo_args(tmp_path),
+                         processing_class=tok, train_dataset=Dataset.from_list(ROWS))
+    model = trainer.model
+    assert not copy_follows_its_weights(model)  # TRL's patch: the behaviour copyable_fused_forward relies on
+    assert copyable_fused_forward(model) and copy_follows_its_weights(model)
+    assert not copyable_fused_forward(tiny_causal_lm(tok))  # an unpatched model is left alone
+    trainer.train()  # the fused path still trains through TRL's forward
+    assert trainer.state.global_step == 1

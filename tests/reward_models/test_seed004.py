@@ -173,3 +173,27 @@ def test_combined_with_paths_save_load_and_ensemble(dirs):
     weighted = EnsembleRewardModel([path, path2], weights=[0.25, 0.75])
     assert weighted.get_reward_for_text(TEXT) == \
         pytest.approx(SeedEnsembleRewardModel([path, path2], weights=[0.25, 0.75]).get_reward_for_text(TEXT), abs=1e-6)
+
+
+def test_text_only_entry_points_give_the_seed_numbers_by_default(dirs):
+    """Seed 004's snippets, with only import lines changed: no prompt_template is passed. The
+    text-only entry points ask the seed's questions; score_steps with a problem keeps the
+    context-aware question (problem, previous steps, new step)."""
+    seed_prm, seed_orm = SeedProcessRewardModel(dirs["process"]), SeedOutcomeRewardModel(dirs["outcome"])
+    prm, orm = ProcessRewardModel(dirs["process"]), OutcomeRewardModel(dirs["outcome"])
+    for text in (STEPS[0], TEXT):  # a whole multi-line text is one question, as in the seed
+        assert prm.get_reward_for_text(text) == pytest.approx(seed_prm.get_reward_for_text(text), abs=1e-4)
+    assert prm.get_rewards_for_steps(STEPS) == pytest.approx(seed_prm.get_rewards_for_steps(STEPS), abs=1e-4)
+    assert orm.get_reward_for_text(TEXT) == pytest.approx(seed_orm.get_reward_for_text(TEXT), abs=1e-4)
+    assert orm.get_reward_for_problem_solution("Q: 2+3*4", TEXT) == \
+        pytest.approx(seed_orm.get_reward_for_problem_solution("Q: 2+3*4", TEXT), abs=1e-4)
+    # the combined model of seed 004's "Integration" snippet, built from the two folders
+    combined = CombinedRewardModel(process_model_name=dirs["process"], outcome_model_name=dirs["outcome"],
+                                   process_weight=0.7, outcome_weight=0.3)
+    want = 0.7 * sum(seed_prm.get_rewards_for_steps(STEPS)) / len(STEPS) + 0.3 * seed_orm.get_reward_for_text(TEXT)
+    assert combined.get_reward_for_text(TEXT) == pytest.approx(want, abs=1e-4)
+    # with a problem, steps are judged in context: other questions, so other numbers
+    in_context = prm.score_steps(["Q: 2+3*4\n"], [STEPS])[0]
+    query = prm.verification_queries("Q: 2+3*4\n", STEPS)[1]
+    assert query.startswith("Problem: Q: 2+3*4") and "3*4=12" in query and query.endswith("Yes or No:")
+    assert in_context != pytest.approx(seed_prm.get_rewards_for_steps(STEPS), abs=1e-4)

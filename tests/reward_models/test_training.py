@@ -238,7 +238,7 @@ def test_prm_learns_arithmetic_first_errors(tokenizer, tmp_path):
     trainer.save_model(str(out))
     cfg = json.loads((out / "reward_config.json").read_text())
     assert cfg["type"] == "process" and cfg["backend"] == "head" and cfg["num_labels"] == 2
-    assert cfg["step_format"] == STEP_FORMAT.to_dict() and cfg["output"] == "prob" and cfg["max_length"] == 1024
+    assert cfg["step_format"] == STEP_FORMAT.to_dict() and cfg["output"] == "prob" and cfg["max_length"] == 256  # max_length 1024, capped to the model's 256 positions
     ckpt = next((tmp_path / "out").glob("checkpoint-*"))
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
@@ -453,3 +453,16 @@ def test_token_backend_trains_the_ids_the_scorer_reads(tokenizer, tmp_path):
                          train_dataset=rows)
     assert trainer.positive_id == token_id(tokenizer, multi, "positive_token")
     assert trainer.positive_id == tokenizer(multi, add_special_tokens=False)["input_ids"][0]
+
+
+def test_configs_take_checkpointing_by_its_current_name_without_a_warning():
+    """TRL's RewardConfig sets the deprecated gradient_checkpointing=True: transformers warned in every run."""
+    import warnings
+
+    from reward_models.training import BTRewardConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        on = BTRewardConfig(output_dir="/tmp/bt", report_to=[], bf16=False)
+        off = BTRewardConfig(output_dir="/tmp/bt", report_to=[], bf16=False, gradient_checkpointing=False)
+    assert (on.activation_checkpointing, off.activation_checkpointing) == (True, False)
