@@ -1,7 +1,7 @@
 """The ``stepdpo`` command line.
 
-    stepdpo demo [--quick] [--output-dir DIR] [--seed N]
-    stepdpo <command> [--config recipe.yaml] [--option value ...]
+    stepdpo demo [--quick] [--output-dir DIR] [--seed N] [--debug]
+    stepdpo <command> [--config recipe.yaml] [--option value ...] [--debug]
 
 ``demo`` runs the embedded end-to-end pipeline on the arithmetic task with tiny offline
 models. Every other command (``train-prm``, ``train-orm``, ``train-bt``, ``label``,
@@ -9,6 +9,9 @@ models. Every other command (``train-prm``, ``train-orm``, ``train-bt``, ``label
 :mod:`stepdpo.commands` whose options are dataclass fields parsed by ``trl.TrlParser``: a
 YAML recipe from ``configs/`` sets them, command-line options override it. The same
 modules run under ``accelerate launch scripts/<command>.py --config ...``.
+
+An error prints ``stepdpo <command>: error: <message>`` and where its full traceback was logged,
+and exits with status 1; ``--debug`` (or ``STEPDPO_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ typical workflow:
   stepdpo decode --config configs/decode_arith_beam.yaml # 4. reward-guided decoding
 
 Every command takes --config FILE.yaml (a recipe from configs/) and --option value
-overrides; `stepdpo <command> --help` lists all options. Multi-GPU / DeepSpeed / FSDP:
+overrides; `stepdpo <command> --help` lists all options; --debug shows the full traceback
+of an error (otherwise a few lines and a log file). Multi-GPU / DeepSpeed / FSDP:
   accelerate launch --config_file configs/accelerate/<setup>.yaml scripts/<command>.py --config <recipe>.yaml
 """
 
@@ -66,6 +70,8 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--policy-path", default=None,
                       help="start from a saved SFT policy (e.g. outputs/demo/policy_sft) instead of training one")
     demo.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny models: 1 is fastest)")
+    demo.add_argument("--debug", action="store_true",
+                      help="on an error, show the full traceback (otherwise a few lines and a log file)")
     demo.set_defaults(func=_demo)
     for name, (_, summary) in COMMANDS.items():
         # listed for --help only: main() hands these commands' arguments to their own TrlParser
@@ -74,14 +80,21 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:
-        from stepdpo.commands.common import run
+    """Run ``stepdpo`` with ``argv``; returns the exit status (1 after an error reported on stderr)."""
+    from stepdpo.commands.common import CommandFailed, debug_from_env, reported_errors
 
-        run(command_module(argv[0]), argv[1:], command=argv[0])
-        return 0
-    args = make_parser().parse_args(argv)
-    return args.func(args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in COMMANDS:
+            from stepdpo.commands.common import run
+
+            run(command_module(argv[0]), argv[1:], command=argv[0])
+            return 0
+        args = make_parser().parse_args(argv)
+        with reported_errors(args.command, argv[1:], getattr(args, "debug", False) or debug_from_env()):
+            return args.func(args)
+    except CommandFailed as e:
+        return e.code
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -191,20 +190,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a uniquely named temporary file in the same folder,
     then rename it: readers never see half a file, and concurrent writers never share a
     temporary file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; give it the mode open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from reward_models.safety import atomic_file
+
+    with atomic_file(path) as f:
+        f.write(text)
+    return Path(path)
 
 
 __all__ = ["RankMismatchError", "atomic_write_text", "barrier", "broadcast", "check_same", "content_hash", "device",

@@ -77,7 +77,9 @@ class ScriptArguments(common.ProblemArguments, common.RunArguments):
     step_tag: str | None = field(default=None, metadata={"help": "Optional scoring tag after each step."})
     pair_strategy: str = field(default="first_error", metadata={"help": "'first_error' or 'per_depth'."})
     num_candidates: int = field(default=4, metadata={"help": "K: solutions per problem / candidates per group."})
-    score_threshold: float = field(default=0.5, metadata={"help": "A step is good when its score is at least this."})
+    score_threshold: float = field(default=0.5, metadata={
+        "help": "A step is good when its score is at least this probability (a judge scoring log-odds, such as a "
+                "plain model folder's Yes/No verification, compares with log(t/(1-t)))."})
     min_pair_margin: float = field(default=0.0, metadata={"help": "Smallest chosen-minus-rejected score."})
     max_uncertainty: float | None = field(default=None, metadata={"help": "Drop pairs the ensemble disagrees on."})
     max_solution_steps: int = field(default=8, metadata={"help": "Step limit of sampled solutions."})
@@ -107,7 +109,7 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     from tqdm.auto import tqdm
 
     from reward_models.steps import StepFormat
-    from stepdpo.pairs import build_step_pairs, save_pairs
+    from stepdpo.pairs import build_step_pairs, judge_threshold, save_pairs, threshold_hint
     from stepdpo.sampling import StepSampler
 
     if script_args.output_format not in ("jsonl", "step_dpo"):
@@ -141,12 +143,13 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     pairs, stats = [], Counter()
     idx = list(range(start, stop))
     bar = tqdm(total=len(idx), desc="building step pairs", unit="problem", disable=not dist.is_main_process())
+    threshold = judge_threshold(judge, script_args.score_threshold)  # a probability, on the judge's scale
     for chunk in common.chunks(idx, script_args.prompts_per_batch):
         extra = {}
         if check:
             extra = {"answers": [answers[i] for i in chunk], "answer_checker": data.checker}
         res = build_step_pairs([prompts[i] for i in chunk], sampler, judge, strategy=script_args.pair_strategy,
-                               k=script_args.num_candidates, threshold=script_args.score_threshold, min_margin=script_args.min_pair_margin,
+                               k=script_args.num_candidates, threshold=threshold, min_margin=script_args.min_pair_margin,
                                max_steps=script_args.max_solution_steps, max_uncertainty=script_args.max_uncertainty, **extra,
                                **options)
         pairs.extend(res.pairs)
@@ -161,14 +164,16 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     stats = total
     path = Path(script_args.output_file)
     summary = {"command": COMMAND, "problems": len(prompts), "pairs": len(pairs), "output_file": str(path),
-               "processes": dist.world()[0], "stats": dict(stats)}
+               "processes": dist.world()[0], "stats": dict(stats), **common.rejected_rows(data)}
     if dist.is_main_process():  # one writer; the others return the same summary
         save_pairs(path, pairs, format=script_args.output_format, step_format=fmt)
         common.write_json(path.with_name(path.name + ".stats.json"), summary)
         common.print_summary(COMMAND, {k: v for k, v in summary.items() if k != "stats"} | {"outcomes": dict(stats)})
     dist.barrier()
     if not pairs:
-        logger.warning("no pairs were built: %s (sample more candidates, or change score_threshold)", dict(stats))
+        hint = threshold_hint(dict(stats), threshold, judge.score_scale)
+        logger.warning("no pairs were built: %s (%s)", dict(stats),
+                       hint or "sample more candidates, or change score_threshold")
     return summary
 
 

@@ -35,7 +35,8 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ ARITH_PREFIX = "arith"
 DEFAULT_ARITH_SIZE = 256
 DRY_RUN_SAMPLES = 8
 DRY_RUN_STEPS = 2
+DEBUG_ENV = "STEPDPO_DEBUG"  # =1: errors propagate with their traceback, like --debug
+ERROR_LINES = 4  # lines of an error message shown on stderr (the whole traceback goes to a log file)
+MODEL_FIX = "give an existing model folder, a hub id such as Qwen/Qwen2.5-Math-1.5B, or tiny-gpt2"
 
 
 # -- shared options --------------------------------------------------------------------------------
@@ -62,6 +66,12 @@ class DataArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a hub dataset."})
     dataset_split: str = field(default="train", metadata={"help": "Split to read."})
     max_samples: int | None = field(default=None, metadata={"help": "Use only the first N examples."})
+    skip_invalid: bool = field(default=False, metadata={
+        "help": "Skip rows that fail validation instead of stopping; each is counted, logged and written to "
+                "rejects_path."})
+    rejects_path: str | None = field(default=None, metadata={
+        "help": "Where skipped rows go (JSONL; default <data file>.rejects.jsonl; rows of a hub dataset are only "
+                "logged unless set). Other data files of the run (eval, SFT) use their own default."})
 
 
 @dataclass
@@ -103,9 +113,17 @@ def make_trl_parser(dataclass_types: Sequence[type], prog: str, description: str
 
     from trl import TrlParser
 
+    epilog = (epilog.rstrip("\n") + "\n\n" if epilog else "") + ERRORS_EPILOG
     return TrlParser((*dataclass_types, RecipeArguments), prog=prog,
-                     usage=f"{prog} [--config FILE.yaml] [--option value ...]", description=description,
+                     usage=f"{prog} [--config FILE.yaml] [--option value ...] [--debug]", description=description,
                      epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+ERRORS_EPILOG = f"""\
+errors:
+  an error prints a few lines and the path of a log file with its full traceback;
+  --debug (or {DEBUG_ENV}=1) lets it propagate with the traceback instead
+"""
 
 
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
@@ -148,15 +166,134 @@ def parse(parser, argv: Sequence[str] | None, command: str | None = None) -> tup
 
 
 def run(module, argv: Sequence[str] | None = None, command: str | None = None):
-    """Parse ``argv`` with ``module.make_parser()`` and call ``module.main(*parsed)``."""
+    """Parse ``argv`` with ``module.make_parser()`` and call ``module.main(*parsed)``.
+
+    An error ends the command with a few lines on stderr and exit status 1 (:func:`reported_errors`);
+    a bare ``--debug`` anywhere in ``argv`` (or ``STEPDPO_DEBUG=1``) lets it propagate instead."""
     from stepdpo.distributed import init_distributed, shutdown
 
+    args, debug = strip_debug(sys.argv[1:] if argv is None else argv)
+    command = command or getattr(module, "COMMAND", None)
     setup_logging()
-    parsed = parse(module.make_parser(), argv, command or getattr(module, "COMMAND", None))
-    init_distributed()  # several processes (accelerate launch): join their group before any work
-    result = module.main(*parsed)
+    with reported_errors(command, args, debug):
+        parsed = parse(module.make_parser(), args, command)
+        init_distributed()  # several processes (accelerate launch): join their group before any work
+        result = module.main(*parsed)
     shutdown()  # only after a clean run: on an error the processes stop without waiting for each other
     return result
+
+
+# -- errors --------------------------------------------------------------------------------------
+class CommandFailed(SystemExit):
+    """A command's error, already reported on stderr: exit status 1; ``str()`` is the message."""
+
+    def __init__(self, message: str):
+        super().__init__(1)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# messages that are clear without the exception's type (a KeyError's is just the key)
+CLEAR_ERRORS = (ValueError, OSError, RuntimeError, ImportError, NotImplementedError, SystemExit)
+
+
+def strip_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """``argv`` without a bare ``--debug``, and whether errors propagate (that flag or ``STEPDPO_DEBUG=1``).
+
+    ``--debug`` followed by a value (``--debug underflow_overflow``) is the ``transformers``
+    training option and stays.
+
+    >>> strip_debug(["--dry_run", "--debug"])[0], strip_debug(["--debug", "underflow_overflow"])[0]
+    (['--dry_run'], ['--debug', 'underflow_overflow'])
+    """
+    argv = list(argv)
+    debug = debug_from_env()
+    args = []
+    for i, arg in enumerate(argv):
+        if arg == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            debug = True
+        else:
+            args.append(arg)
+    return args, debug
+
+
+def debug_from_env() -> bool:
+    """Whether ``STEPDPO_DEBUG`` asks for errors to propagate with their traceback."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def error_message(err: BaseException, max_lines: int = ERROR_LINES, width: int = 400) -> str:
+    """The first ``max_lines`` non-blank lines of ``err``'s message (each cut at ``width``), led by
+    its type when the message alone would be unclear.
+
+    >>> error_message(KeyError("label")), error_message(ValueError("a\\n\\nb\\nc"), max_lines=2)
+    ("KeyError: 'label'", 'a\\nb ...')
+    """
+    text = str(err.code) if isinstance(err, SystemExit) else str(err)
+    lines = [line.rstrip()[:width] for line in text.strip().splitlines() if line.strip()]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] += " ..."
+    if not lines or not isinstance(err, CLEAR_ERRORS):
+        lines[:1] = [f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__]
+    return "\n".join(lines)
+
+
+def write_traceback(err: BaseException, command: str | None, argv: Sequence[str]) -> str | None:
+    """Write ``err``'s full traceback to ``<tempdir>/stepdpo-<command>-<time>-<pid>.log``; its path,
+    or None when it cannot be written."""
+    import shlex
+    import tempfile
+    import time
+    import traceback
+
+    path = Path(tempfile.gettempdir()) / f"stepdpo-{command or 'cli'}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    head = f"stepdpo {command or ''} {shlex.join(argv)}".replace("  ", " ").strip()
+    try:
+        path.write_text(head + "\n\n" + "".join(traceback.format_exception(err)), encoding="utf-8")
+    except OSError:
+        return None
+    return str(path)
+
+
+def report_error(err: BaseException, command: str | None, argv: Sequence[str] = ()) -> CommandFailed:
+    """Print ``err`` on stderr as ``stepdpo <command>: error: <message>`` plus, unless it is a
+    deliberate ``SystemExit`` message, where its full traceback was written; returns the
+    :class:`CommandFailed` to raise. Every failing process reports its own error (no collective)."""
+    from stepdpo.distributed import world
+
+    n, rank = world()
+    where = f" (process {rank} of {n})" if n > 1 else ""
+    message = error_message(err)
+    lines = [f"stepdpo {command}: error{where}: " if command else f"stepdpo: error{where}: "]
+    lines[0] += message.replace("\n", "\n  ")
+    if not isinstance(err, SystemExit):
+        log = write_traceback(err, command, argv)
+        lines.append(f"full traceback: {log} (or rerun with --debug)" if log
+                     else "rerun with --debug for the full traceback")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    return CommandFailed(message)
+
+
+@contextmanager
+def reported_errors(command: str | None, argv: Sequence[str] = (), debug: bool = False) -> Iterator[None]:
+    """Turn an error in the block into :func:`report_error`'s few lines and exit status 1.
+
+    ``KeyboardInterrupt`` and a ``SystemExit`` with a status (``--help``: 0, a usage error: 2)
+    pass unchanged; a ``SystemExit`` with a message is shown without a traceback log. With
+    ``debug`` every error propagates unchanged."""
+    try:
+        yield
+    except SystemExit as e:
+        if debug or e.code is None or isinstance(e.code, int):
+            raise
+        raise report_error(e, command, argv) from None
+    except Exception as e:
+        if debug:
+            raise
+        raise report_error(e, command, argv) from None
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -190,12 +327,33 @@ def is_tiny(name: str | None) -> bool:
     return parse_tiny_spec(name) is not None
 
 
+def check_model_path(name: str | os.PathLike, what: str = "model", fix: str = MODEL_FIX) -> None:
+    """Raise ``FileNotFoundError`` (naming the path and ``fix``) when ``name`` looks like a local
+    path - starts with ``/ ./ ../ ~``, ends with ``/``, has two or more ``/``, or its parent folder
+    exists here - but does not exist (``transformers`` would report a malformed hub repo id).
+
+    >>> check_model_path("Qwen/Qwen2.5-Math-1.5B"); check_model_path("/no/such/model")
+    Traceback (most recent call last):
+    FileNotFoundError: model folder /no/such/model does not exist: give an existing model folder, ...
+    """
+    text = str(name)
+    path = Path(text).expanduser()
+    if is_tiny(text) or path.exists():
+        return
+    looks_local = (text.startswith(("/", "./", "../", "~")) or text.endswith("/") or text.count("/") >= 2
+                   or ("/" in text and path.parent.exists()))
+    if looks_local:
+        shown = text if path.is_absolute() else f"{text} (looked for {path.absolute()})"
+        raise FileNotFoundError(f"{what} folder {shown} does not exist: {fix}")
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None):
     """The tokenizer of ``name`` (the shipped tiny tokenizer for ``tiny-gpt2``)."""
     if is_tiny(name):
         from reward_models.testing import tiny_tokenizer
 
         return tiny_tokenizer()
+    check_model_path(name)
     from transformers import AutoTokenizer
 
     kwargs = {"trust_remote_code": trust_remote_code}
@@ -225,7 +383,7 @@ def save_tiny_base(name: str, build, output_dir: str | os.PathLike, seed: int = 
         if is_main_process():
             tok = tiny_tokenizer()
             save_tiny(build(tok, seed=seed, **spec), tok, path)
-    return str(path)
+    return str(path.resolve())  # absolute: a LoRA adapter names it, and must load from any folder
 
 
 def kbit_device_map() -> dict[str, int] | None:
@@ -265,6 +423,7 @@ def load_causal_lm(name: str, model_args=None, *, trust_remote_code: bool = Fals
         if model_args is not None and (model_args.load_in_4bit or model_args.load_in_8bit):
             logger.warning("%s: the tiny test model is never quantized; load_in_4bit/load_in_8bit ignored", name)
         return tiny_causal_lm(load_tokenizer(name), seed=seed, **spec)
+    check_model_path(name)
     check_quantization(model_args)
     from transformers import AutoModelForCausalLM
 
@@ -333,7 +492,8 @@ class Data:
     ``items``: StepSample / StepPair / PreferencePair objects (from a known format);
     ``prompts``/``answers``: the prompts (and gold answers, or None) of every item or row;
     ``checker``: ``checker(prompt, steps, answer) -> bool`` when correctness can be judged
-    (the arithmetic task's checker, or a numeric final-answer match).
+    (the arithmetic task's checker, or a numeric final-answer match); ``rejected``: rows skipped
+    as invalid (``skip_invalid``), written to ``rejects_path`` when it is set.
     """
 
     source: str
@@ -342,6 +502,8 @@ class Data:
     answers: list[Any] | None = None
     checker: Callable[[str, list[str], Any], bool] | None = None
     is_arith: bool = False
+    rejected: int = 0
+    rejects_path: str | None = None
 
     def of_type(self, *types) -> list[Any]:
         return [x for x in self.items if isinstance(x, types)]
@@ -397,8 +559,13 @@ def numeric_checker(prompt: str, steps: list[str], answer: Any) -> bool:
 def read_data(source: str, *, split: str = "train", config: str | None = None, max_samples: int | None = None,
               step_format=None, prompt_column: str | None = None, answer_column: str | None = None,
               prompt_template: str = "{prompt}", arith_error_rate: float = 0.0, seed: int = 0,
-              neutral: str = "positive") -> Data:
-    """Read a data source (see the module docstring) into :class:`Data`."""
+              neutral: str = "positive", skip_invalid: bool = False, rejects_path: str | None = None) -> Data:
+    """Read a data source (see the module docstring) into :class:`Data`.
+
+    A row that fails validation raises a ``DataError`` naming file, row and field; with
+    ``skip_invalid`` it is skipped, counted in ``Data.rejected``, logged, and written (by the
+    main process only) to ``rejects_path`` (default ``<data file>.rejects.jsonl``).
+    """
     from reward_models.types import StepPair, StepSample
 
     if not source:
@@ -420,31 +587,48 @@ def read_data(source: str, *, split: str = "train", config: str | None = None, m
         return Data(source=source, items=items, prompts=[s.prompt for s in items],
                     answers=[s.answer for s in items], checker=arith_checker, is_arith=True)
 
+    rejects_path = _rejects_path(source, rejects_path) if skip_invalid else None
     if prompt_column:
+        from reward_models.data import RejectsWriter
+        from reward_models.types import DataError
+
         rows = _raw_rows(source, split, config)
         if max_samples:
             rows = rows[:max_samples]
-        prompts, answers = [], []
-        for i, row in rows:
-            from reward_models.types import DataError
-
-            value = row.get(prompt_column) if isinstance(row, dict) else None
-            if not isinstance(value, str) or not value.strip():
-                raise DataError("missing or empty", source=source, row=i, field=prompt_column)
-            prompts.append(prompt_template.replace("{prompt}", value))
-            if answer_column:
-                if row.get(answer_column) is None:
-                    raise DataError("missing", source=source, row=i, field=answer_column)
-                answers.append(str(row[answer_column]))
+        prompts, answers, rejected = [], [], 0
+        with RejectsWriter(rejects_path) as reject:
+            for i, row in rows:
+                try:
+                    if isinstance(row, DataError):  # a line that is not JSON or not UTF-8
+                        raise row.at(source=source, row=i)
+                    value = row.get(prompt_column) if isinstance(row, dict) else None
+                    if not isinstance(value, str) or not value.strip():
+                        raise DataError("missing or empty", source=source, row=i, field=prompt_column)
+                    if answer_column and row.get(answer_column) is None:
+                        raise DataError("missing", source=source, row=i, field=answer_column)
+                except DataError as err:
+                    if not skip_invalid:
+                        raise
+                    rejected += 1
+                    logger.warning("skipping invalid row: %s", err)
+                    reject(err, row)
+                    continue
+                prompts.append(prompt_template.replace("{prompt}", value))
+                if answer_column:
+                    answers.append(str(row[answer_column]))
+        if rejected and not prompts:
+            raise DataError(f"no valid rows ({rejected} of {len(rows)} rejected)", source=source)
         return Data(source=source, prompts=prompts, answers=answers if answer_column else None,
-                    checker=numeric_checker if answer_column else None)
+                    checker=numeric_checker if answer_column else None, rejected=rejected,
+                    rejects_path=rejects_path if rejected else None)
 
-    from reward_models.data import load_samples
+    from reward_models.data import load_samples_with_stats
 
-    kwargs: dict[str, Any] = {"split": split, "config": config, "neutral": neutral}
+    kwargs: dict[str, Any] = {"split": split, "config": config, "neutral": neutral, "skip_invalid": skip_invalid,
+                              "rejects_path": rejects_path}
     if step_format is not None:
         kwargs["step_format"] = step_format
-    items = load_samples(source, **kwargs)
+    items, stats = load_samples_with_stats(source, **kwargs)
     if max_samples:
         items = items[:max_samples]
     prompts = [x.prompt for x in items]
@@ -454,7 +638,27 @@ def read_data(source: str, *, split: str = "train", config: str | None = None, m
     elif items and all(isinstance(x, StepPair) for x in items):
         answers = None
     return Data(source=source, items=items, prompts=prompts, answers=answers,
-                checker=numeric_checker if answers is not None else None)
+                checker=numeric_checker if answers is not None else None, rejected=stats.rejected,
+                rejects_path=rejects_path if stats.rejected else None)
+
+
+def _rejects_path(source: str, rejects_path: str | None) -> str | None:
+    """Where this process writes skipped rows: ``rejects_path``, else ``<data file>.rejects.jsonl``
+    for local data (None for a hub dataset); None on all but the main process (one writer)."""
+    from stepdpo.distributed import is_main_process
+
+    if not is_main_process():
+        return None
+    if rejects_path:
+        return str(rejects_path)
+    path = Path(source).expanduser()
+    return f"{str(path).rstrip('/')}.rejects.jsonl" if path.exists() else None
+
+
+def rejected_rows(*datas: Data | None) -> dict[str, int]:
+    """``{"rejected_rows": n}`` for a command's summary when rows were skipped as invalid, else ``{}``."""
+    n = sum(d.rejected for d in datas if d is not None)
+    return {"rejected_rows": n} if n else {}
 
 
 def _raw_rows(source: str, split: str, config: str | None) -> list[tuple[int, Any]]:
@@ -493,6 +697,8 @@ def reward_model_from_spec(spec: str | None, *, policy=None, tokenizer=None, ste
     from reward_models.base import load_reward_model
     from stepdpo.distributed import device
 
+    check_model_path(spec, "reward model", "give a saved reward-model folder (e.g. the output_dir of `stepdpo "
+                     "train-prm`), a hub id, checker:arith or self")
     return load_reward_model(spec, device=str(device()))  # this process's own GPU under accelerate launch
 
 
@@ -519,7 +725,8 @@ def read_problems(args: ProblemArguments, step_format, seed: int) -> tuple[Data,
     """The data named by ``args`` (:func:`read_data`), and its distinct problems with their answers."""
     data = read_data(args.dataset_name, split=args.dataset_split, config=args.dataset_config,
                      max_samples=args.max_samples, step_format=step_format, prompt_column=args.prompt_column,
-                     answer_column=args.answer_column, prompt_template=args.prompt_template, seed=seed)
+                     answer_column=args.answer_column, prompt_template=args.prompt_template, seed=seed,
+                     skip_invalid=args.skip_invalid, rejects_path=args.rejects_path)
     prompts, answers = unique_prompts(data.prompts, data.answers)
     return data, prompts, answers
 
@@ -601,8 +808,8 @@ def use_answers(check_answers: bool | None, answers, checker) -> bool:
     return bool(available if check_answers is None else check_answers)
 
 
-__all__ = ["Data", "DataArguments", "ProblemArguments", "RecipeArguments", "RunArguments", "arith_checker", "use_answers", "chunks", "final_number", "is_tiny", "kbit_device_map", "load_causal_lm",
+__all__ = ["CommandFailed", "Data", "DataArguments", "ProblemArguments", "RecipeArguments", "RunArguments", "arith_checker", "use_answers", "check_model_path", "chunks", "final_number", "is_tiny", "kbit_device_map", "load_causal_lm",
            "load_tokenizer", "make_trl_parser", "numeric_checker", "parse", "parse_arith_spec", "parse_tiny_spec",
-           "print_summary", "read_data", "read_problems", "shrink_training_for_dry_run", "unique_prompts", "read_recipe", "reward_model_from_spec", "run", "to_device", "write_json",
+           "print_summary", "read_data", "read_problems", "rejected_rows", "reported_errors", "shrink_training_for_dry_run", "unique_prompts", "read_recipe", "reward_model_from_spec", "run", "to_device", "write_json",
            "write_jsonl"]
 

@@ -147,7 +147,7 @@ def main(script_args: ScriptArguments, model_args) -> dict:
                "finished": sum(row["finished"] for row in rows),
                "accuracy": (n_correct / len(prompts)) if answers is not None and prompts else None,
                "reward_model": script_args.reward_model if judge is not None else None, "processes": dist.world()[0],
-               "output_file": str(path)}
+               "output_file": str(path), **common.rejected_rows(data)}
     if dist.is_main_process():
         common.write_jsonl(path, rows)
         common.write_json(path.with_name(path.name + ".metrics.json"), summary)

@@ -126,8 +126,13 @@ def evaluate_reward_model(rm, samples, script_args: ScriptArguments, out: Path) 
         metrics["calibration_png"] = "calibration.png"
     k = min(8, len(samples))
     if dist.is_main_process():
+        # the arith task's labels come from its checker; any other data's are the labels given in it (human,
+        # Monte-Carlo from `stepdpo label`, ...): named by the data they came from
+        source = ("checker label" if common.parse_arith_spec(script_args.dataset_name) is not None
+                  else f"label in {Path(script_args.dataset_name).name}")
         plot_step_scores([s.steps for s in samples[:k]], res.step_scores[:k], out / "step_scores.png",
-                         labels=[s.labels for s in samples[:k]], title=f"step scores: {script_args.reward_model}")
+                         labels=[s.labels for s in samples[:k]], title=f"step scores: {script_args.reward_model}",
+                         label_source=source)
     return metrics
 
 
@@ -212,7 +217,8 @@ def main(script_args: ScriptArguments, model_args) -> dict:
         raise SystemExit("nothing to evaluate: give --reward_model and/or --model_name_or_path")
     fmt = StepFormat(separator=script_args.step_separator, tag=script_args.step_tag)
     data = common.read_data(script_args.dataset_name, split=script_args.dataset_split, config=script_args.dataset_config, max_samples=script_args.max_samples,
-                       step_format=fmt, arith_error_rate=script_args.arith_error_rate, seed=script_args.seed, neutral=script_args.data_neutral)
+                       step_format=fmt, arith_error_rate=script_args.arith_error_rate, seed=script_args.seed, neutral=script_args.data_neutral,
+                       skip_invalid=script_args.skip_invalid, rejects_path=script_args.rejects_path)
     dist.check_same([[x.to_dict() for x in data.items], data.prompts, data.answers], "evaluation data",
                     fix="Start every process with the same dataset options (dataset_name, dataset_split, max_samples, "
                         "arith_error_rate, seed) on a data file that every process sees and nothing rewrites.")
@@ -229,7 +235,7 @@ def main(script_args: ScriptArguments, model_args) -> dict:
             raise SystemExit("reward_model 'self' needs the policy: set model_name_or_path")
         rm = common.reward_model_from_spec(script_args.reward_model, policy=model, tokenizer=tokenizer, step_format=fmt)
     metrics: dict = {"command": COMMAND, "dataset": script_args.dataset_name, "split": script_args.dataset_split,
-                     "processes": dist.world()[0]}
+                     "processes": dist.world()[0], **common.rejected_rows(data)}
     if rm is not None:
         labeled = [s for s in data.of_type(StepSample) if s.labels is not None]
         if labeled:
@@ -253,7 +259,8 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     for k, v in metrics.get("policy", {}).items():
         if isinstance(v, dict):
             flat[f"policy_{k}_accuracy"] = v["accuracy"]
-    common.print_summary(COMMAND, {**flat, "processes": metrics["processes"], "output_dir": str(out)})
+    common.print_summary(COMMAND, {**flat, "processes": metrics["processes"], **common.rejected_rows(data),
+                                   "output_dir": str(out)})
     return metrics
 
 

@@ -102,7 +102,8 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     name = common.policy_name(model_args)
     fmt = StepFormat(separator=script_args.step_separator, tag=script_args.step_tag)
     data = common.read_data(script_args.dataset_name, split=script_args.dataset_split, config=script_args.dataset_config, max_samples=script_args.max_samples,
-                       step_format=fmt, arith_error_rate=script_args.arith_error_rate, seed=script_args.seed)
+                       step_format=fmt, arith_error_rate=script_args.arith_error_rate, seed=script_args.seed,
+                       skip_invalid=script_args.skip_invalid, rejects_path=script_args.rejects_path)
     samples = data.of_type(StepSample)
     if not samples:
         raise SystemExit(f"{data.source} holds no step-by-step solutions to label")
@@ -140,7 +141,7 @@ def main(script_args: ScriptArguments, model_args) -> dict:
     good = sum(v >= 0.5 for s in labeled for v in s.labels)
     summary = {"command": COMMAND, "solutions": len(labeled), "steps": n_steps, "share_labeled_good": good / n_steps,
                "agreement_with_given_labels": agree, "checker": kind, "processes": dist.world()[0],
-               "output_file": str(path)}
+               "output_file": str(path), **common.rejected_rows(data)}
     if dist.is_main_process():
         common.write_json(path.with_name(path.name + ".stats.json"), summary)
         common.print_summary(COMMAND, summary)

@@ -5,6 +5,7 @@ training."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ def read(script_args, step_format, seed: int, eval_: bool = False):
                        config=script_args.dataset_config,
                        max_samples=script_args.max_eval_samples if eval_ else script_args.max_samples,
                        step_format=step_format, arith_error_rate=script_args.arith_error_rate, seed=seed,
-                       neutral=script_args.data_neutral)
+                       neutral=script_args.data_neutral, skip_invalid=script_args.skip_invalid,
+                       rejects_path=None if eval_ else script_args.rejects_path)
 
 
 def model_and_tokenizer(script_args, build_tiny, trust_remote_code: bool, seed: int, output_dir: str):
@@ -60,6 +62,8 @@ def model_and_tokenizer(script_args, build_tiny, trust_remote_code: bool, seed: 
         raise SystemExit("no base model given: set model_name_or_path (a hub id, a folder, or tiny-gpt2)")
     if common.is_tiny(name):
         name = common.save_tiny_base(name, build_tiny, output_dir, seed)
+    if os.path.isdir(name):  # a LoRA adapter names its base by this path: absolute, so it loads from anywhere
+        name = os.path.abspath(name)
     return name, common.load_tokenizer(name, trust_remote_code)
 
 
@@ -98,6 +102,23 @@ def labeled_samples(data, what: str):
     return samples
 
 
+def check_separator(samples, training_args) -> None:
+    """An explicit ``step_separator`` that occurs inside a step stops the run with the file, row and
+    field (``auto`` picks one that does not: see ``StepFormatArgs.resolve_separator``)."""
+    from reward_models.steps import AUTO_SEPARATOR
+    from reward_models.types import DataError
+
+    sep = training_args.step_separator
+    if sep == AUTO_SEPARATOR:
+        return
+    for k, s in enumerate(samples):
+        for j, step in enumerate(s.steps):
+            if sep in step:
+                raise DataError(f"this step contains the step separator {sep!r}: {step[:60]!r}; set --step_separator "
+                                "to a text no step contains, or leave it at 'auto' to have one picked",
+                                source=s.meta.get("source"), row=s.meta.get("row", k + 1), field=f"steps[{j}]")
+
+
 def train_step_model(script_args, training_args, trainer_cls, build_tiny, what: str, command: str) -> dict[str, Any]:
     """The whole of ``train-prm`` / ``train-orm``: read the labeled solutions (and the held-out
     ones), build or load the model, train and save it, evaluate the saved model, and write
@@ -106,7 +127,9 @@ def train_step_model(script_args, training_args, trainer_cls, build_tiny, what: 
         shrink_for_dry_run(script_args, training_args)
     fmt = training_args.step_format
     article = "an" if what[0] in "AEIOU" else "a"
-    train = labeled_samples(read(script_args, fmt, training_args.seed), f"train {article} {what} on")
+    data = read(script_args, fmt, training_args.seed)
+    train = labeled_samples(data, f"train {article} {what} on")
+    check_separator(train, training_args)
     evals = read(script_args, fmt, training_args.seed, eval_=True)
     eval_samples = labeled_samples(evals, "evaluate") if evals is not None else None
     model, tokenizer = model_and_tokenizer(script_args, build_tiny, training_args.trust_remote_code,
@@ -114,6 +137,7 @@ def train_step_model(script_args, training_args, trainer_cls, build_tiny, what: 
     logger.info("%s: %d labeled solutions from %s", command, len(train), script_args.dataset_name)
     trainer = trainer_cls(model=model, args=training_args, train_dataset=train, processing_class=tokenizer)
     summary = train_and_save(trainer, training_args, command, train_examples=len(train))
+    summary.update(common.rejected_rows(data, evals))
     if trainer.accelerator.is_main_process:
         if eval_samples:
             m = evaluate_saved(training_args.output_dir, eval_samples, what)

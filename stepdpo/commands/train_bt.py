@@ -87,7 +87,8 @@ def main(script_args: ScriptArguments, training_args) -> dict:
     if script_args.dry_run:
         reward_common.shrink_for_dry_run(script_args, training_args)
     fmt = training_args.step_format
-    train = preference_pairs(reward_common.read(script_args, fmt, training_args.seed), fmt)
+    data = reward_common.read(script_args, fmt, training_args.seed)
+    train = preference_pairs(data, fmt)
     evals = reward_common.read(script_args, fmt, training_args.seed, eval_=True)
     eval_pairs = preference_pairs(evals, fmt) if evals is not None else None
 
@@ -98,6 +99,7 @@ def main(script_args: ScriptArguments, training_args) -> dict:
                                              training_args.seed, training_args.output_dir)
     trainer = BTRewardTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer)
     summary = reward_common.train_and_save(trainer, training_args, COMMAND, train_pairs=len(train))
+    summary.update(common.rejected_rows(data, evals))
     if trainer.accelerator.is_main_process:
         if eval_pairs:
             rm = load_reward_model(training_args.output_dir)

@@ -14,6 +14,7 @@ and ``trl.ModelConfig`` (policy, LoRA, 4/8-bit loading).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -129,7 +130,8 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
     data = common.read_data(script_args.dataset_name, split=script_args.dataset_split, config=script_args.dataset_config,
                        max_samples=script_args.max_samples, step_format=fmt,
                        prompt_column=script_args.prompt_column, answer_column=script_args.answer_column,
-                       prompt_template=script_args.prompt_template, seed=training_args.seed)
+                       prompt_template=script_args.prompt_template, seed=training_args.seed,
+                       skip_invalid=script_args.skip_invalid, rejects_path=script_args.rejects_path)
     if data.of_type(PreferencePair):
         raise SystemExit(f"{data.source} holds whole-response preference pairs: train a Bradley-Terry reward model "
                          "on them with `stepdpo train-bt`; Stepwise DPO needs step pairs or problems")
@@ -145,16 +147,19 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
             model_args.load_in_4bit = model_args.load_in_8bit = False
 
         name = common.save_tiny_base(name, tiny_causal_lm, training_args.output_dir, training_args.seed)
+    if os.path.isdir(name):  # a LoRA adapter names its base by this path: absolute, so it loads from anywhere
+        name = os.path.abspath(name)
     tokenizer = common.load_tokenizer(name, trust, model_args.model_revision)
     model = common.load_causal_lm(name, model_args, trust_remote_code=trust, seed=training_args.seed)
     if script_args.sft_warmup_steps > 0:
         sft_data = data
         if script_args.sft_dataset_name:
             sft_data = common.read_data(script_args.sft_dataset_name, split=script_args.dataset_split,
-                                   max_samples=script_args.max_samples, step_format=fmt, seed=training_args.seed)
+                                   max_samples=script_args.max_samples, step_format=fmt, seed=training_args.seed,
+                                   skip_invalid=script_args.skip_invalid)
         model = warm_up(model, tokenizer, sft_data, script_args, training_args)
         # the warmed-up policy is the starting point: the reference, and the base of a LoRA adapter
-        name = f"{training_args.output_dir}/sft_model"
+        name = os.path.abspath(f"{training_args.output_dir}/sft_model")
         if training_args.distributed_state.is_main_process:
             model.save_pretrained(name, safe_serialization=True)
             tokenizer.save_pretrained(name)
@@ -187,7 +192,7 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
     trainer.save_model(training_args.output_dir)
     summary = {"command": COMMAND, "data": mode, "output_dir": training_args.output_dir,
                "train_loss": float(result.training_loss), "global_step": int(trainer.state.global_step),
-               "pair_stats": trainer.pair_stats, "dry_run": script_args.dry_run}
+               "pair_stats": trainer.pair_stats, "dry_run": script_args.dry_run, **common.rejected_rows(data)}
     if trainer.accelerator.is_main_process:
         common.write_json(f"{training_args.output_dir}/stepdpo_train.json",
                      {**summary, "log_history": trainer.state.log_history})

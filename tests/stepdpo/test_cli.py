@@ -394,3 +394,92 @@ def test_option_typos_give_one_line_errors(tmp_path):
         lines = [x for x in proc.stderr.splitlines() if x.strip()]
         assert len(lines) <= 2 and "unknown option(s) ['beam_widht']" in lines[-1], proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+# -- errors: a few lines on stderr, the traceback in a log file (or with --debug) ----------------------
+def _stepdpo(cwd: Path, *argv) -> subprocess.CompletedProcess:
+    """`python -m stepdpo.cli ...` in ``cwd``, offline, its traceback logs under ``cwd`` (TMPDIR)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false", "TMPDIR": str(cwd)}
+    env.pop("STEPDPO_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "stepdpo.cli", *map(str, argv)], capture_output=True, text=True,
+                          timeout=180, cwd=cwd, env=env)
+
+
+def _short_error(proc: subprocess.CompletedProcess, command: str) -> list[str]:
+    """The non-blank stderr lines of a failed command: a few, no traceback, the last naming a log
+    file that holds the traceback."""
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) <= 5 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"stepdpo {command}: error: ") and lines[-1].startswith("full traceback: ")
+    assert lines[-1].endswith("(or rerun with --debug)")
+    log = Path(lines[-1].removeprefix("full traceback: ").removesuffix(" (or rerun with --debug)"))
+    assert "Traceback (most recent call last)" in log.read_text()
+    return lines
+
+
+def test_missing_model_folder_is_a_short_error_naming_it(tmp_path, capsys, monkeypatch):
+    argv = ["decode", "--model_name_or_path", "./no/such/model", "--dataset_name", "arith:4", "--dry_run"]
+    lines = _short_error(_stepdpo(tmp_path, *argv), "decode")
+    assert "./no/such/model" in lines[0] and "does not exist" in lines[0]
+    assert "hub id such as Qwen/Qwen2.5-Math-1.5B, or tiny-gpt2" in lines[0] and "Repo id" not in lines[0]
+    debug = _stepdpo(tmp_path, *argv, "--debug")  # the original error, with its traceback
+    assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
+    assert "FileNotFoundError: model folder ./no/such/model" in debug.stderr
+    # in-process: main() returns the exit status; a reward-model folder gets its own fix
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert cli_main(["evaluate", "--reward_model", "outputs/no_prm/", "--dataset_name", "arith:4", "--dry_run",
+                     "--output_dir", str(tmp_path / "eval")]) == 1
+    err = capsys.readouterr().err
+    assert "stepdpo evaluate: error: reward model folder outputs/no_prm/" in err and "checker:arith" in err
+
+
+@needs_trainers
+def test_bad_row_is_one_line_and_skip_invalid_writes_it_to_rejects(tmp_path):
+    data = tmp_path / "shepherd.jsonl"
+    bad = {"input": "Q: 1+1? Step 1: 1+1=2 ки"}  # no "label"
+    data.write_text((FIX / "math_shepherd.jsonl").read_text().rstrip("\n") + "\n" + json.dumps(bad) + "\n")
+    row = len(data.read_text().splitlines())  # JSONL rows are named by line number
+    out = tmp_path / "prm"
+    argv = ["train-prm", "--model_name_or_path", "tiny-gpt2", "--dataset_name", data, "--dry_run",
+            "--output_dir", out, "--report_to", "none"]
+    lines = _short_error(_stepdpo(tmp_path, *argv), "train-prm")
+    assert f"{data}, row {row}, field 'label': missing" in lines[0] and len(lines) == 2
+
+    rejects = tmp_path / "rej.jsonl"
+    proc = _stepdpo(tmp_path, *argv, "--skip_invalid", "--rejects_path", rejects)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert len(rows) == 1 and (rows[0]["row"], rows[0]["field"], rows[0]["data"]) == (row, "label", bad)
+    summary = json.loads((out / "stepdpo_train_prm.json").read_text())
+    assert summary["rejected_rows"] == 1 and summary["train_examples"] == min(row - 1, 8)
+
+
+def test_evaluate_heatmap_names_where_the_step_labels_came_from(tmp_path, monkeypatch):
+    """The arith task's labels come from its checker; a data file's are the labels given in it
+    (here PRM800K's human ratings), and the step-score heatmap says which."""
+    from types import SimpleNamespace
+
+    from reward_models.rules import FunctionRewardModel
+    from reward_models.types import StepSample
+    from stepdpo import report
+    from stepdpo.commands.evaluate import evaluate_reward_model
+
+    plt = report._plt()
+    close, figs = plt.close, []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    rm = FunctionRewardModel(lambda prompt, steps: [0.7] * len(steps))
+    titles = {}
+    for name in (str(FIX / "prm800k_phase2.jsonl"), "arith:6"):
+        data = read_data(name, split="test" if name.startswith("arith") else "train", arith_error_rate=0.5)
+        samples = [s for s in data.of_type(StepSample) if s.labels is not None]
+        args = SimpleNamespace(batch_size=4, threshold=0.5, reward_model="fn", dataset_name=name)
+        evaluate_reward_model(rm, samples, args, tmp_path)
+        titles[name] = [ax.get_title() for f in figs for ax in f.axes if ax.get_title().startswith("step scores")][-1]
+    for fig in figs:
+        close(fig)
+    assert titles[str(FIX / "prm800k_phase2.jsonl")] == "step scores: fn  (✓/✗ = label in prm800k_phase2.jsonl)"
+    assert titles["arith:6"] == "step scores: fn  (✓/✗ = checker label)"
