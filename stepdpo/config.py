@@ -38,7 +38,9 @@ class StepwiseDPOConfig(DPOConfig):
                 "'per_depth' (best vs worst of K candidates at each depth)."})
     num_candidates: int = field(default=4, metadata={"help": "K: solutions per prompt and candidate steps per group."})
     score_threshold: float = field(default=0.5, metadata={
-        "help": "A step is good when its reward is at least this; chosen steps must reach it, rejected must not."})
+        "help": "A step is good when its reward is at least this probability (a judge scoring log-odds, such as a "
+                "plain model folder's Yes/No verification, compares with log(t/(1-t))); chosen steps must reach it, "
+                "rejected must not."})
     min_pair_margin: float = field(default=0.0, metadata={
         "help": "Smallest chosen-minus-rejected reward that makes a pair (smaller differences are ties)."})
     max_uncertainty: float | None = field(default=None, metadata={
@@ -118,6 +120,9 @@ class StepwiseDPOConfig(DPOConfig):
         "help": "Log the policy's log-probs of the chosen and rejected steps of this many fixed pairs (the first "
                 "ones of the training set, or the trainer's probe_dataset) at every logging step: 'probe/...' "
                 "metrics follow the same pairs through training, unlike the streaming batch averages."})
+    probe_steps: int = field(default=0, metadata={
+        "help": "Probe (see probe_pairs) every this many optimizer steps only, and at the last; 0: at every logging "
+                "step."})
     save_pairs_to: str | None = field(default=None, metadata={
         "help": "If set, built pairs are written there as JSONL (round r goes to <stem>.round<r>.jsonl)."})
     use_vllm: bool = field(default=False, metadata={
@@ -137,6 +142,11 @@ class StepwiseDPOConfig(DPOConfig):
             from reward_models.hf_utils import bf16_supported
 
             self.bf16 = bf16_supported()
+        # TRL's `gradient_checkpointing` (default True) is a deprecated alias in transformers 5.2x: a FutureWarning in
+        # every run unless carried over to `activation_checkpointing` first
+        from reward_models.hf_utils import current_checkpointing_names
+
+        current_checkpointing_names(self)
         super().__post_init__()
         if self.pair_strategy not in PAIR_STRATEGIES:
             raise ValueError(f"pair_strategy must be one of {PAIR_STRATEGIES}, got {self.pair_strategy!r}")
@@ -181,8 +191,8 @@ class StepwiseDPOConfig(DPOConfig):
             raise ValueError("replay_weight must be >= 0 and replay_batch_size >= 1")
         if self.replay_source not in REPLAY_SOURCES:
             raise ValueError(f"replay_source must be one of {REPLAY_SOURCES}, got {self.replay_source!r}")
-        if self.probe_pairs < 0:
-            raise ValueError("probe_pairs must be >= 0")
+        if self.probe_pairs < 0 or self.probe_steps < 0:
+            raise ValueError("probe_pairs and probe_steps must be >= 0")
         if self.dpop_lambda < 0:
             raise ValueError("dpop_lambda must be >= 0")
         from stepdpo.losses import TRL_LOSS_TYPES, get_loss, registered_losses

@@ -387,11 +387,12 @@ def stepwise_dpo_rounds(policy, tokenizer, prompts, answers, judge, *, output_di
         loss_weights=list(loss_weights) if loss_weights else None, replay_weight=replay_weight,
         dpop_lambda=dpop_lambda, rounds=rounds,
         regenerate_every_steps=steps, max_steps=steps, per_device_train_batch_size=batch,
-        logging_steps=max(1, steps // 10), save_strategy="no", report_to=[], seed=seed, use_cpu=not _cuda(),
+        logging_steps=1, save_strategy="no", report_to=[], seed=seed, use_cpu=not _cuda(),
         disable_tqdm=True, gradient_checkpointing=False, lr_scheduler_type=scheduler, warmup_steps=warmup,
         step_separator="\n", sample_temperature=0.0, rollout_temperature=rollout_temperature,
         num_continuations=continuations, sample_max_new_tokens=max_new_tokens, max_solution_steps=max_steps,
-        sample_batch_size=256, score_threshold=threshold, probe_pairs=64, save_pairs_to=save_pairs_to)
+        sample_batch_size=256, score_threshold=threshold, probe_pairs=64, probe_steps=max(1, steps // 10),
+        save_pairs_to=save_pairs_to)
     holder: dict[str, Any] = {}
 
     class RoundEnd(TrainerCallback):
@@ -620,21 +621,24 @@ def _plots(out, sft_log, prm_log, dpo_log, prm, prm_test, ev, before, after, bon
     from stepdpo import report
 
     images = []
+    dpo_loss = report.curves_from_log_history(dpo_log, ["loss"])
+    last = max(dpo_loss["loss"][0]) if dpo_loss else None  # the rewards panel ends where the loss panel ends
     curves = {
         "SFT loss": report.curves_from_log_history(sft_log, ["loss"]),
         "PRM loss": report.curves_from_log_history(prm_log, ["loss"]),
-        "Stepwise DPO loss": report.curves_from_log_history(dpo_log, ["loss"]),
+        "Stepwise DPO loss": dpo_loss,
         "DPO rewards": report.curves_from_log_history(dpo_log, ["rewards/chosen", "rewards/rejected",
-                                                                "rewards/margins"]),
+                                                                "rewards/margins"], max_step=last),
     }
-    images.append(("Training curves", report.plot_training_curves(curves, out / "training_curves.png")))
+    images.append(("Training curves", report.plot_training_curves(
+        curves, out / "training_curves.png", same_steps=("Stepwise DPO loss", "DPO rewards"))))
     show = [s for s in prm_test if s.first_error is not None][:5] + [s for s in prm_test if s.first_error is None][:3]
     if show:
         scores = prm.score_steps([s.prompt for s in show], [s.steps for s in show])
         images.append(("PRM step scores on held-out policy solutions",
                        report.plot_step_scores([s.steps for s in show], scores, out / "step_scores.png",
                                                labels=[s.labels for s in show],
-                                               title="PRM P(good step)")))
+                                               title="PRM P(good step)", label_source="checker label")))
     acc = {"SFT": before, "Stepwise DPO": after,
            f"final policy\nbest-of-{bon['n']} PRM": (round(bon["best_of_n_prm"] * bon["problems"]), bon["problems"]),
            f"final policy\nmajority@{bon['n']}": (round(bon["majority_vote"] * bon["problems"]), bon["problems"])}

@@ -39,7 +39,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +57,47 @@ STAT_KEYS = ("n_prompts", "n_solutions", "n_groups", "pairs", "skipped_all_good"
              "skipped_uncertain", "rejected_nan", "empty_steps", "truncated_steps", "solutions_without_error",
              "correct_solutions", "duplicate_errors", "skipped_unverified", "skipped_pass_rate", "capped_per_prompt",
              "chosen_verified", "chosen_judge_only", "dropped_logp_gap", "error_at_lowest_score")
+
+
+def judge_threshold(rm, threshold: float | None) -> float | None:
+    """``score_threshold`` (a probability of a good step) on the judge's own scale: judges that score
+    log-odds (:attr:`~reward_models.base.RewardModel.score_scale`, e.g. a plain model folder's Yes/No
+    verification) compare with ``log(t / (1 - t))``; probabilities and raw scores use ``t`` as given.
+
+    >>> from reward_models.rules import FunctionRewardModel
+    >>> judge = FunctionRewardModel(lambda p, s: [0.0] * len(s))
+    >>> judge_threshold(judge, 0.5)
+    0.5
+    >>> judge.score_scale = "logodds"; judge_threshold(judge, 0.5), round(judge_threshold(judge, 0.9), 4)
+    (0.0, 2.1972)
+    """
+    scale = getattr(rm, "score_scale", "probability")
+    if threshold is None or scale != "logodds":
+        return threshold
+    if not 0 < threshold < 1:
+        raise ValueError(f"score_threshold {threshold} is a probability (0 < t < 1); the judge scores log-odds "
+                         "and compares with log(t / (1 - t))")
+    return math.log(threshold) - math.log1p(-threshold)
+
+
+def threshold_hint(stats: dict[str, int], threshold: float | None, scale: str = "probability") -> str | None:
+    """When pair building made no pair because the judge put every step on one side of the threshold,
+    a warning that says so and how to fix it; None otherwise.
+
+    >>> threshold_hint({"pairs": 0, "n_groups": 3, "skipped_all_bad": 3}, 0.5)[:58]
+    'no step pairs: every candidate step scored below score_thr'
+    """
+    if stats.get("pairs") or threshold is None:
+        return None
+    groups = stats.get("n_groups", 0)
+    if groups and stats.get("skipped_all_bad", 0) == groups:
+        what = "every candidate step scored below score_threshold"
+    elif not groups and stats.get("solutions_without_error", 0):
+        what = f"no step of the {stats['solutions_without_error']} searched solutions scored below score_threshold"
+    else:
+        return None
+    return (f"no step pairs: {what} ({threshold:g} on the judge's {scale} scale). Check that the judge scores "
+            "steps as expected, or change score_threshold")
 
 
 @dataclass
@@ -206,7 +246,8 @@ def build_step_pairs(prompts: Sequence[str], sampler, reward_model, strategy: st
                      answers: Sequence[Any] | None = None,
                      answer_checker: Callable[[str, list[str], Any], bool] | None = None,
                      max_uncertainty: float | None = None, step_format: StepFormat | None = None,
-                     solutions: Sequence[Sequence[Any]] | None = None, **error_options) -> PairBuildResult:
+                     solutions: Sequence[Sequence[Any]] | None = None, progress: bool = False,
+                     **error_options) -> PairBuildResult:
     """Sample from ``sampler``'s policy, judge with ``reward_model``, return step pairs + stats.
 
     Args:
@@ -230,6 +271,8 @@ def build_step_pairs(prompts: Sequence[str], sampler, reward_model, strategy: st
             list per prompt (:class:`~stepdpo.sampling.SampledSolution` objects or step lists,
             which count as finished). They replace the first round of sampling, so outcome pairs
             (:func:`build_outcome_pairs`) and step pairs can come from the same samples.
+        progress: show a tqdm bar (on stderr) over the stages - sampling, scoring, continuations,
+            scoring the candidates - each one batched call over all the prompts (see :class:`_Progress`).
         **error_options: first-error strategy only, the fields of :class:`ErrorPairOptions`:
             ``num_solutions``, ``num_continuations``, ``rollout_sampler``, ``chosen_rule``,
             ``pairs_per_error``, ``max_pairs_per_prompt``, ``skip_correct_solutions``,
@@ -261,13 +304,17 @@ def build_step_pairs(prompts: Sequence[str], sampler, reward_model, strategy: st
         solutions = as_solutions(solutions, len(prompts))
     stats: Counter = Counter({key: 0 for key in STAT_KEYS})
     stats["n_prompts"] = len(prompts)
-    samples = None
-    if strategy == "first_error":
-        pairs, samples = _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, answers,
-                                      answer_checker, max_uncertainty, stats, solutions, opts)
-    else:
-        pairs = _per_depth(prompts, sampler, opts.rollout_sampler or sampler, rm, fmt, k, threshold, min_margin,
-                           max_steps, max_uncertainty, stats)
+    samples, pairs = None, []
+    bar = _Progress(progress, 5 if strategy == "first_error" else 3, len(prompts))
+    try:
+        if strategy == "first_error":
+            pairs, samples = _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, answers,
+                                          answer_checker, max_uncertainty, stats, solutions, opts, bar=bar)
+        else:
+            pairs = _per_depth(prompts, sampler, opts.rollout_sampler or sampler, rm, fmt, k, threshold, min_margin,
+                               max_steps, max_uncertainty, stats, bar=bar)
+    finally:
+        bar.close(f"{len(pairs)} pairs")
     stats["pairs"] = len(pairs)
     logger.info("built %d step pairs (%s): %s", len(pairs), strategy, dict(stats))
     return PairBuildResult(pairs=pairs, stats=dict(stats), samples=samples)
@@ -305,6 +352,34 @@ def build_step_pairs_to_file(prompts: Sequence[str], sampler, reward_model, outp
     return PairBuildResult(pairs=pairs, stats=stats)
 
 
+class _Progress:
+    """A tqdm bar over the stages of one :func:`build_step_pairs` call (nothing when off). Each
+    stage is one batched sampling or scoring call over every prompt, so the bar advances per
+    stage, and its text says what is running and on how many items."""
+
+    def __init__(self, enabled: bool, stages: int, n_prompts: int):
+        self.bar, self._running = None, False
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=stages, desc=f"building step pairs ({n_prompts} prompts)", unit="stage")
+
+    def stage(self, text: str) -> None:
+        """The previous stage is done; ``text`` is running."""
+        if self.bar is not None:
+            if self._running:
+                self.bar.update(1)
+            self._running = True
+            self.bar.set_postfix_str(text)
+
+    def close(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.n = self.bar.total  # stages skipped (e.g. no error found) count as done
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.close()
+            self.bar = None
+
+
 def _nan_count(row: Sequence[float]) -> int:
     return sum(1 for v in row if math.isnan(v))
 
@@ -326,13 +401,17 @@ class _FoundError(NamedTuple):
 
 
 def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps, answers, checker,
-                 max_uncertainty, stats, solutions=None, opts: ErrorPairOptions | None = None) -> list[StepPair]:
+                 max_uncertainty, stats, solutions=None, opts: ErrorPairOptions | None = None, *,
+                 bar: _Progress | None = None) -> list[StepPair]:
     opts = opts or ErrorPairOptions()
+    bar = bar or _Progress(False, 0, 0)
     n_sol, n_cont = opts.num_solutions or k, opts.num_continuations or k
     roller = opts.rollout_sampler or sampler
     verify = checker is not None
     if solutions is None and getattr(sampler, "temperature", None) == 0 and n_sol > 1:
         n_sol = 1  # greedy decoding gives the same solution every time
+    if solutions is None:
+        bar.stage(f"sampling {n_sol} solution{'s' if n_sol > 1 else ''} per prompt")
     sols = solutions if solutions is not None else sampler.sample_solution_details(prompts, k=n_sol,
                                                                                      max_steps=max_steps)
     stats["n_solutions"] = sum(len(row) for row in sols)
@@ -350,6 +429,7 @@ def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps,
                 continue
         flat += [(i, s) for s, ok in zip(row, right) if s.steps and not (ok and opts.skip_correct_solutions)]
         wrong_ids.update(id(s) for s, ok in zip(row, right) if verify and not ok)
+    bar.stage(f"scoring the steps of {len(flat)} solutions")
     scores, unc = _score(rm, [prompts[i] for i, _ in flat], [s.steps for _, s in flat], max_uncertainty is not None)
     # locate the first error of each solution; the same error in several solutions is one group
     errors: list[_FoundError] = []
@@ -373,10 +453,12 @@ def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps,
         errors.append(_FoundError(i, sol, first, row[first], None if unc is None else unc[n][first]))
     if not errors:
         return [], record
+    bar.stage(f"sampling {n_cont} continuations at each of {len(errors)} errors")
     cands = _continuations(prompts, errors, roller, fmt, n_cont, max_steps, answers, checker,
                            verify and opts.chosen_rule != "judge", stats, record)
     items = [(errors[n], c) for n, row in enumerate(cands) for c in row]  # (error, candidate step)
     candidates = [c for _, c in items]
+    bar.stage(f"scoring {len(items)} candidate steps")
     c_scores, c_unc = _score(rm, [prompts[err.prompt] for err, _ in items],
                              [err.prefix + [c.text] for err, c in items], max_uncertainty is not None)
     groups: dict[int, list[int]] = {}  # error index -> indices of its candidates in items
@@ -428,6 +510,7 @@ def _first_error(prompts, sampler, rm, fmt, k, threshold, min_margin, max_steps,
                 chosen_score=c_scores[m][-1], rejected_score=r_score, is_final=bool(cand.is_final and rejected_final),
                 meta={"strategy": "first_error", "depth": e, "chosen_final": cand.is_final,
                       "rejected_final": rejected_final, "verified": cand.verified, "chosen_count": cand.count}))
+    bar.stage(f"policy log-probs of {len(pairs)} pairs")
     return _with_policy_logps(pairs, sampler, opts.max_logp_gap, stats), record
 
 
@@ -534,10 +617,13 @@ def _with_policy_logps(pairs: list[StepPair], sampler, max_logp_gap: float | Non
 
 
 def _per_depth(prompts, sampler, roller, rm, fmt, k, threshold, min_margin, max_steps, max_uncertainty,
-               stats) -> list[StepPair]:
+               stats, *, bar: _Progress | None = None) -> list[StepPair]:
+    bar = bar or _Progress(False, 0, 0)
+    bar.stage("sampling 1 solution per prompt")
     sols = sampler.sample_solution_details(prompts, k=1, max_steps=max_steps)
     stats["n_solutions"] = len(sols)
     ctx = [(i, row[0].steps[:d]) for i, row in enumerate(sols) for d in range(max(len(row[0].steps), 1))]
+    bar.stage(f"sampling {k} candidates at each of {len(ctx)} prefixes")
     cands = roller.sample_next_steps([prompts[i] for i, _ in ctx], [pre for _, pre in ctx], k=k)
     items = []
     for n, row in enumerate(cands):
@@ -546,6 +632,7 @@ def _per_depth(prompts, sampler, roller, rm, fmt, k, threshold, min_margin, max_
             if _usable(step, fmt, stats) and step.text not in seen:
                 seen.add(step.text)
                 items.append((n, step))
+    bar.stage(f"scoring {len(items)} candidate steps")
     scores, unc = _score(rm, [prompts[ctx[n][0]] for n, _ in items], [ctx[n][1] + [st.text] for n, st in items],
                          max_uncertainty is not None)
     groups: dict[int, list[int]] = {}
@@ -737,19 +824,13 @@ def save_pairs(path: str | os.PathLike, pairs: Sequence[StepPair], format: str =
     columns). Atomic: a temporary file in the same folder is renamed over ``path``."""
     if format not in ("jsonl", "step_dpo"):
         raise ValueError(f"unknown format {format!r}; expected 'jsonl' or 'step_dpo'")
+    from reward_models.safety import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for p in pairs:
-                row = p.to_dict() if format == "jsonl" else pair_to_step_dpo(p, step_format)
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        for p in pairs:
+            row = p.to_dict() if format == "jsonl" else pair_to_step_dpo(p, step_format)
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
 
 

@@ -48,26 +48,43 @@ def paired_difference(after: Sequence[int], before: Sequence[int]) -> dict[str, 
             "lost": sum(x < 0 for x in d), "n": n}
 
 
-def curves_from_log_history(log_history: Sequence[dict], keys: Sequence[str]) -> dict[str, tuple[list, list]]:
+def curves_from_log_history(log_history: Sequence[dict], keys: Sequence[str], *,
+                            max_step: float | None = None) -> dict[str, tuple[list, list]]:
     """``{key: (steps, values)}`` for each key logged in a HF trainer's ``log_history``.
+
+    The end-of-training summary row (the one with ``train_runtime``) is skipped: TRL adds to it
+    the averages of metrics gathered since the last logging step, which are no one step's
+    values. ``max_step`` drops points logged after that step (e.g. the last step of another
+    curve, so that two panels cover the same steps).
 
     >>> curves_from_log_history([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "eval": 1}], ["loss"])
     {'loss': ([1, 2], [2.0, 1.5])}
+    >>> log = [{"step": 1, "loss": 2.0, "rewards/margins": 0.1}, {"step": 3, "rewards/margins": 0.3}]
+    >>> curves_from_log_history(log, ["rewards/margins"], max_step=1)
+    {'rewards/margins': ([1], [0.1])}
     """
     out: dict[str, tuple[list, list]] = {}
     for key in keys:
         xs, ys = [], []
         for row in log_history:
+            if "train_runtime" in row:
+                continue
             if key in row and isinstance(row[key], (int, float)) and math.isfinite(row[key]):
-                xs.append(row.get("step", len(xs)))
+                step = row.get("step", len(xs))
+                if max_step is not None and step > max_step:
+                    continue
+                xs.append(step)
                 ys.append(float(row[key]))
         if xs:
             out[key] = (xs, ys)
     return out
 
 
-def plot_training_curves(curves: dict[str, dict[str, tuple[list, list]]], path: str | Path) -> Path:
-    """One panel per group: ``{"DPO loss": {"loss": (steps, values)}, "rewards": {...}}``."""
+def plot_training_curves(curves: dict[str, dict[str, tuple[list, list]]], path: str | Path,
+                         same_steps: Sequence[str] = ()) -> Path:
+    """One panel per group: ``{"DPO loss": {"loss": (steps, values)}, "rewards": {...}}``. The
+    panels named in ``same_steps`` are drawn over one step range (that of their data together),
+    e.g. two panels of the same training run."""
     plt = _plt()
     groups = [(title, c) for title, c in curves.items() if c]
     if not groups:
@@ -80,6 +97,13 @@ def plot_training_curves(curves: dict[str, dict[str, tuple[list, list]]], path: 
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    shared = [(ax, series) for ax, (title, series) in zip(axes[0], groups) if title in same_steps]
+    steps = [x for _, series in shared for xs, _ in series.values() for x in xs]
+    if len(shared) > 1 and steps:
+        lo, hi = min(steps), max(steps)
+        pad = 0.04 * (hi - lo) if hi > lo else 0.5
+        for ax, _ in shared:
+            ax.set_xlim(lo - pad, hi + pad)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -87,8 +111,11 @@ def plot_training_curves(curves: dict[str, dict[str, tuple[list, list]]], path: 
 
 
 def plot_step_scores(solutions: Sequence[Sequence[str]], scores: Sequence[Sequence[float]], path: str | Path,
-                     labels: Sequence[Sequence[float]] | None = None, title: str = "step scores") -> Path:
-    """Heatmap: one row per solution, one cell per step, annotated with the step text."""
+                     labels: Sequence[Sequence[float]] | None = None, title: str = "step scores",
+                     label_source: str = "label") -> Path:
+    """Heatmap: one row per solution, one cell per step, annotated with the step text and, with
+    ``labels``, a ✓/✗ mark; ``label_source`` names where the labels came from in the title (e.g.
+    ``"checker label"``, ``"human label"``)."""
     plt = _plt()
     import numpy as np
 
@@ -107,7 +134,7 @@ def plot_step_scores(solutions: Sequence[Sequence[str]], scores: Sequence[Sequen
             ax.text(j, i, f"{step[:14]}{mark}\n{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
     ax.set_xticks(range(width), [f"step {j + 1}" for j in range(width)])
     ax.set_yticks(range(n), [f"#{i}" for i in range(n)])
-    ax.set_title(title + ("  (✓/✗ = checker label)" if labels is not None else ""))
+    ax.set_title(title + (f"  (✓/✗ = {label_source})" if labels is not None else ""))
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -115,17 +142,33 @@ def plot_step_scores(solutions: Sequence[Sequence[str]], scores: Sequence[Sequen
     return Path(path)
 
 
-def plot_accuracy(results: dict[str, tuple[int, int]], path: str | Path, title: str = "held-out accuracy") -> Path:
-    """Bars of ``{name: (correct, total)}`` with a 95% normal-approximation error bar."""
-    plt = _plt()
-    names = list(results)
+def accuracy_error_bars(results: dict[str, tuple[int, int]]) -> tuple[list[float], list[float], list[float]]:
+    """Accuracy of each ``(correct, total)`` and its 95% normal-approximation error bar below and
+    above, cut at 0 and 1.
+
+    >>> accuracy_error_bars({"a": (9, 10)})
+    ([0.9], [0.1859], [0.1])
+    """
     acc = [c / t if t else 0.0 for c, t in results.values()]
     err = [1.96 * math.sqrt(a * (1 - a) / t) if t else 0.0 for a, (_, t) in zip(acc, results.values())]
+    return acc, [round(min(e, a), 4) for a, e in zip(acc, err)], [round(min(e, 1 - a), 4) for a, e in zip(acc, err)]
+
+
+def plot_accuracy(results: dict[str, tuple[int, int]], path: str | Path, title: str = "held-out accuracy") -> Path:
+    """Bars of ``{name: (correct, total)}`` with a 95% normal-approximation error bar; each bar's
+    value sits above the top of its error bar."""
+    plt = _plt()
+    names = list(results)
+    acc, below, above = accuracy_error_bars(results)
     fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.5))
-    bars = ax.bar(names, acc, yerr=err, capsize=4, color=["#8c8c8c", "#2b83ba", "#1a9641", "#d7191c"][: len(names)])
-    for b, a, (c, t) in zip(bars, acc, results.values()):
-        ax.text(b.get_x() + b.get_width() / 2, a + 0.01, f"{a:.1%}\n({c}/{t})", ha="center", va="bottom", fontsize=8)
-    ax.set_ylim(0, min(1.0, max(acc) + max(err) + 0.15))
+    bars = ax.bar(names, acc, yerr=[below, above], capsize=4,
+                  color=["#8c8c8c", "#2b83ba", "#1a9641", "#d7191c"][: len(names)])
+    for b, a, up, (c, t) in zip(bars, acc, above, results.values()):
+        ax.text(b.get_x() + b.get_width() / 2, a + up + 0.02, f"{a:.1%}\n({c}/{t})", ha="center", va="bottom",
+                fontsize=8)
+    top = max(a + up for a, up in zip(acc, above)) + 0.22  # room for the two-line labels
+    ax.set_ylim(0, max(top, 0.25))
+    ax.set_yticks([v / 5 for v in range(6) if v / 5 <= top])
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     fig.tight_layout()
@@ -196,5 +239,5 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     return "\n".join(lines)
 
 
-__all__ = ["curves_from_log_history", "markdown_table", "paired_difference", "plot_accuracy", "plot_step_scores",
-           "plot_training_curves", "write_metrics", "write_report"]
+__all__ = ["accuracy_error_bars", "curves_from_log_history", "markdown_table", "paired_difference", "plot_accuracy",
+           "plot_step_scores", "plot_training_curves", "write_metrics", "write_report"]

@@ -55,7 +55,8 @@ def train_sft(model, tokenizer, samples, *, output_dir: str, step_format: StepFo
     from reward_models.hf_utils import bf16_supported
 
     # TRL turns gradient checkpointing on by default; for small policies it only costs time
-    sft_kwargs.setdefault("gradient_checkpointing", False)
+    # (transformers' current name: its deprecated alias `gradient_checkpointing` warns in every run)
+    sft_kwargs.setdefault("activation_checkpointing", sft_kwargs.pop("gradient_checkpointing", False))
     # TRL also defaults to bf16, which on a CPU means bf16 autocast: slower there, and the autocast wrapper
     # stays on the returned model's forward, so it would score differently from the same model reloaded
     if not sft_kwargs.get("fp16"):

@@ -49,10 +49,16 @@ from typing import Any
 
 import torch
 from datasets import Dataset
+from transformers import Trainer, TrainerCallback
 from trl import DPOTrainer
 
 from reward_models.base import as_reward_model
-from reward_models.hf_internals import DPOHooks
+from reward_models.hf_internals import (
+    DPOHooks,
+    activation_checkpointing_off,
+    copyable_fused_forward,
+    use_current_checkpointing_names,
+)
 from reward_models.reliability import ReliableTrainerMixin
 from reward_models.steps import StepFormat
 from reward_models.types import DataError, StepPair
@@ -69,7 +75,15 @@ from stepdpo.pair_data import (
     tokenize_solution_pair,
     tokenize_step_pair,
 )
-from stepdpo.pairs import OutcomePair, build_step_pairs, pair_from_row, right_samples, save_pairs
+from stepdpo.pairs import (
+    OutcomePair,
+    build_step_pairs,
+    judge_threshold,
+    pair_from_row,
+    right_samples,
+    save_pairs,
+    threshold_hint,
+)
 from stepdpo.sampling import StepSampler, VLLMStepSampler
 
 logger = logging.getLogger(__name__)
@@ -95,6 +109,22 @@ def _trl_version() -> str:
 def _scale_grad(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Same value as ``x``; the gradient flowing into ``x`` is multiplied by ``scale``."""
     return x * scale + (x * (1 - scale)).detach()
+
+
+class _PairStatsLogger(TrainerCallback):
+    """Logs the pair statistics of the rounds built so far as training starts (the trainer is held
+    weakly: the callback handler is the trainer's own)."""
+
+    def __init__(self, trainer_ref):
+        self._trainer = trainer_ref
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        trainer = self._trainer()
+        if trainer is not None:
+            trainer._log_pair_stats()
+
+
+use_current_checkpointing_names()  # TRL 1.16 reads deprecated names: a FutureWarning in every run
 
 
 def default_judge(model, tokenizer, step_format: StepFormat, verification_prompt: str | None = None):
@@ -163,6 +193,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
                             "fields (it subclasses trl.DPOConfig)")
         self.step_format = args.step_format
         self.pair_stats: list[dict[str, int]] = []
+        self._pair_stats_to_log: list[dict[str, int]] = []  # logged as training starts (see _log_pair_stats)
         self.shard_log: list[dict[str, Any]] = []  # per round: the prompts this process sampled, its generate calls
         self._round_replay: list = []
         self._answers, self._answer_checker = answers, answer_checker
@@ -244,10 +275,15 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
                          compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers,
                          quantization_config=quantization_config, peft_config=peft_config)
+        policy = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        for patched in (policy, self.ref_model):  # a deep copy (a next round's reference) runs its own weights
+            if patched is not None:
+                copyable_fused_forward(patched)
         self._pair_weights: torch.Tensor | None = None
         self._weights_applied = False
         self._captured: list[torch.Tensor] | None = None
         if self._pair_prompts is not None:
+            self.add_callback(_PairStatsLogger(weakref.ref(self)))
             train_dataset = self._build_round(0)
         self._probe = self._probe_set(probe_dataset, train_dataset, args)
         self._replay, replaying = None, False
@@ -315,8 +351,17 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
                 and not hasattr(params[0], "ds_id") and not getattr(model, "is_loaded_in_4bit", False)
                 and not getattr(model, "is_loaded_in_8bit", False)):
             model.to(device)
-        with unwrap_model_for_generation(self.model_wrapped, self.accelerator, gather_deepspeed3_params=True) as m:
-            yield m
+        # activation checkpointing off while sampling (it would turn the KV cache off), as TRL's helper does, but
+        # through transformers' current names (see activation_checkpointing_off); TRL's helper is needed to gather
+        # ZeRO-3 parameters only: elsewhere it yields the same unwrapped model
+        with activation_checkpointing_off(model, getattr(self.args, "activation_checkpointing_kwargs",
+                                                         self.args.gradient_checkpointing_kwargs)):
+            if backend.is_zero3:
+                with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                                 gather_deepspeed3_params=True) as m:
+                    yield m
+            else:
+                yield model
 
     def _vllm_engine(self, model, tokenizer):
         """This process's colocated vLLM engine (TRL's ``VLLMGeneration``, built on first use),
@@ -377,9 +422,15 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
         options = args.error_pair_options() if args.pair_strategy == "first_error" else {}
         options["rollout_sampler"] = roller = sampler_at(args.effective_rollout_temperature,
                                                          args.seed + 7919 * round_index + 104729)
+        # a tqdm bar over the sampling and scoring stages, on the main process unless disable_tqdm
+        options["progress"] = self.accelerator.is_main_process and not args.disable_tqdm
+        logger.info("round %d: building step pairs from %d prompts (%d on this process)", round_index, len(prompts),
+                    len(own))
+        judge = self._judge(model, tok, args)
+        threshold = judge_threshold(judge, args.score_threshold)
         if own:
-            result = build_step_pairs(own, sampler, self._judge(model, tok, args), strategy=args.pair_strategy,
-                                      k=args.num_candidates, threshold=args.score_threshold,
+            result = build_step_pairs(own, sampler, judge, strategy=args.pair_strategy,
+                                      k=args.num_candidates, threshold=threshold,
                                       min_margin=args.min_pair_margin, max_steps=args.max_solution_steps,
                                       answers=own_answers, answer_checker=self._answer_checker if own_answers is not None
                                       else None, max_uncertainty=args.max_uncertainty, **options)
@@ -400,11 +451,16 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
             stats.setdefault(key, 0)
         stats["processes"] = self.accelerator.num_processes
         self.pair_stats.append({"round": round_index, **stats})
+        self._pair_stats_to_log.append(self.pair_stats[-1])
         logger.info("round %d: %s", round_index, stats)
         if not pairs:
+            hint = threshold_hint(stats, threshold, judge.score_scale)
+            if hint:
+                logger.warning("round %d: %s", round_index, hint)
             raise NoPairsError(f"round {round_index}: no step pairs could be built from {len(prompts)} "
-                               f"prompts (outcomes: {stats}); sample more candidates (num_candidates), change "
-                               "score_threshold, or check the reward model")
+                               f"prompts (outcomes: {stats}); "
+                               + (hint + "." if hint else "sample more candidates (num_candidates), change "
+                                  "score_threshold, or check the reward model"))
         rows = pairs_to_rows(pairs, args.margin_weighting, args.margin_weight_scale)
         dist.check_same(rows, f"round {round_index} step pairs after gathering")
         if args.save_pairs_to and self.accelerator.is_main_process:
@@ -549,8 +605,27 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
         return {"probe/logps_chosen": sum(chosen) / n, "probe/logps_rejected": sum(rejected) / n,
                 "probe/prefers_chosen": sum(c > r for c, r in zip(chosen, rejected)) / n}
 
+    def _log_pair_stats(self) -> None:
+        """Log the statistics of the rounds built since the last call as ``pairs/...`` entries
+        (``pairs/count``, ``pairs/chosen_verified``, ``pairs/skipped_all_bad``, ...; the numbers of
+        :attr:`pair_stats`, identical on every process after gathering) through :meth:`log`, so
+        they reach ``state.log_history`` and every ``report_to`` integration (which report from
+        the main process only). Runs as training starts (:class:`_PairStatsLogger`): ``train()``
+        begins with a new ``state``, so an entry logged while the pairs were built (in
+        ``__init__`` or between rounds) would be lost."""
+        pending, self._pair_stats_to_log = self._pair_stats_to_log, []
+        for stats in pending:
+            self.log({("pairs/count" if k == "pairs" else f"pairs/{k}"): v for k, v in stats.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._probe and self.model.training and "loss" in logs:
+        if logs and all(k.startswith("pairs/") for k in logs):
+            # pair statistics: the Trainer's own log, without TRL's, which would add (and clear) the averages of the
+            # training metrics gathered for the next training log
+            return Trainer.log(self, logs, start_time)
+        step, every = self.state.global_step, self.args.probe_steps
+        if self._probe and self.model.training and "loss" in logs and (
+                not every or step % every == 0 or step >= self.state.max_steps):
             logs = {**logs, **self.probe_metrics()}
         super().log(logs, start_time)
 

@@ -50,6 +50,24 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, capsys):
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "policy_stepdpo", use_safetensors=True)
     assert AutoTokenizer.from_pretrained(tmp_path / "policy_stepdpo").eos_token_id is not None
+    # every model folder the demo writes serves the command line from another working directory
+    import os
+
+    from stepdpo.cli import main
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    here = os.getcwd()
+    os.chdir(elsewhere)
+    try:
+        for policy in ("policy_stepdpo", "policy_sft"):
+            assert main(["decode", "--model_name_or_path", str(tmp_path / policy), "--reward_model",
+                         str(tmp_path / "prm"), "--dataset_name", "arith:4", "--dry_run", "--output_file",
+                         f"{policy}.jsonl"]) == 0
+    finally:
+        os.chdir(here)
+    for policy in ("policy_stepdpo", "policy_sft"):
+        assert len((elsewhere / f"{policy}.jsonl").read_text().splitlines()) == 4
 
 
 def test_pair_quality_uses_the_checker():
@@ -93,3 +111,55 @@ def test_every_prm_kind_trains_saves_and_scores(tmp_path, kind):
     scores = rm.score_steps([s.prompt for s in test], [s.steps for s in test])
     assert [len(r) for r in scores] == [len(s.steps) for s in test]
     assert all(0.0 <= v <= 1.0 for r in scores for v in r)  # one scale for every kind: probabilities
+
+
+def test_demo_dpo_rounds_log_every_step(tmp_path, monkeypatch):
+    """The demo's Stepwise DPO runs log every optimizer step, so its loss panel is a curve."""
+    import stepdpo.trainer
+    from stepdpo.demo import stepwise_dpo_rounds
+
+    seen = {}
+
+    class Recorded:
+        def __init__(self, *a, args=None, **kw):
+            seen["args"] = args
+
+        def train(self):
+            pass
+
+    monkeypatch.setattr(stepdpo.trainer, "StepwiseDPOTrainer", Recorded)
+    stepwise_dpo_rounds(None, None, ["Q: 1+1\n"], ["1+1"], None, output_dir=tmp_path, rounds=3, steps=70, lr=1e-4,
+                        loss=["dpop"])
+    assert seen["args"].logging_steps == 1 and seen["args"].logging_strategy == "steps"
+
+
+def test_demo_dpo_loss_and_reward_panels_cover_the_same_steps(tmp_path, monkeypatch):
+    """The "DPO rewards" panel (same log history as the loss panel) ends at the loss panel's last
+    step, even when rewards were logged after it (a trailing step, the end-of-training summary)."""
+    from types import SimpleNamespace
+
+    import reward_models.evaluation
+    from stepdpo import demo, report
+
+    got = {}
+    plot = report.plot_training_curves
+
+    def record(curves, path, **kw):
+        got.update(curves=curves, kw=kw)
+        return plot(curves, path, **kw)
+
+    monkeypatch.setattr(report, "plot_training_curves", record)
+    monkeypatch.setattr(reward_models.evaluation, "reliability_diagram", lambda probs, labels, path: path)
+    dpo_log = [{"step": 0, "pairs/count": 9}]
+    dpo_log += [{"step": s, "loss": 0.7 - 0.01 * s, "rewards/chosen": 0.01 * s, "rewards/margins": 0.02 * s}
+                for s in range(1, 41)]
+    dpo_log += [{"step": 41, "rewards/chosen": 0.5}, {"step": 42, "train_runtime": 3.0, "train_loss": 0.6,
+                                                      "rewards/margins": 0.9}]
+    sft_log = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    bon = {"n": 2, "best_of_n_prm": 0.5, "majority_vote": 0.4, "problems": 10}
+    demo._plots(tmp_path, sft_log, sft_log, dpo_log, None, [], SimpleNamespace(step_scores=[]), (3, 10), (4, 10), bon)
+    curves = got["curves"]
+    loss_steps = curves["Stepwise DPO loss"]["loss"][0]
+    assert loss_steps == list(range(1, 41))
+    assert curves["DPO rewards"] and all(max(xs) <= max(loss_steps) for xs, _ in curves["DPO rewards"].values())
+    assert set(got["kw"]["same_steps"]) == {"Stepwise DPO loss", "DPO rewards"}

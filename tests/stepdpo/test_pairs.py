@@ -421,3 +421,32 @@ def test_every_route_reads_a_fixture_the_same_way(name, tmp_path):
     trainer = StepwiseDPOTrainer(model=tiny_causal_lm(tok), args=args, tokenizer=tok, train_dataset=rows)
     ds = trainer.train_dataset
     assert [(r["prompt"], r["prefix_steps"], r["chosen"], r["rejected"], r["is_final"]) for r in ds] == key
+
+
+def test_a_plain_model_folder_judges_on_the_same_threshold_as_self(tmp_path, tokenizer):
+    """A plain causal-LM folder as reward model scores Yes/No log-odds, the policy's own judge
+    probabilities: score_threshold 0.5 must split the same steps good and bad for both (it used to
+    call every step bad for the folder: log-odds of 0.1 are below 0.5)."""
+    from reward_models.base import load_reward_model
+    from reward_models.testing import save_tiny, tiny_causal_lm
+    from stepdpo.pairs import judge_threshold, threshold_hint
+    from stepdpo.trainer import default_judge
+
+    model = tiny_causal_lm(tokenizer, seed=5)
+    folder = load_reward_model(save_tiny(model, tokenizer, tmp_path / "plain"))
+    own = default_judge(model, tokenizer, STEP_FORMAT)
+    assert (folder.score_scale, own.score_scale) == ("logodds", "probability")
+    prompts = [f"Q: {a}+{b}\n" for a in range(3) for b in range(4)]
+    steps = [[f"{a}+{b}={a + b + e}", f"Answer: {a + b}"] for a in range(3) for b in range(4) for e in (0,)]
+    lo, pr = folder.score_steps(prompts, steps), own.score_steps(prompts, steps)
+    assert [[x >= judge_threshold(folder, 0.5) for x in row] for row in lo] == \
+        [[x >= judge_threshold(own, 0.5) for x in row] for row in pr]
+    assert judge_threshold(folder, 0.5) == 0.0 and judge_threshold(folder, 0.8) == pytest.approx(math.log(4))
+    with pytest.raises(ValueError, match="probability"):
+        judge_threshold(folder, 1.5)
+    # a round where every step lands on one side says so, with the threshold on the judge's scale
+    hint = threshold_hint({"pairs": 0, "n_groups": 4, "skipped_all_bad": 4}, 0.0, "logodds")
+    assert "every candidate step scored below score_threshold (0 on the judge's logodds scale)" in hint
+    assert threshold_hint({"pairs": 0, "n_groups": 0, "solutions_without_error": 6}, 0.5).startswith(
+        "no step pairs: no step of the 6 searched solutions scored below")
+    assert threshold_hint({"pairs": 2, "n_groups": 4, "skipped_all_bad": 2}, 0.5) is None

@@ -543,3 +543,92 @@ def test_pair_weights_that_are_not_applied_raise(tmp_path, monkeypatch):
         trainer.compute_loss(model, dict(batch))
     without = {k: v for k, v in batch.items() if k != "pair_weight"}
     trainer.compute_loss(model, without)  # no weights: nothing to apply
+
+
+def test_pair_stats_reach_the_log_history_and_the_callbacks(arith_policy, tmp_path):
+    """Each round's pair statistics are logged as its training starts, as an entry of their own
+    (``pairs/...`` numbers, no training metric mixed in): they reach ``state.log_history`` and every
+    callback (so every ``report_to`` integration), and the loss entries stay as they were."""
+    from transformers import TrainerCallback
+
+    model, tok, cfg = arith_policy
+    prompts = [p.prompt for p in make_samples(8, seed=41, cfg=cfg)]
+    seen = []
+
+    class Record(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            seen.append(dict(logs))
+
+    args = make_args(tmp_path, rounds=2, regenerate_every_steps=1, learning_rate=1e-4, sample_max_new_tokens=12,
+                     max_solution_steps=4)
+    trainer = StepwiseDPOTrainer(model=copy.deepcopy(model), args=args, tokenizer=tok, prompts=prompts,
+                                 reward_model=checker_reward_model(cfg), callbacks=[Record()])
+    trainer.train()
+    logged = [h for h in seen if "pairs/count" in h]
+    assert [h["pairs/round"] for h in logged] == [0, 1]
+    for h, stats in zip(logged, trainer.pair_stats):
+        assert h["pairs/count"] == stats["pairs"] > 0
+        for key in ("chosen_verified", "skipped_all_bad", "n_groups", "processes"):
+            assert h[f"pairs/{key}"] == stats[key]
+        assert {k for k in h if not k.startswith("pairs/")} <= {"epoch", "num_input_tokens_seen"}
+        assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in h.values())
+    history = trainer.state.log_history  # the last round's (each train() starts a new state)
+    entry = [h for h in history if "pairs/count" in h]
+    assert len(entry) == 1 and entry[0]["pairs/round"] == 1 and entry[0]["step"] == 0
+    losses = [h for h in history if "loss" in h]
+    assert losses and all("rewards/chosen" in h and not any(k.startswith("pairs/") for k in h) for h in losses)
+    assert history.index(entry[0]) < history.index(losses[0])
+
+
+def test_activation_checkpointing_runs_without_deprecation_warnings(arith_policy, tmp_path):
+    """TRL's configs set ``gradient_checkpointing`` (True by default) and TRL switches checkpointing
+    off around reference forwards and sampling with names transformers 5.2x deprecated: a run with
+    checkpointing on - pairs built with it on (round 1), DPOP and TRL's own loss - warns about none
+    of them, and checkpointing is back on (with its every_n_layers) afterwards."""
+    import warnings
+
+    model, tok, cfg = arith_policy
+    prompts = [p.prompt for p in make_samples(8, seed=41, cfg=cfg)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert StepwiseDPOConfig(output_dir=str(tmp_path / "d"), report_to=[]).activation_checkpointing is True
+        args = make_args(tmp_path, rounds=2, regenerate_every_steps=1, learning_rate=1e-4, sample_max_new_tokens=12,
+                         max_solution_steps=4, gradient_checkpointing=True)
+        assert args.activation_checkpointing and args.gradient_checkpointing
+        trainer = StepwiseDPOTrainer(model=copy.deepcopy(model), args=args, tokenizer=tok, prompts=prompts,
+                                     reward_model=checker_reward_model(cfg))
+        trainer.train()
+        assert trainer.model.is_activation_checkpointing
+        tiny = tiny_causal_lm(tiny_tokenizer())
+        trl_loss = StepwiseDPOTrainer(model=tiny, args=make_args(tmp_path, max_steps=1, loss_type=["sigmoid"],
+                                                                 gradient_checkpointing=True),
+                                      tokenizer=tiny_tokenizer(), train_dataset=PAIRS)
+        trl_loss.train()
+    about = [str(w.message) for w in caught
+             if issubclass(w.category, FutureWarning) and "checkpointing" in str(w.message)]
+    assert not about
+    from stepdpo.trainer import activation_checkpointing_off
+
+    tiny.activation_checkpointing_enable(every_n_layers=2)
+    flags = [m.gradient_checkpointing for m in tiny.modules() if hasattr(m, "gradient_checkpointing")]
+    with activation_checkpointing_off(tiny, {"every_n_layers": 2, "use_reentrant": False}):
+        assert not tiny.is_activation_checkpointing
+    assert [m.gradient_checkpointing for m in tiny.modules() if hasattr(m, "gradient_checkpointing")] == flags
+
+
+def test_pair_building_shows_progress_unless_disable_tqdm(arith_policy, tmp_path, capsys):
+    """A bar over the sampling and scoring stages of pair building on the main process, off with
+    ``disable_tqdm``; the pairs are the same either way."""
+    model, tok, cfg = arith_policy
+    prompts = [p.prompt for p in make_samples(8, seed=41, cfg=cfg)]
+    built = {}
+    for disable in (False, True):
+        trainer = StepwiseDPOTrainer(model=copy.deepcopy(model), tokenizer=tok, prompts=prompts,
+                                     args=make_args(tmp_path, disable_tqdm=disable, sample_max_new_tokens=12,
+                                                    max_solution_steps=4),
+                                     reward_model=checker_reward_model(cfg))
+        err = capsys.readouterr().err
+        shown = "building step pairs (8 prompts)" in err
+        assert shown == (not disable) and ("scoring" in err) == (not disable)
+        built[disable] = [p.to_dict() for p in trainer.last_pairs]
+    assert built[False] == built[True]
