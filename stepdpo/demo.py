@@ -407,6 +407,9 @@ def stepwise_dpo_rounds(policy, tokenizer, prompts, answers, judge, *, output_di
                                  reward_model=judge, answers=list(answers),
                                  answer_checker=lambda p, steps, a: is_correct(a, steps), callbacks=[RoundEnd()])
     holder["trainer"] = trainer
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # every step is logged (for the plots): the rounds' summaries are printed
     trainer.train()
     return trainer
 

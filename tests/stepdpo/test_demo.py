@@ -124,6 +124,9 @@ def test_demo_dpo_rounds_log_every_step(tmp_path, monkeypatch):
         def __init__(self, *a, args=None, **kw):
             seen["args"] = args
 
+        def remove_callback(self, callback):
+            seen["removed"] = callback.__name__
+
         def train(self):
             pass
 
@@ -131,6 +134,7 @@ def test_demo_dpo_rounds_log_every_step(tmp_path, monkeypatch):
     stepwise_dpo_rounds(None, None, ["Q: 1+1\n"], ["1+1"], None, output_dir=tmp_path, rounds=3, steps=70, lr=1e-4,
                         loss=["dpop"])
     assert seen["args"].logging_steps == 1 and seen["args"].logging_strategy == "steps"
+    assert seen["removed"] == "PrinterCallback"  # logged every step, but not printed every step
 
 
 def test_demo_dpo_loss_and_reward_panels_cover_the_same_steps(tmp_path, monkeypatch):

@@ -49,6 +49,15 @@ def test_lora_policy_and_prm_trained_in_one_folder_load_from_another(tmp_path):
     cli(b, "evaluate", "--model_name_or_path", str(a / "out/lora"), "--reward_model", str(a / "out/prm"),
         "--dataset_name", "arith:8", "--dry_run", "--output_dir", "ev")
     assert (b / "ev" / "metrics.json").exists()
+    # the outcome and Bradley-Terry models the other trainers write judge decoding from there too
+    cli(a, "train-orm", "--model_name_or_path", "tiny-gpt2", "--dataset_name", "arith:20", "--dry_run",
+        "--output_dir", "out/orm", "--report_to", "none")
+    cli(a, "train-bt", "--model_name_or_path", "tiny-gpt2", "--dataset_name", str(ROOT / "tests/fixtures/hh_rlhf.jsonl"),
+        "--dry_run", "--output_dir", "out/bt", "--report_to", "none")
+    for judge in ("orm", "bt"):
+        cli(b, "decode", "--model_name_or_path", str(a / "out/lora"), "--reward_model", str(a / "out" / judge),
+            "--dataset_name", "arith:4", "--dry_run", "--output_file", f"dec_{judge}.jsonl")
+        assert len((b / f"dec_{judge}.jsonl").read_text().splitlines()) == 4
 
 
 def test_model_card_names_a_base_model_without_hub_id(tmp_path, arith_policy, dpo_args):
