@@ -117,7 +117,7 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
     """Load policy and data, build or read step pairs, train, save; returns a summary dict."""
     from trl import get_peft_config
 
-    from reward_models.types import PreferencePair, StepPair
+    from reward_models.types import PreferencePair, StepPair, StepSample
     from stepdpo.trainer import StepwiseDPOTrainer
 
     if script_args.dry_run:
@@ -135,6 +135,12 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
     if data.of_type(PreferencePair):
         raise SystemExit(f"{data.source} holds whole-response preference pairs: train a Bradley-Terry reward model "
                          "on them with `stepdpo train-bt`; Stepwise DPO needs step pairs or problems")
+    if (script_args.dry_run and common.is_tiny(name) and not script_args.sft_warmup_steps
+            and not data.of_type(StepPair) and data.of_type(StepSample)):
+        # a freshly built tiny policy writes no steps worth judging: no pair could be built to check the recipe with
+        script_args.sft_warmup_steps = DRY_RUN_SFT_STEPS
+        logger.info("dry run with a fresh %s: a %d-step warm-up first, so that its steps can be judged", name,
+                    DRY_RUN_SFT_STEPS)
 
     if script_args.sft_warmup_steps > 0 and (model_args.load_in_4bit or model_args.load_in_8bit):
         raise SystemExit("sft_warmup_steps trains all weights and cannot run on a 4/8-bit model: warm up first "
