@@ -835,11 +835,16 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
         for col in ("ref_chosen_logps", "ref_rejected_logps"):
             if col in dataset.column_names:
                 dataset = dataset.remove_columns(col)
+        rows = hashlib.sha256()
+        for row in dataset.select_columns(list(TOKENIZED_COLUMNS)).to_list():
+            rows.update(json.dumps([row[c] for c in TOKENIZED_COLUMNS]).encode())
+        # this runs while the trainer is built, before train()'s own check: different pairs on different processes
+        # would get the main process's cached log-probs (its key and hit are broadcast below)
+        dist.check_same(rows.hexdigest(), f"{name} step pairs (tokenized)",
+                        fix="Give every process the same pairs: the same file, dataset options and seed.")
         h = hashlib.sha256()
         h.update(json.dumps([str(self.reference_model_hash), self.ld_alpha, self.args.max_length,
-                             self.args.truncation_mode]).encode())
-        for row in dataset.select_columns(list(TOKENIZED_COLUMNS)).to_list():
-            h.update(json.dumps([row[c] for c in TOKENIZED_COLUMNS]).encode())
+                             self.args.truncation_mode, rows.hexdigest()]).encode())
         key = dist.broadcast(h.hexdigest()[:24])
         cache = Path(self.args.output_dir) / "ref_logps_cache"
         path = cache / f"{name}-{key}.safetensors"

@@ -6,6 +6,10 @@ precomputed reference log-probs) and then on given pairs (precomputed too); each
 
 ``python distributed_worker.py mismatch POLICY_DIR OUT_DIR``: process 1 is given different
 prompts; the trainer must refuse on every process at once.
+
+``python distributed_worker.py mismatch_pairs POLICY_DIR OUT_DIR``: process 1 is given one pair
+fewer, with precomputed reference log-probs (computed while the trainer is built, before
+``train()``); the trainer must refuse on every process at once.
 """
 
 from __future__ import annotations
@@ -39,6 +43,17 @@ def main(mode: str, policy_dir: str, out_dir: str) -> None:
     cfg = ArithConfig(**json.loads((Path(policy_dir) / "arith.json").read_text()))
     problems = make_samples(10, seed=41, cfg=cfg)
     prompts, answers = [p.prompt for p in problems], [p.meta["expression"] for p in problems]
+    if mode == "mismatch_pairs":
+        from reward_models.types import StepPair
+
+        pairs = [StepPair(prompt=p.prompt, prefix_steps=p.steps[:1], chosen=p.steps[1], rejected=p.steps[1] + "0")
+                 for p in problems if len(p.steps) > 1]
+        args = StepwiseDPOConfig(output_dir=f"{out_dir}/given", report_to=[], max_steps=1,
+                                 per_device_train_batch_size=2, save_strategy="no", gradient_checkpointing=False,
+                                 disable_tqdm=True, seed=0, precompute_ref_log_probs=True)
+        StepwiseDPOTrainer(model=model, args=args, tokenizer=tok, train_dataset=pairs[: len(pairs) - rank])
+        Path(out_dir, f"rank{rank}.json").write_text("{}")  # not reached: the trainer refuses first
+        return
     if mode == "mismatch" and rank == 1:
         prompts, answers = prompts[::-1], answers[::-1]  # a deliberate difference between the processes
     args = StepwiseDPOConfig(output_dir=f"{out_dir}/online", report_to=[], max_steps=2, per_device_train_batch_size=2,

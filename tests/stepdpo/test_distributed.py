@@ -109,3 +109,15 @@ def test_train_and_build_pairs_commands_with_two_processes(tmp_path, two_process
     rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
     assert len(rows) == stats["pairs"] > 0
     assert sorted(p.name for p in pairs_file.parent.iterdir()) == ["pairs.jsonl", "pairs.jsonl.stats.json"]
+
+
+def test_different_pairs_with_precomputed_reference_fail_fast(policy_dir, tmp_path, two_processes):
+    """Reference log-probs are precomputed while the trainer is built, before train()'s check of the
+    pairs: the precompute step checks them first, so the processes stop together with the reason."""
+    proc, seconds = two_processes(str(ROOT / "tests/stepdpo/distributed_worker.py"), "mismatch_pairs",
+                                  str(policy_dir), str(tmp_path), check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "RankMismatchError" in out and "pairs" in out and "differ between the processes" in out
+    assert seconds < 120
+    assert not list(tmp_path.glob("rank*.json"))
