@@ -83,26 +83,23 @@ class ORMTrainer(ReliableTrainerMixin, RewardConfigOnSave, Trainer):
     def __init__(self, model, args: ORMConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, data_collator=None, **kwargs):
         args, tokenizer = trainer_inputs(args, ORMConfig, "orm-output", model, processing_class, train_dataset)
-        self.step_format = args.step_format
         model = load_token_classifier(model, args, tokenizer, 1, "an outcome model (one logit per token)")
-
-        self.truncation_stats: dict[str, dict[str, int]] = {}
-
         cap_max_length(args, model)
         train_rows = read_outcome_rows(rows_of(train_dataset))
         self.step_format = args.resolve_separator(s for r in train_rows if not isinstance(r.completion, str)
                                                   for s in r.completion)
+        self.truncation_stats: dict[str, dict[str, int]] = {}
 
-        def feats(data, split):
+        def feats(rows, split):
             stats = _trunc.empty_stats()
-            rows = train_rows if split == "train" else read_outcome_rows(rows_of(data))
             out = build_orm_features(rows, tokenizer, self.step_format,
                                      last_token_only=args.last_token_only, max_length=args.max_length,
                                      truncation=args.truncation, min_prompt_tokens=args.min_prompt_tokens, stats=stats)
             return ListDataset(checked_features(out, stats, split, args.max_length, self.truncation_stats))
 
-        super().__init__(model=model, args=args, train_dataset=feats(train_dataset, "train"),
-                         eval_dataset=feats(eval_dataset, "eval") if eval_dataset is not None else None,
+        super().__init__(model=model, args=args, train_dataset=feats(train_rows, "train"),
+                         eval_dataset=feats(read_outcome_rows(rows_of(eval_dataset)), "eval")
+                         if eval_dataset is not None else None,
                          processing_class=tokenizer,
                          data_collator=data_collator or RewardDataCollator(hf_utils.pad_id(tokenizer)), **kwargs)
         self.can_return_loss = True

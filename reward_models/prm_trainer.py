@@ -79,7 +79,6 @@ class PRMTrainer(ReliableTrainerMixin, RewardConfigOnSave, Trainer):
     def __init__(self, model, args: PRMConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, data_collator=None, **kwargs):
         args, tokenizer = trainer_inputs(args, PRMConfig, "prm-output", model, processing_class, train_dataset)
-        self.step_format = args.step_format
         if args.backend == "head":
             model = load_token_classifier(model, args, tokenizer, args.num_labels, "backend='head'")
             self.positive_id = self.negative_id = None
