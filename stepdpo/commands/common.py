@@ -383,7 +383,13 @@ def save_tiny_base(name: str, build, output_dir: str | os.PathLike, seed: int = 
         if is_main_process():
             tok = tiny_tokenizer()
             save_tiny(build(tok, seed=seed, **spec), tok, path)
-    return str(path.resolve())  # absolute: a LoRA adapter names it, and must load from any folder
+    return str(path)
+
+
+def absolute_if_local(name: str) -> str:
+    """``name`` made absolute when it is a local folder: a LoRA adapter saved later names its base
+    model by this path, and must load from any working directory. Hub ids pass unchanged."""
+    return os.path.abspath(name) if os.path.isdir(name) else name
 
 
 def kbit_device_map() -> dict[str, int] | None:

@@ -5,7 +5,6 @@ training."""
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +61,7 @@ def model_and_tokenizer(script_args, build_tiny, trust_remote_code: bool, seed: 
         raise SystemExit("no base model given: set model_name_or_path (a hub id, a folder, or tiny-gpt2)")
     if common.is_tiny(name):
         name = common.save_tiny_base(name, build_tiny, output_dir, seed)
-    if os.path.isdir(name):  # a LoRA adapter names its base by this path: absolute, so it loads from anywhere
-        name = os.path.abspath(name)
+    name = common.absolute_if_local(name)
     return name, common.load_tokenizer(name, trust_remote_code)
 
 

@@ -153,8 +153,7 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
             model_args.load_in_4bit = model_args.load_in_8bit = False
 
         name = common.save_tiny_base(name, tiny_causal_lm, training_args.output_dir, training_args.seed)
-    if os.path.isdir(name):  # a LoRA adapter names its base by this path: absolute, so it loads from anywhere
-        name = os.path.abspath(name)
+    name = common.absolute_if_local(name)
     tokenizer = common.load_tokenizer(name, trust, model_args.model_revision)
     model = common.load_causal_lm(name, model_args, trust_remote_code=trust, seed=training_args.seed)
     if script_args.sft_warmup_steps > 0:
@@ -165,7 +164,7 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
                                    skip_invalid=script_args.skip_invalid)
         model = warm_up(model, tokenizer, sft_data, script_args, training_args)
         # the warmed-up policy is the starting point: the reference, and the base of a LoRA adapter
-        name = os.path.abspath(f"{training_args.output_dir}/sft_model")
+        name = os.path.abspath(f"{training_args.output_dir}/sft_model")  # saved just below
         if training_args.distributed_state.is_main_process:
             model.save_pretrained(name, safe_serialization=True)
             tokenizer.save_pretrained(name)
