@@ -193,7 +193,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
                             "fields (it subclasses trl.DPOConfig)")
         self.step_format = args.step_format
         self.pair_stats: list[dict[str, int]] = []
-        self._pair_stats_to_log: list[dict[str, int]] = []  # logged as training starts (see _log_pair_stats)
+        self._pair_stats_logged = 0  # how many of pair_stats are in the log (see _log_pair_stats)
         self.shard_log: list[dict[str, Any]] = []  # per round: the prompts this process sampled, its generate calls
         self._round_replay: list = []
         self._answers, self._answer_checker = answers, answer_checker
@@ -451,7 +451,6 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
             stats.setdefault(key, 0)
         stats["processes"] = self.accelerator.num_processes
         self.pair_stats.append({"round": round_index, **stats})
-        self._pair_stats_to_log.append(self.pair_stats[-1])
         logger.info("round %d: %s", round_index, stats)
         if not pairs:
             hint = threshold_hint(stats, threshold, judge.score_scale)
@@ -613,7 +612,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
         the main process only). Runs as training starts (:class:`_PairStatsLogger`): ``train()``
         begins with a new ``state``, so an entry logged while the pairs were built (in
         ``__init__`` or between rounds) would be lost."""
-        pending, self._pair_stats_to_log = self._pair_stats_to_log, []
+        pending, self._pair_stats_logged = self.pair_stats[self._pair_stats_logged:], len(self.pair_stats)
         for stats in pending:
             self.log({("pairs/count" if k == "pairs" else f"pairs/{k}"): v for k, v in stats.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
