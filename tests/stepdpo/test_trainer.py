@@ -607,7 +607,7 @@ def test_activation_checkpointing_runs_without_deprecation_warnings(arith_policy
     about = [str(w.message) for w in caught
              if issubclass(w.category, FutureWarning) and "checkpointing" in str(w.message)]
     assert not about
-    from stepdpo.trainer import activation_checkpointing_off
+    from reward_models.hf_internals import activation_checkpointing_off
 
     tiny.activation_checkpointing_enable(every_n_layers=2)
     flags = [m.gradient_checkpointing for m in tiny.modules() if hasattr(m, "gradient_checkpointing")]
