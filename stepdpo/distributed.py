@@ -186,6 +186,33 @@ def main_process_first():
         barrier()
 
 
+@contextmanager
+def fsdp2_unsharded(module, reshard_after_forward: bool | None = True):
+    """Every FSDP-2 module in ``module`` unsharded for the block and kept so across forwards:
+    one all-gather on entry (every process must enter together), then forwards that make no
+    collective call, so processes may run different numbers of them (sampling a shard of
+    prompts). On exit the modules are resharded and get ``reshard_after_forward`` back (the
+    setting they were sharded with; None is ``fully_shard``'s default: every module but the
+    outermost). A no-op for a module without FSDP-2 parts."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP 2
+        yield module
+        return
+    parts = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    for m in parts:
+        m.set_reshard_after_forward(False, recurse=False)
+    for m in parts:
+        m.unshard()
+    try:
+        yield module
+    finally:
+        for i, m in enumerate(parts):
+            m.reshard()
+            m.set_reshard_after_forward(i > 0 if reshard_after_forward is None else bool(reshard_after_forward),
+                                        recurse=False)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a uniquely named temporary file in the same folder,
     then rename it: readers never see half a file, and concurrent writers never share a
@@ -198,5 +225,5 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 __all__ = ["RankMismatchError", "atomic_write_text", "barrier", "broadcast", "check_same", "content_hash", "device",
-           "gather", "gather_object", "init_distributed", "is_main_process", "main_process_first", "shard",
+           "fsdp2_unsharded", "gather", "gather_object", "init_distributed", "is_main_process", "main_process_first", "shard",
            "shard_bounds", "shutdown", "world"]

@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import weakref
 from collections import Counter
 from collections.abc import Sequence
@@ -192,7 +193,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
             raise TypeError(f"args must be a StepwiseDPOConfig, got {type(args).__name__}: build one with the same "
                             "fields (it subclasses trl.DPOConfig)")
         self.step_format = args.step_format
-        self.pair_stats: list[dict[str, int]] = []
+        self.pair_stats: list[dict[str, Any]] = []
         self._pair_stats_logged = 0  # how many of pair_stats are in the log (see _log_pair_stats)
         self.shard_log: list[dict[str, Any]] = []  # per round: the prompts this process sampled, its generate calls
         self._round_replay: list = []
@@ -332,18 +333,23 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
           ``unwrap_model_for_generation``, as in its GRPO and online-DPO trainers); before the
           engine exists (round 0) a policy still on the CPU (ZeRO-1/2, or ZeRO-3 without
           ``zero3_init_flag``) is first moved to the process's GPU, where DeepSpeed puts it anyway.
-        * FSDP: refused (its layers gather their shards in every forward: a collective per call).
+        * FSDP 2: every sharded module is unsharded once for the block (one all-gather, on every
+          process together) and kept unsharded across forwards (``set_reshard_after_forward(False)``),
+          so no forward inside makes a collective; resharded and set back afterwards
+          (:func:`stepdpo.distributed.fsdp2_unsharded`).
+        * FSDP 1: refused (its wrapped layers gather their shards in every forward, and it has no
+          public switch to keep them gathered: a collective per call).
         """
         from trl.distributed import DistributedBackend
         from trl.models.utils import unwrap_model_for_generation
 
         backend = DistributedBackend(self.accelerator)
-        if backend.is_fsdp:
+        if backend.is_fsdp and backend.fsdp_version != 2:
             raise NotImplementedError(
-                "building pairs from prompts under FSDP is not supported: FSDP gathers each layer's shards in every "
-                "forward pass, a collective that needs every process to generate in lockstep. Build the pairs with "
-                "`stepdpo build-pairs` (sharded over any number of GPUs) and train on the pairs file under FSDP, or "
-                "build them online under DDP or DeepSpeed ZeRO-2/3 (configs/accelerate/)")
+                "building pairs from prompts under FSDP version 1 is not supported: its wrapped layers gather their "
+                "shards in every forward pass, a collective that needs every process to generate in lockstep. Set "
+                "fsdp_version: 2 (as configs/accelerate/fsdp.yaml does), or build the pairs with `stepdpo build-pairs` "
+                "and train on the pairs file, or build them online under DDP or DeepSpeed ZeRO-2/3")
         model = self.accelerator.unwrap_model(self.model)
         device = self.accelerator.device
         params = list(model.parameters())
@@ -360,6 +366,10 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
                 with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                                  gather_deepspeed3_params=True) as m:
                     yield m
+            elif backend.is_fsdp:
+                plugin = self.accelerator.state.fsdp_plugin
+                with dist.fsdp2_unsharded(self.model_wrapped, getattr(plugin, "reshard_after_forward", True)):
+                    yield model
             else:
                 yield model
 
@@ -428,6 +438,7 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
                     len(own))
         judge = self._judge(model, tok, args)
         threshold = judge_threshold(judge, args.score_threshold)
+        start = time.perf_counter()
         if own:
             result = build_step_pairs(own, sampler, judge, strategy=args.pair_strategy,
                                       k=args.num_candidates, threshold=threshold,
@@ -438,18 +449,27 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
             local_replay = right_samples(own, result.samples)
         else:
             local_pairs, local_stats, local_replay = [], {}, []
-        self.shard_log.append({"round": round_index, "process": self.accelerator.process_index,
-                               "prompts": list(own), "generate_calls": sampler.num_generate_calls
-                               + roller.num_generate_calls, "sampler": type(sampler).__name__})
+        work = {"round": round_index, "process": self.accelerator.process_index,
+                "device": str(next(model.parameters()).device),
+                "prompts": list(own), "generate_calls": sampler.num_generate_calls + roller.num_generate_calls,
+                "generated_tokens": sampler.num_new_tokens + roller.num_new_tokens,
+                "generate_seconds": round(sampler.generate_seconds + roller.generate_seconds, 4),
+                "build_seconds": round(time.perf_counter() - start, 4), "sampler": type(sampler).__name__}
+        self.shard_log.append(work)
         pairs = dist.gather(local_pairs)
-        per_process = dist.gather_object(local_stats)
+        per_process = dist.gather_object((local_stats, work))
         stats: Counter = Counter()
-        for st in per_process:
+        for st, _ in per_process:
             stats.update(st)  # (update keeps zero counts, unlike +)
         stats = dict(stats)
         for key in ("n_prompts", "pairs"):
             stats.setdefault(key, 0)
         stats["processes"] = self.accelerator.num_processes
+        # sampling throughput: tokens of all processes, seconds of the slowest (they work side by side)
+        stats["generated_tokens"] = sum(w["generated_tokens"] for _, w in per_process)
+        for key in ("generate_seconds", "build_seconds"):
+            stats[key] = max(w[key] for _, w in per_process)
+        stats["devices"] = sorted({w["device"] for _, w in per_process})
         self.pair_stats.append({"round": round_index, **stats})
         logger.info("round %d: %s", round_index, stats)
         if not pairs:

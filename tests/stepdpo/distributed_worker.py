@@ -10,6 +10,12 @@ prompts; the trainer must refuse on every process at once.
 ``python distributed_worker.py mismatch_pairs POLICY_DIR OUT_DIR``: process 1 is given one pair
 fewer, with precomputed reference log-probs (computed while the trainer is built, before
 ``train()``); the trainer must refuse on every process at once.
+
+``python distributed_worker.py fsdp2 POLICY_DIR OUT_DIR``: the policy sharded with FSDP 2
+(``fully_shard`` per block and at the root, a CPU mesh); inside
+:func:`stepdpo.distributed.fsdp2_unsharded` process 0 samples 3 prompts and process 1 one, one
+prompt per ``generate`` call (different numbers of forwards on each process); each writes its
+samples, those of an unsharded copy, and what the parameters look like after the block.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ def main(mode: str, policy_dir: str, out_dir: str) -> None:
     cfg = ArithConfig(**json.loads((Path(policy_dir) / "arith.json").read_text()))
     problems = make_samples(10, seed=41, cfg=cfg)
     prompts, answers = [p.prompt for p in problems], [p.meta["expression"] for p in problems]
+    if mode == "fsdp2":
+        _fsdp2(model, tok, prompts, rank, out_dir)
+        return
     if mode == "mismatch_pairs":
         from reward_models.types import StepPair
 
@@ -87,6 +96,46 @@ def main(mode: str, policy_dir: str, out_dir: str) -> None:
     result = {"rank": rank, "online": online,
               "given": {"ref_chosen_logps": ref, "global_step": given.state.global_step,
                         "cache_hit": given.ref_logps_cache_hit}}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.shutdown()
+
+
+def _fsdp2(model, tok, prompts, rank: int, out_dir: str) -> None:
+    import copy
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from stepdpo import distributed as dist
+    from stepdpo.sampling import StepSampler
+    from stepdpo.tasks.arith import STEP_FORMAT
+
+    model.eval()
+    plain = copy.deepcopy(model)
+    mesh = init_device_mesh("cpu", (2,))
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    sharded = all(isinstance(p, DTensor) for p in model.parameters())
+    own = prompts[:3] if rank == 0 else prompts[3:4]
+
+    def sample(m):
+        sampler = StepSampler(m, tok, STEP_FORMAT, max_new_tokens=12, temperature=0.0, batch_size=1,
+                              synced_gpus=False)
+        return sampler.sample_solutions(own, k=1, max_steps=3), sampler.num_generate_calls
+
+    with dist.fsdp2_unsharded(model, reshard_after_forward=True):
+        inside = not any(isinstance(p, DTensor) for p in model.parameters())
+        samples, calls = sample(model)
+    expected, _ = sample(plain)
+    ids = tok(prompts[0], return_tensors="pt").input_ids
+    with torch.no_grad():  # after the block: sharded again, and a forward (collective per block) gives the same logits
+        diff = (model(ids).logits - plain(ids).logits).abs().max().item()
+    result = {"rank": rank, "sharded_before": sharded, "unsharded_inside": inside, "generate_calls": calls,
+              "samples": samples, "plain_samples": expected, "sharded_after": all(isinstance(p, DTensor)
+                                                                                  for p in model.parameters()),
+              "logits_diff_after": diff}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     dist.shutdown()
 

@@ -61,10 +61,12 @@ def test_two_processes_shard_pair_building_and_train_on_the_same_pairs(policy_di
         assert [entry["round"] for entry in log] == [0, 1]
         for entry in log:  # each process sampled its own half of the prompts, nothing else
             assert entry["process"] == r and entry["prompts"] == prompts[5 * r: 5 * r + 5]
-            assert entry["generate_calls"] > 0
+            assert entry["generate_calls"] > 0 and entry["generated_tokens"] > 0 and entry["device"] == "cpu"
         stats = res["online"]["pair_stats"]
         assert [s["round"] for s in stats] == [0, 1] and all(s["processes"] == 2 for s in stats)
         assert all(s["n_prompts"] == 10 and s["pairs"] > 0 for s in stats)  # both halves gathered: every prompt once
+        for s, mine in zip(stats, log):  # tokens of both processes, the time of the slower one
+            assert s["generated_tokens"] > mine["generated_tokens"] and s["generate_seconds"] >= mine["generate_seconds"]
         assert res["online"]["global_step"] == 1 and res["online"]["has_ref_logps"]  # rounds ran; precompute worked
         assert res["online"]["max_param_change"] > 0
     a, b = (res["online"] for res in ranks)
@@ -121,3 +123,17 @@ def test_different_pairs_with_precomputed_reference_fail_fast(policy_dir, tmp_pa
     assert "RankMismatchError" in out and "pairs" in out and "differ between the processes" in out
     assert seconds < 120
     assert not list(tmp_path.glob("rank*.json"))
+
+
+def test_fsdp2_policy_samples_unsharded_with_different_call_counts(policy_dir, tmp_path, two_processes):
+    """Under FSDP 2 each block's forward all-gathers its shards (a collective); inside
+    ``fsdp2_unsharded`` the processes make different numbers of generate calls without waiting
+    on each other, sample what the unsharded model samples, and are sharded again after."""
+    proc, seconds = two_processes(str(ROOT / "tests/stepdpo/distributed_worker.py"), "fsdp2", str(policy_dir),
+                                  str(tmp_path), timeout=120)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["generate_calls"] for r in ranks][0] > [r["generate_calls"] for r in ranks][1] > 0
+    for res in ranks:
+        assert res["sharded_before"] and res["unsharded_inside"] and res["sharded_after"]
+        assert res["samples"] == res["plain_samples"] and all(res["samples"])
+        assert res["logits_diff_after"] < 1e-5
