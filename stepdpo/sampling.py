@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -262,6 +263,8 @@ class StepSampler(_BaseSampler):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
         self.num_generate_calls = 0  # for tests and benchmarks: batched, not one call per candidate
+        self.num_new_tokens = 0  # tokens generated (padding not counted), and seconds spent in generate
+        self.generate_seconds = 0.0
         self.prefix_cache = prefix_cache
         self.synced_gpus = synced_gpus
         self.num_prefill_rows = self.num_rows = 0  # rows prefilled vs rows sampled (prefix_cache shares prefills)
@@ -416,7 +419,11 @@ class StepSampler(_BaseSampler):
         self.num_prefill_rows += len(batch) if extra is None else len({tuple(c) for c in batch})
         if self.synced_gpus is not None:
             kwargs = {**kwargs, "synced_gpus": self.synced_gpus}
+        start = time.perf_counter()
         out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs, **(extra or {}))
+        new = out[:, ids.shape[1]:]
+        self.num_new_tokens += int((new != self.pad_id).sum())  # (a sync on a GPU: the time is the call's)
+        self.generate_seconds += time.perf_counter() - start
         self.num_generate_calls += 1
         return out
 
@@ -558,6 +565,8 @@ class VLLMStepSampler(_BaseSampler):
         self.seed = seed
         self._calls = 0
         self.num_generate_calls = 0
+        self.num_new_tokens = 0
+        self.generate_seconds = 0.0
         if isinstance(model, str):
             llm_kwargs.setdefault("enable_prefix_caching", True)
             llm_kwargs.setdefault("trust_remote_code", False)
@@ -570,7 +579,10 @@ class VLLMStepSampler(_BaseSampler):
                                            max_tokens=self.max_new_tokens, stop=self.step_format.stop_strings,
                                            include_stop_str_in_output=True, seed=seed)
         prompts = [{"prompt_token_ids": list(c)} for c in contexts]
+        start = time.perf_counter()
         outs = self.llm.generate(prompts, params, use_tqdm=False)
+        self.generate_seconds += time.perf_counter() - start
+        self.num_new_tokens += sum(len(o.token_ids) for out in outs for o in out.outputs)
         self.num_generate_calls += 1
         eos = self.tokenizer.eos_token_id
         result = []

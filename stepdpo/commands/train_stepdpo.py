@@ -197,12 +197,26 @@ def main(script_args: ScriptArguments, training_args, model_args) -> dict:
     trainer.save_model(training_args.output_dir)
     summary = {"command": COMMAND, "data": mode, "output_dir": training_args.output_dir,
                "train_loss": float(result.training_loss), "global_step": int(trainer.state.global_step),
-               "pair_stats": trainer.pair_stats, "dry_run": script_args.dry_run, **common.rejected_rows(data)}
+               "pair_stats": trainer.pair_stats, "sampling": sampling_throughput(trainer.pair_stats),
+               "dry_run": script_args.dry_run, **common.rejected_rows(data)}
     if trainer.accelerator.is_main_process:
         common.write_json(f"{training_args.output_dir}/stepdpo_train.json",
                      {**summary, "log_history": trainer.state.log_history})
         common.print_summary(COMMAND, {k: v for k, v in summary.items() if k != "pair_stats"})
     return summary
+
+
+def sampling_throughput(pair_stats: list[dict]) -> list[dict]:
+    """Per round of pairs built from problems: where the policy sampled, the tokens it generated
+    (all processes) and the seconds the slowest process spent in ``generate``."""
+    out = []
+    for st in pair_stats:
+        if "generated_tokens" in st:
+            secs = st["generate_seconds"]
+            out.append({"round": st["round"], "devices": st["devices"], "generated_tokens": st["generated_tokens"],
+                        "generate_seconds": secs, "build_seconds": st["build_seconds"],
+                        "tokens_per_second": round(st["generated_tokens"] / secs, 1) if secs else None})
+    return out
 
 
 def warm_up(model, tokenizer, data, script_args: ScriptArguments, training_args):

@@ -31,6 +31,9 @@ def test_contexts_are_piecewise_and_one_generate_call_for_all():
             assert "\n" not in s.text
             assert len(s.token_ids) <= 6
     assert tok.padding_side == side
+    # the tokens generated: each row's own (its padding after an early stop not counted), time spent in generate
+    assert sampler.num_new_tokens == sum(len(s.token_ids) for row in out for s in row) > 0
+    assert sampler.generate_seconds > 0
 
 
 def test_seeded_and_batched_equals_unbatched():
