@@ -6,8 +6,9 @@
 #   BENCH_GPU_DRY_RUN=1 bash bench/gpu.sh      # the same steps on the CPU at seconds-long sizes (a 2-layer Qwen2)
 #
 # Each benchmark runs as its own step under `timeout`, so one failure or overrun does not lose the others;
-# the whole script stays under 8 minutes (step limits: scoring 170 s, sampling 90 s, trainer 170 s).
-# Writes at most 6 files into the output directory: one JSON per benchmark (python -m bench.run format:
+# the whole script stays under 8 minutes (step limits: scoring 140 s, sampling 60 s, trainer 130 s, then
+# scripts/train_stepdpo.py with online pairs on the GPU 90 s and the same under FSDP 2 60 s).
+# Writes at most 8 files into the output directory: train/<run>.json for the two training runs, one JSON per benchmark (python -m bench.run format:
 # copy them into bench/results/ and run `python -m bench.run --markdown-only` to put them into BENCHMARKS.md),
 # gpu.log (everything the steps printed), summary.txt (what ran, how long, each row) and BENCHMARKS-gpu.md.
 #
@@ -19,7 +20,7 @@
 #
 # Settings (environment): OUT (output directory), PYTHON (default python3), BENCH_BACKBONE (default
 # qwen2-1.5b; qwen2-0.5b is the smaller public shape), BENCH_DTYPE (default bfloat16), BENCH_GPU_DRY_RUN=1
-# (CPU, smoke sizes, qwen2-tiny), BENCH_STEP_LIMITS="scoring sampling trainer" seconds.
+# (CPU, smoke sizes, qwen2-tiny), BENCH_STEP_LIMITS="scoring sampling trainer train_stepdpo fsdp2" seconds.
 set -u
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$(pwd)
@@ -40,7 +41,7 @@ if [ "$DRY" = "1" ]; then
 else
   MODE=--full; DEVICE=cuda; BACKBONE=${BENCH_BACKBONE:-qwen2-1.5b}; DTYPE=${BENCH_DTYPE:-bfloat16}
 fi
-read -r LIMIT_SCORING LIMIT_SAMPLING LIMIT_TRAINER <<<"${BENCH_STEP_LIMITS:-170 90 170}"
+read -r LIMIT_SCORING LIMIT_SAMPLING LIMIT_TRAINER LIMIT_TRAIN LIMIT_FSDP <<<"${BENCH_STEP_LIMITS:-140 60 130 90 60}"
 
 say() { echo "$*" | tee -a "$SUMMARY"; }
 T0=$(date +%s)
@@ -102,6 +103,51 @@ step() {  # step NAME LIMIT_SECONDS NEEDED_MODULES...
 step scoring "$LIMIT_SCORING" $NEED_SCORING
 step sampling "$LIMIT_SAMPLING" $NEED_SCORING
 step trainer "$LIMIT_TRAINER" $NEED_SCORING $NEED_TRAINER
+
+# -- issue 14: scripts/train_stepdpo.py with pairs built online, on the GPU ------------------------------------------
+# The demo recipe (tiny policy, checker judge), two short rounds, pairs sampled on the GPU; its stepdpo_train.json says where
+# the policy sampled ("devices") and the sampling throughput ("sampling"). Then the same run as a dry run under
+# FSDP 2 (configs/accelerate/fsdp.yaml, one process, GPT2Block wrapped): the trainer's unshard-for-sampling path.
+train_run() {  # train_run NAME LIMIT LAUNCHER... -- ARGS...
+  local name=$1 limit=$2; shift 2
+  local miss; miss=$(missing $NEED_SCORING $NEED_TRAINER)
+  if [ -n "$miss" ]; then say "SKIPPED $name: missing $miss"; STATUS=5; return; fi
+  local t=$(date +%s) dir="$WORK/$name"
+  echo "=== $name (limit ${limit}s) ===" >>"$LOG"
+  timeout -k 10 "$limit" "$@" --output_dir "$dir" --save_pairs_to "$dir/pairs.jsonl" >>"$LOG" 2>&1
+  local rc=$? took=$(( $(date +%s) - t ))
+  if [ $rc -eq 0 ] && [ -f "$dir/stepdpo_train.json" ]; then
+    mkdir -p "$OUT_DIR/train"; "$PY" - "$dir/stepdpo_train.json" "$OUT_DIR/train/$name.json" "$took" <<'EOF2' | tee -a "$SUMMARY"
+import json, sys
+res = json.loads(open(sys.argv[1]).read())
+keep = {k: res[k] for k in ("command", "data", "global_step", "train_loss", "sampling", "pair_stats", "versions")
+        if k in res}
+keep["wall_s"] = int(sys.argv[3])
+open(sys.argv[2], "w").write(json.dumps(keep, indent=1))
+for r in res.get("sampling", []):
+    print(f"  round {r['round']} on {','.join(r['devices'])}: {r['generated_tokens']} tokens in "
+          f"{r['generate_seconds']:.2f} s of generate = {r['tokens_per_second']} tokens/s "
+          f"(pair building {r['build_seconds']:.2f} s)")
+EOF2
+    say "ok      $name (${took}s)"
+  else
+    case $rc in
+      124|137) say "TIMEOUT $name after ${took}s (limit ${limit}s; see gpu.log)"; STATUS=6;;
+      *) say "FAILED  $name (exit $rc, ${took}s); last lines of gpu.log:"; tail -n 15 "$LOG" | sed 's/^/    /' | tee -a "$SUMMARY"; STATUS=7;;
+    esac
+  fi
+}
+WORK=$(mktemp -d)
+TRAIN_ARGS=(--config configs/demo_stepdpo.yaml --rounds 2 --regenerate_every_steps 10 --sft_warmup_steps 300
+            --report_to none --disable_tqdm true)
+[ "$DRY" = "1" ] && TRAIN_ARGS+=(--dry_run)
+train_run train_stepdpo "$LIMIT_TRAIN" "$PY" scripts/train_stepdpo.py "${TRAIN_ARGS[@]}"
+if [ "$DEVICE" = cuda ]; then
+  train_run train_stepdpo_fsdp2 "$LIMIT_FSDP" "$PY" -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml \
+    --num_processes 1 --mixed_precision no --fsdp_transformer_layer_cls_to_wrap GPT2Block scripts/train_stepdpo.py \
+    "${TRAIN_ARGS[@]}" --dry_run
+fi
+rm -rf "$WORK"
 
 # -- summary: every row of every result, and a markdown rendering -------------------------------------------------
 "$PY" - "$OUT_DIR" <<'EOF' 2>>"$LOG" | tee -a "$SUMMARY"

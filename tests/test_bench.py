@@ -136,19 +136,23 @@ def test_prm_probe_scores_each_candidate_on_validation_samples(tmp_path):
 
 @pytest.mark.smoke
 def test_gpu_script_dry_run_on_cpu(tmp_path):
-    """``bench/gpu.sh`` runs every step (a 2-layer Qwen2 in bf16, seconds-long sizes) and leaves at
-    most 8 files: one JSON per benchmark, the log, the summary and the markdown."""
+    """``bench/gpu.sh`` runs every step (a 2-layer Qwen2 in bf16, seconds-long sizes, and a dry run of
+    ``scripts/train_stepdpo.py`` with pairs built online) and leaves at most 8 files: one JSON per
+    benchmark, the training run's summary, the log, the summary and the markdown."""
     out = tmp_path / "out"
     env = dict(os.environ, BENCH_GPU_DRY_RUN="1", OUT=str(out), PYTHON=sys.executable)
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    files = sorted(p.name for p in out.iterdir())
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert len(files) <= 8
     for name, n_rows in {"scoring": 4, "sampling": 1, "trainer": 3}.items():
         res = json.loads((out / f"{name}-smoke-bfloat16-qwen2-tiny.json").read_text())
         assert res["machine"]["dtype"] == "bfloat16" and len(res["rows"]) == n_rows
         assert "qwen2-tiny" in res["rows"][0]["benchmark"]
     summary = (out / "summary.txt").read_text()
-    assert summary.count("ok  ") == 3 and "exit status 0" in summary
+    assert summary.count("ok  ") == 4 and "exit status 0" in summary
+    run = json.loads((out / "train" / "train_stepdpo.json").read_text())  # where and how fast the policy sampled
+    assert run["command"] == "train" and run["sampling"][0]["devices"] == ["cpu"]
+    assert run["sampling"][0]["generated_tokens"] > 0 and "tokens/s" in summary
     assert "| benchmark | ours | baseline |" in (out / "BENCHMARKS-gpu.md").read_text()
