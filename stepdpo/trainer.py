@@ -336,7 +336,8 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
         * FSDP 2: every sharded module is unsharded once for the block (one all-gather, on every
           process together) and kept unsharded across forwards (``set_reshard_after_forward(False)``),
           so no forward inside makes a collective; resharded and set back afterwards
-          (:func:`stepdpo.distributed.fsdp2_unsharded`).
+          (:func:`stepdpo.distributed.fsdp2_unsharded`). Round 0 comes before ``train()`` shards
+          the model: the whole policy is moved to the process's GPU first, as under DeepSpeed.
         * FSDP 1: refused (its wrapped layers gather their shards in every forward, and it has no
           public switch to keep them gathered: a collective per call).
         """
@@ -353,7 +354,16 @@ class StepwiseDPOTrainer(ReliableTrainerMixin, DPOHooks, DPOTrainer):
         model = self.accelerator.unwrap_model(self.model)
         device = self.accelerator.device
         params = list(model.parameters())
-        if (self.is_deepspeed_enabled and device.type != "cpu" and params and params[0].device.type == "cpu"
+        if backend.is_fsdp and any(dist.gather_object(any(p.is_meta for p in params))):
+            # round 0 comes before train() shards the model; with fsdp_cpu_ram_efficient_loading only the main
+            # process has loaded the weights by then
+            raise ValueError(
+                "building pairs from prompts under FSDP: round 0 is sampled before the Trainer shards the model, and "
+                "some processes hold no weights yet (fsdp_cpu_ram_efficient_loading: true loads them on the main "
+                "process only). Set fsdp_cpu_ram_efficient_loading: false (as configs/accelerate/fsdp.yaml does), or "
+                "build the pairs with `stepdpo build-pairs` and train on the pairs file")
+        if ((self.is_deepspeed_enabled or backend.is_fsdp) and device.type != "cpu" and params
+                and params[0].device.type == "cpu"
                 and not hasattr(params[0], "ds_id") and not getattr(model, "is_loaded_in_4bit", False)
                 and not getattr(model, "is_loaded_in_8bit", False)):
             model.to(device)
