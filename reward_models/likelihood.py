@@ -54,7 +54,6 @@ from reward_models.base import (
 )
 from reward_models.process import build_settings
 from reward_models.steps import DEFAULT_STEP_FORMAT, StepFormat, TokenizedSteps
-from reward_models.types import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -187,12 +186,8 @@ class _TokenScorer(ConfiguredRewardModel):
         if len(prompts) != len(steps):
             raise ValueError(f"got {len(prompts)} prompts for {len(steps)} step lists")
         todo = [i for i, s in enumerate(steps) if s]
-        toks = []
-        for i in todo:
-            try:
-                toks.append(self.step_format.tokenize(self.tokenizer, prompts[i], steps[i]))
-            except DataError as e:
-                raise e.at(row=i) from None
+        toks = self.step_format.tokenize_many(self.tokenizer, [prompts[i] for i in todo], [steps[i] for i in todo],
+                                              rows=todo)
         hf_utils.check_lengths([len(t) for t in toks], self.max_length, index=todo)
         return toks, todo
 

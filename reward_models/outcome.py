@@ -221,11 +221,7 @@ class OutcomeRewardModel(ConfiguredRewardModel):
                 k += len(st)
             return out
         seqs, ends = [], []
-        for i, (p, st) in enumerate(zip(prompts, steps)):
-            try:
-                t = fmt.tokenize(self.tokenizer, p, st)
-            except DataError as e:
-                raise e.at(row=i) from None
+        for t in fmt.tokenize_many(self.tokenizer, prompts, steps, rows=range(len(prompts))):
             seqs.append(t.input_ids)
             ends.append([(t.prompt_len, e) for _s, e in t.spans])
         return self._head(seqs, ends)

@@ -336,23 +336,20 @@ class ProcessRewardModel(ConfiguredRewardModel):
             out[i] = row
         return out
 
-    def _layout(self, prompt: str, steps: list[str]) -> tuple[list[int], list[int]]:
-        """Token ids of one solution and the positions whose logits score its steps."""
+    def _score_positions(self, prompts, steps, rows: list[int]) -> list[list[float]]:
+        """Head / token backends: one right-padded forward per chunk, logits read at score positions
+        (each solution's token ids and the positions whose logits score its steps laid out first)."""
         s = self.settings
         if s.backend == "token" and s.layout == "chat":
-            return chat_layout(self.tokenizer, prompt, steps, s.positive_token)
-        t = s.step_format.tokenize(self.tokenizer, prompt, steps)
-        return t.input_ids, t.score_positions
-
-    def _score_positions(self, prompts, steps, rows: list[int]) -> list[list[float]]:
-        """Head / token backends: one right-padded forward per chunk, logits read at score positions."""
-        s = self.settings
-        laid = []
-        for i, (p, st) in enumerate(zip(prompts, steps)):
-            try:
-                laid.append(self._layout(p, st))
-            except DataError as e:
-                raise e.at(row=rows[i]) from None
+            laid = []
+            for i, (p, st) in enumerate(zip(prompts, steps)):
+                try:
+                    laid.append(chat_layout(self.tokenizer, p, st, s.positive_token))
+                except DataError as e:
+                    raise e.at(row=rows[i]) from None
+        else:  # every prompt and step piece in one tokenizer call (a call per piece is mostly Python)
+            laid = [(t.input_ids, t.score_positions)
+                    for t in s.step_format.tokenize_many(self.tokenizer, prompts, steps, rows=rows)]
         hf_utils.check_lengths([len(ids) for ids, _ in laid], self.max_length, index=rows)
         weights = s.good_weight if s.backend == "head" else [1.0, 0.0]
         out: list[list[float]] = [[] for _ in laid]

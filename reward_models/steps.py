@@ -146,41 +146,80 @@ class StepFormat:
         one); step pieces never get special tokens. ``complete=False`` tokenizes a context
         (every step followed by the separator) for generating the next step.
         """
-        if not isinstance(prompt, str):
-            raise DataError(f"expected a string, got {type(prompt).__name__}", field="prompt")
-        steps = [self.check_step(s, i) for i, s in enumerate(steps)]
-        ids = list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]) if prompt else []
-        if not prompt and add_special_tokens and getattr(tokenizer, "bos_token_id", None) is not None \
-                and adds_bos(tokenizer):
-            ids = [tokenizer.bos_token_id]
-        prompt_len = len(ids)
-        spans, positions = [], []
-        for i, step in enumerate(steps):
-            text = self.piece(step, last=i == len(steps) - 1, complete=complete)
-            piece_ids, score_offset = self._tokenize_piece(tokenizer, step, text)
-            start = len(ids)
-            ids.extend(piece_ids)
-            spans.append((start, len(ids)))
-            positions.append(start + score_offset)
-        return TokenizedSteps(input_ids=ids, prompt_len=prompt_len, spans=spans, score_positions=positions)
+        return self.tokenize_many(tokenizer, [prompt], [steps], complete=complete,
+                                  add_special_tokens=add_special_tokens)[0]
 
-    def _tokenize_piece(self, tokenizer, step: str, text: str) -> tuple[list[int], int]:
-        """Ids of one piece and the offset (within it) of the token a score is read at."""
+    def tokenize_many(self, tokenizer, prompts: Sequence[str], steps: Sequence[Sequence[str]], *,
+                      complete: bool = True, add_special_tokens: bool = True,
+                      rows: Sequence[int] | None = None) -> list[TokenizedSteps]:
+        """:meth:`tokenize` of each ``(prompt, steps)``, with every prompt and every step piece of
+        all solutions in one batched tokenizer call each (the same ids: each text is still
+        tokenized on its own; a call per piece costs more in Python than in the tokenizer).
+        A bad step raises :class:`DataError` at its solution's row (``rows[i]``, else ``i``)."""
+        if len(prompts) != len(steps):
+            raise ValueError(f"got {len(prompts)} prompts for {len(steps)} step lists")
+        checked, texts = [], []
+        for i, (prompt, sol) in enumerate(zip(prompts, steps)):
+            try:
+                if not isinstance(prompt, str):
+                    raise DataError(f"expected a string, got {type(prompt).__name__}", field="prompt")
+                sol = [self.check_step(x, j) for j, x in enumerate(sol)]
+            except DataError as e:
+                raise (e.at(row=rows[i] if rows is not None else i) if len(prompts) > 1 or rows is not None
+                       else e) from None
+            checked.append(sol)
+            texts.extend(self.piece(x, last=j == len(sol) - 1, complete=complete) for j, x in enumerate(sol))
+        given = [p for p in prompts if p]
+        prompt_ids = iter(_batch_ids(tokenizer, given, add_special_tokens) if given else [])
+        bos = (getattr(tokenizer, "bos_token_id", None) is not None and add_special_tokens
+               and (all(prompts) or adds_bos(tokenizer)))
+        pieces = iter(self._tokenize_pieces(tokenizer, [x for sol in checked for x in sol], texts))
+        out = []
+        for i, (prompt, sol) in enumerate(zip(prompts, checked)):
+            ids = list(next(prompt_ids)) if prompt else ([tokenizer.bos_token_id] if bos else [])
+            prompt_len = len(ids)
+            spans, positions = [], []
+            for step in sol:
+                piece_ids, score_offset = next(pieces)
+                if piece_ids is None:
+                    err = DataError(f"step {step[:80]!r} tokenizes to no tokens", field="steps")
+                    raise (err.at(row=rows[i] if rows is not None else i) if len(prompts) > 1 or rows is not None
+                           else err)
+                start = len(ids)
+                ids.extend(piece_ids)
+                spans.append((start, len(ids)))
+                positions.append(start + score_offset)
+            out.append(TokenizedSteps(input_ids=ids, prompt_len=prompt_len, spans=spans, score_positions=positions))
+        return out
+
+    def _tokenize_pieces(self, tokenizer, steps: list[str], texts: list[str]) -> list[tuple[list[int] | None, int]]:
+        """Ids of each piece and the offset (within it) of the token a score is read at (None ids:
+        the piece has no tokens)."""
+        if not texts:
+            return []
         if self.tag is None:
-            piece_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-            if not piece_ids:
-                raise DataError(f"step {step[:80]!r} tokenizes to no tokens", field="steps")
-            return piece_ids, len(piece_ids) - 1
-        tag_end = len(step) + len(self.tag)  # character index just after the tag
+            return [(list(ids), len(ids) - 1) if len(ids) else (None, 0)
+                    for ids in _batch_ids(tokenizer, texts, False)]
+        out = []
         if getattr(tokenizer, "is_fast", False):
-            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            piece_ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-            pos = max((j for j, (s, _e) in enumerate(offsets) if s < tag_end), default=len(piece_ids) - 1)
-            return piece_ids, pos
+            enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+            for step, ids, offsets in zip(steps, enc["input_ids"], enc["offset_mapping"]):
+                tag_end = len(step) + len(self.tag)  # character index just after the tag
+                pos = max((j for j, (s, _e) in enumerate(offsets) if s < tag_end), default=len(ids) - 1)
+                out.append((list(ids), pos))
+            return out
         # slow tokenizers have no offsets: tokenize step+tag and the separator apart
-        head = list(tokenizer(text[:tag_end], add_special_tokens=False)["input_ids"])
-        tail = list(tokenizer(text[tag_end:], add_special_tokens=False)["input_ids"]) if text[tag_end:] else []
-        return head + tail, len(head) - 1
+        for step, text in zip(steps, texts):
+            tag_end = len(step) + len(self.tag)
+            head = list(tokenizer(text[:tag_end], add_special_tokens=False)["input_ids"])
+            tail = list(tokenizer(text[tag_end:], add_special_tokens=False)["input_ids"]) if text[tag_end:] else []
+            out.append((head + tail, len(head) - 1))
+        return out
+
+
+def _batch_ids(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+    """Token ids of each text, tokenized on its own, in one tokenizer call."""
+    return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
 
 
 def adds_bos(tokenizer) -> bool:

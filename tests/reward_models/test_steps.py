@@ -87,3 +87,30 @@ def test_format_validation_and_round_trip():
         StepFormat.from_dict({"sep": "\n"})
     assert fmt.stop_strings == ["\n\n"]
     assert fmt.split("a ки\n\nb ки") == ["a", "b"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=repr)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompts=st.lists(st.text(max_size=10), min_size=1, max_size=4),
+       steps=st.lists(st.lists(step_text, min_size=0, max_size=4), min_size=4, max_size=4))
+def test_tokenize_many_equals_one_call_per_piece(tokenizer, fmt, prompts, steps):
+    """One batched tokenizer call for all solutions gives the ids of tokenizing the prompt and
+    every piece on its own (the layout scores are read from), and what tokenize gives each."""
+    steps = steps[: len(prompts)]
+    many = fmt.tokenize_many(tokenizer, prompts, steps)
+    for prompt, sol, enc in zip(prompts, steps, many):
+        ids = list(tokenizer(prompt)["input_ids"]) if prompt else []
+        for i, s in enumerate(sol):
+            ids += tokenizer(fmt.piece(s, last=i == len(sol) - 1), add_special_tokens=False)["input_ids"]
+        assert enc.input_ids == ids or (not prompt and enc.input_ids[1:] == ids)  # (a BOS for an empty prompt)
+        assert enc == fmt.tokenize(tokenizer, prompt, sol)
+
+
+def test_tokenize_many_names_the_row_of_a_bad_step(tokenizer):
+    fmt = StepFormat("\n")
+    with pytest.raises(DataError) as e:
+        fmt.tokenize_many(tokenizer, ["a", "b", "c"], [["x"], ["y"], ["z", "bad\nstep"]], rows=[4, 7, 9])
+    assert e.value.row == 9 and "steps[1]" in str(e.value)
+    with pytest.raises(DataError) as e:
+        fmt.tokenize_many(tokenizer, ["a", "b"], [["x"], [" "]])
+    assert e.value.row == 1
