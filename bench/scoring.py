@@ -169,6 +169,17 @@ def padded_chunks(tokenizer, step_format, prompts, steps, batch_size: int, pad_i
     return out
 
 
+def per_piece_tokenize(tok, fmt, prompts, steps) -> list[list[int]]:
+    """The head backend's layout before ``tokenize_many``: one tokenizer call per prompt and per step piece."""
+    out = []
+    for p, st in zip(prompts, steps):
+        ids = list(tok(p)["input_ids"])
+        for i, x in enumerate(st):
+            ids += tok(fmt.piece(x, last=i == len(st) - 1), add_special_tokens=False)["input_ids"]
+        out.append(ids)
+    return out
+
+
 def bare_forward(model, chunks) -> None:
     with torch.inference_mode():
         for ids, mask in chunks:
@@ -241,12 +252,17 @@ def run_size(sz: ScoringSize, device: torch.device) -> tuple[list[dict[str, Any]
     shared_info = dict(vprm.last_verification)
     # where the head backend's time goes besides the forward: piecewise tokenization + layout
     now = time.perf_counter if clock_for(device) == "wall" else time.process_time
-    tok_times = []
+    tok_times, per_piece_times = [], []
     for _ in range(3):
         t = now()
-        fmt.tokenize_many(tok, prompts, steps)  # as the head backend lays solutions out
+        laid = fmt.tokenize_many(tok, prompts, steps)  # as the head backend lays solutions out: one batched call
         tok_times.append(now() - t)
-    tokenize_s = med(tok_times)
+        t = now()
+        per_piece = per_piece_tokenize(tok, fmt, prompts, steps)  # the layout before: a call per piece
+        per_piece_times.append(now() - t)
+    if [x.input_ids for x in laid] != per_piece:
+        raise AssertionError("batched piecewise tokenization differs from one call per piece")
+    tokenize_s, per_piece_s = med(tok_times), med(per_piece_times)
 
     # same work: the loops' scores equal ours (head probabilities compared as log-odds)
     ours_head = [[_logit(x) for x in results["head"][i]] for i in b_idx]
@@ -281,7 +297,8 @@ def run_size(sz: ScoringSize, device: torch.device) -> tuple[list[dict[str, Any]
         comparison(f"PRM head vs bare forward, {label}", ours=("batched head", thr["head"], "steps/s"),
                    baseline=("bare forward", thr["bare"], "steps/s"), target=0.85,
                    notes=(f"piecewise tokenization of all solutions takes {tokenize_s * 1e3:.0f} ms of ours "
-                          f"{t['head'] * 1e3:.0f} ms ({100 * tokenize_s / t['head']:.0f}%); the bare forward "
+                          f"{t['head'] * 1e3:.0f} ms ({100 * tokenize_s / t['head']:.0f}%; one tokenizer call per "
+                          f"prompt and per step, as before, {per_piece_s * 1e3:.0f} ms for the same ids); the bare forward "
                           f"takes {t['bare'] * 1e3:.0f} ms; padding {100 * (1 - real_tokens / padded_tokens):.0f}% "
                           "of tokens")),
         comparison(f"PRM verification scoring (shared prefix), {label}",
@@ -306,7 +323,7 @@ def run_size(sz: ScoringSize, device: torch.device) -> tuple[list[dict[str, Any]
                "n_solutions": len(prompts), "n_steps": sz.n_steps,
                "baseline_solutions": len(bp), "verification_solutions": len(vp), "batch_size": sz.batch_size,
                "repeats": sz.repeats, "clock": clock_for(device), "times_s": times, "steps_per_s": thr,
-               "tokenize_s": tokenize_s,
+               "tokenize_s": tokenize_s, "tokenize_per_piece_s": per_piece_s,
                "tokens_per_step": {"ours_padded": padded_tokens / n_scored, "ours_real": real_tokens / n_scored,
                                    "head_loop": loop_tokens / n_b, "verification_query": v_tokens / n_v,
                                    "verification_shared": shared_info["model_tokens"] / n_v},
