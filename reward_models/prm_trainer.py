@@ -229,7 +229,8 @@ def predict_step_probs(model, tokenizer, samples: Sequence[Any], step_format: St
     try:
         for b in range(0, len(pairs), batch_size):
             chunk = pairs[b:b + batch_size]
-            toks = fmt.tokenize_many(tokenizer, [p for p, _ in chunk], [s for _, s in chunk])
+            toks = fmt.tokenize_many(tokenizer, [p for p, _ in chunk], [s for _, s in chunk],
+                                     rows=range(b, b + len(chunk)))
             length = max(len(t) for t in toks)
             ids = torch.full((len(toks), length), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
