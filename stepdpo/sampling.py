@@ -152,6 +152,17 @@ class _BaseSampler:
     step_format: StepFormat = DEFAULT_STEP_FORMAT
     seed: int | None = None
     _calls = 0
+    # batched generate calls (not one per candidate), tokens generated (padding not counted) and seconds
+    # spent in generate: for tests, benchmarks and the trainer's sampling throughput (counted per instance)
+    num_generate_calls = 0
+    num_new_tokens = 0
+    generate_seconds = 0.0
+
+    def _count_call(self, start: float, new_tokens: int) -> None:
+        """Count one generate call that began at ``start`` (``time.perf_counter``) and generated ``new_tokens``."""
+        self.generate_seconds += time.perf_counter() - start
+        self.num_new_tokens += new_tokens
+        self.num_generate_calls += 1
 
     def _next_seed(self) -> int | None:
         """The seed of the next call (``seed + n`` for call ``n``; None when unseeded)."""
@@ -262,9 +273,6 @@ class StepSampler(_BaseSampler):
         self._calls = 0
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
-        self.num_generate_calls = 0  # for tests and benchmarks: batched, not one call per candidate
-        self.num_new_tokens = 0  # tokens generated (padding not counted), and seconds spent in generate
-        self.generate_seconds = 0.0
         self.prefix_cache = prefix_cache
         self.synced_gpus = synced_gpus
         self.num_prefill_rows = self.num_rows = 0  # rows prefilled vs rows sampled (prefix_cache shares prefills)
@@ -421,10 +429,8 @@ class StepSampler(_BaseSampler):
             kwargs = {**kwargs, "synced_gpus": self.synced_gpus}
         start = time.perf_counter()
         out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs, **(extra or {}))
-        new = out[:, ids.shape[1]:]
-        self.num_new_tokens += int((new != self.pad_id).sum())  # (a sync on a GPU: the time is the call's)
-        self.generate_seconds += time.perf_counter() - start
-        self.num_generate_calls += 1
+        # (counting the tokens syncs a GPU: the time is the call's)
+        self._count_call(start, int((out[:, ids.shape[1]:] != self.pad_id).sum()))
         return out
 
     def _generate_chunk(self, batch: list[list[int]], device) -> list[SampledStep]:
@@ -564,9 +570,6 @@ class VLLMStepSampler(_BaseSampler):
         self.top_p = top_p
         self.seed = seed
         self._calls = 0
-        self.num_generate_calls = 0
-        self.num_new_tokens = 0
-        self.generate_seconds = 0.0
         if isinstance(model, str):
             llm_kwargs.setdefault("enable_prefix_caching", True)
             llm_kwargs.setdefault("trust_remote_code", False)
@@ -581,9 +584,7 @@ class VLLMStepSampler(_BaseSampler):
         prompts = [{"prompt_token_ids": list(c)} for c in contexts]
         start = time.perf_counter()
         outs = self.llm.generate(prompts, params, use_tqdm=False)
-        self.generate_seconds += time.perf_counter() - start
-        self.num_new_tokens += sum(len(o.token_ids) for out in outs for o in out.outputs)
-        self.num_generate_calls += 1
+        self._count_call(start, sum(len(o.token_ids) for out in outs for o in out.outputs))
         eos = self.tokenizer.eos_token_id
         result = []
         for ctx, out in zip(contexts, outs):
