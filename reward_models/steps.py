@@ -158,6 +158,10 @@ class StepFormat:
         A bad step raises :class:`DataError` at its solution's row (``rows[i]``, else ``i``)."""
         if len(prompts) != len(steps):
             raise ValueError(f"got {len(prompts)} prompts for {len(steps)} step lists")
+
+        def at_row(err: DataError, i: int) -> DataError:  # one solution alone (tokenize) keeps the error as is
+            return err.at(row=rows[i] if rows is not None else i) if len(prompts) > 1 or rows is not None else err
+
         checked, texts = [], []
         for i, (prompt, sol) in enumerate(zip(prompts, steps)):
             try:
@@ -165,8 +169,7 @@ class StepFormat:
                     raise DataError(f"expected a string, got {type(prompt).__name__}", field="prompt")
                 sol = [self.check_step(x, j) for j, x in enumerate(sol)]
             except DataError as e:
-                raise (e.at(row=rows[i] if rows is not None else i) if len(prompts) > 1 or rows is not None
-                       else e) from None
+                raise at_row(e, i) from None
             checked.append(sol)
             texts.extend(self.piece(x, last=j == len(sol) - 1, complete=complete) for j, x in enumerate(sol))
         given = [p for p in prompts if p]
@@ -182,9 +185,7 @@ class StepFormat:
             for step in sol:
                 piece_ids, score_offset = next(pieces)
                 if piece_ids is None:
-                    err = DataError(f"step {step[:80]!r} tokenizes to no tokens", field="steps")
-                    raise (err.at(row=rows[i] if rows is not None else i) if len(prompts) > 1 or rows is not None
-                           else err)
+                    raise at_row(DataError(f"step {step[:80]!r} tokenizes to no tokens", field="steps"), i)
                 start = len(ids)
                 ids.extend(piece_ids)
                 spans.append((start, len(ids)))
