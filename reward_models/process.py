@@ -59,8 +59,15 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("head", "token", "verification")
 OUTPUTS = ("prob", "logodds")
 NEUTRAL_RULES = {"positive": 1.0, "negative": 0.0, "half": 0.5}
-DEFAULT_STEP_TEMPLATE = ("Problem: {problem}\nSolution so far:\n{previous_steps}New step: {step}\n"
-                         "Is the new step correct? Yes or No:")
+# The step judged is the last line of the solution so far, and the reference API's question follows it:
+# question j's text up to its step is the start of question j+1, so scoring all of a solution's questions
+# as one token tree (shared_prefix) computes the problem and every step once and each question's own
+# tokens (the question text) once per step.
+DEFAULT_STEP_TEMPLATE = ("Problem: {problem}\nSolution so far:\n{previous_steps}{step}\n"
+                         "Is this step correct? Yes or No:")
+# the default before issue 17 (the step repeated after "New step: "); a saved model that names it keeps it
+EARLIER_DEFAULT_STEP_TEMPLATES = ("Problem: {problem}\nSolution so far:\n{previous_steps}New step: {step}\n"
+                                  "Is the new step correct? Yes or No:",)
 # the reference API's question, asked when there is no problem (get_reward_for_text, steps scored alone)
 TEXT_ONLY_STEP_TEMPLATE = "Is this step correct? Yes or No: {step}"
 TEMPLATE_FIELDS = ("problem", "previous_steps", "step")
@@ -376,7 +383,8 @@ class ProcessRewardModel(ConfiguredRewardModel):
         """The verification question: ``prompt_template``, except that with no problem the default
         context-aware template gives way to the reference API's :data:`TEXT_ONLY_STEP_TEMPLATE`."""
         t = self.settings.prompt_template
-        return TEXT_ONLY_STEP_TEMPLATE if not problem and t == DEFAULT_STEP_TEMPLATE else t
+        default = t == DEFAULT_STEP_TEMPLATE or t in EARLIER_DEFAULT_STEP_TEMPLATES
+        return TEXT_ONLY_STEP_TEMPLATE if not problem and default else t
 
     def verification_queries(self, prompt: str, steps: list[str]) -> list[str]:
         """One Yes/No question per step: the problem, the previous steps, and the step judged."""

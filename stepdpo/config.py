@@ -67,7 +67,7 @@ class StepwiseDPOConfig(DPOConfig):
     verification_prompt: str | None = field(default=None, metadata={
         "help": "Prompt of the self-verification judge: a template with {problem}, {previous_steps} and {step}, or a "
                 "question the step is appended to (the reference API: 'Is this step correct? Yes or No: '). Default: the "
-                "problem, the steps so far and the new step, then 'Is the new step correct? Yes or No:'."})
+                "problem, the steps so far ending with the step judged, then 'Is this step correct? Yes or No:'."})
     num_solutions: int | None = field(default=None, metadata={
         "help": "First-error strategy: solutions sampled per prompt to find errors in (default: num_candidates; "
                 "1 when sample_temperature is 0, i.e. the greedy policy's own solution)."})

@@ -146,6 +146,43 @@ def test_verification_shares_prefixes_across_solutions_of_one_problem(tokenizer)
     assert together < apart
 
 
+def test_default_template_computes_each_step_once(tokenizer):
+    """With the default question the step judged ends the solution so far, so question j up to its
+    step is the start of question j+1: the tree holds the longest question once plus the question
+    text once per other step (before issue 17 the step was repeated after "New step: ")."""
+    lm = tiny_causal_lm(tokenizer, seed=3)
+    prm = ProcessRewardModel.from_model(lm, tokenizer, backend="verification")
+    prompt, steps = PROMPTS[3], STEPS[3]
+    queries = prm.verification_queries(prompt, steps)
+    tail = "Is this step correct? Yes or No:"
+    assert all(q.endswith("\n" + tail) for q in queries)
+    for q, nxt in zip(queries, queries[1:]):
+        assert nxt.startswith(q[: -len(tail)])  # the problem, the steps so far, the step judged and its newline
+    got = prm.score_steps([prompt], [steps])
+    tail_tokens = len(tokenizer(tail)["input_ids"])
+    longest = len(tokenizer(queries[-1])["input_ids"])
+    assert prm.last_verification["path"] == "shared_prefix"
+    assert prm.last_verification["model_tokens"] == longest + (len(steps) - 1) * tail_tokens
+    from reward_models.process import EARLIER_DEFAULT_STEP_TEMPLATES
+
+    before = ProcessRewardModel.from_model(lm, tokenizer, backend="verification",
+                                           prompt_template=EARLIER_DEFAULT_STEP_TEMPLATES[0])
+    before.score_steps([prompt], [steps])
+    assert prm.last_verification["model_tokens"] < 0.8 * before.last_verification["model_tokens"]
+    assert flat(got) == pytest.approx(flat(seed004_loop(lm, tokenizer, prm, [prompt], [steps])), abs=1e-4)
+
+
+def test_a_saved_earlier_default_keeps_its_question(tokenizer):
+    from reward_models.process import EARLIER_DEFAULT_STEP_TEMPLATES, TEXT_ONLY_STEP_TEMPLATE
+
+    old = EARLIER_DEFAULT_STEP_TEMPLATES[0]
+    prm = ProcessRewardModel.from_model(tiny_causal_lm(tokenizer, seed=3), tokenizer, backend="verification",
+                                        prompt_template=old)
+    assert prm.verification_queries("Q: 7-5\n", ["7-5=2", "Answer: 2"])[1] == (
+        "Problem: Q: 7-5\n\nSolution so far:\n7-5=2\nNew step: Answer: 2\nIs the new step correct? Yes or No:")
+    assert prm.question_template("") == TEXT_ONLY_STEP_TEMPLATE  # no problem: the reference API's question
+
+
 @pytest.mark.parametrize("template", [
     DEFAULT_STEP_TEMPLATE,
     "{problem}|{previous_steps}|{step}?",
