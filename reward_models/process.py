@@ -359,8 +359,8 @@ class ProcessRewardModel(ConfiguredRewardModel):
                     for t in s.step_format.tokenize_many(self.tokenizer, prompts, steps, rows=rows)]
         hf_utils.check_lengths([len(ids) for ids, _ in laid], self.max_length, index=rows)
         weights = s.good_weight if s.backend == "head" else [1.0, 0.0]
-        out: list[list[float]] = [[] for _ in laid]
         order = sorted(range(len(laid)), key=lambda i: len(laid[i][0]))  # similar lengths share a chunk
+        picked_all = []  # per chunk, on the device: read back once at the end (no sync between forwards)
         with hf_utils.scoring_mode(self.model):
             for chunk in hf_utils.batches(len(order), s.batch_size):
                 idx = [order[c] for c in chunk]
@@ -369,14 +369,14 @@ class ProcessRewardModel(ConfiguredRewardModel):
                 rows = [b for b, i in enumerate(idx) for _ in laid[i][1]]
                 cols = [p for i in idx for p in laid[i][1]]
                 picked = logits[rows, cols]
-                if s.backend == "token":
-                    picked = picked[:, self.candidate_ids]
-                vals = hf_utils.to_output(hf_utils.class_logodds(picked.float(), weights), s.output)
-                k = 0
-                for i in idx:
-                    n = len(laid[i][1])
-                    out[i] = vals[k:k + n]
-                    k += n
+                picked_all.append(picked[:, self.candidate_ids] if s.backend == "token" else picked)
+        vals = hf_utils.to_output(hf_utils.class_logodds(torch.cat(picked_all).float(), weights), s.output)
+        out: list[list[float]] = [[] for _ in laid]
+        k = 0
+        for i in order:
+            n = len(laid[i][1])
+            out[i] = vals[k:k + n]
+            k += n
         return out
 
     def question_template(self, problem: str) -> str:
