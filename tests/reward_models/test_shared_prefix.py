@@ -10,7 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reward_models import shared_prefix as sp
-from reward_models.process import DEFAULT_STEP_TEMPLATE, ProcessRewardModel
+from reward_models.process import (
+    DEFAULT_STEP_TEMPLATE,
+    EARLIER_DEFAULT_STEP_TEMPLATES,
+    TEXT_ONLY_STEP_TEMPLATE,
+    ProcessRewardModel,
+)
 from reward_models.testing import tiny_causal_lm, tiny_qwen2_causal_lm
 
 PROMPTS = ["Q: 2+3*4\n", "Q: 7-5\n", "Q: 9\n", "Q: 1+1+1+1\n"]
@@ -163,8 +168,6 @@ def test_default_template_computes_each_step_once(tokenizer):
     longest = len(tokenizer(queries[-1])["input_ids"])
     assert prm.last_verification["path"] == "shared_prefix"
     assert prm.last_verification["model_tokens"] == longest + (len(steps) - 1) * tail_tokens
-    from reward_models.process import EARLIER_DEFAULT_STEP_TEMPLATES
-
     before = ProcessRewardModel.from_model(lm, tokenizer, backend="verification",
                                            prompt_template=EARLIER_DEFAULT_STEP_TEMPLATES[0])
     before.score_steps([prompt], [steps])
@@ -173,8 +176,6 @@ def test_default_template_computes_each_step_once(tokenizer):
 
 
 def test_a_saved_earlier_default_keeps_its_question(tokenizer):
-    from reward_models.process import EARLIER_DEFAULT_STEP_TEMPLATES, TEXT_ONLY_STEP_TEMPLATE
-
     old = EARLIER_DEFAULT_STEP_TEMPLATES[0]
     prm = ProcessRewardModel.from_model(tiny_causal_lm(tokenizer, seed=3), tokenizer, backend="verification",
                                         prompt_template=old)
